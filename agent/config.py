@@ -1,0 +1,520 @@
+"""Configuration models (pydantic v2): unknown keys are errors, every model is frozen.
+
+The models describe every key of the configuration file; ``plantfloor schema config``
+prints their JSON Schema. Loading YAML and turning validation errors into one sentence
+naming file, line and key lives in :mod:`agent.configload`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date, time
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "DEPRECATED_OPCUA_POLICIES",
+    "TYPE_WIDTH",
+    "Break",
+    "Config",
+    "LineConfig",
+    "ModbusSource",
+    "ModbusTag",
+    "MqttConfig",
+    "OpcUaSecurity",
+    "OpcUaSource",
+    "OpcUaTag",
+    "PlantConfig",
+    "PublishConfig",
+    "Shift",
+    "SourceConfig",
+    "StorageConfig",
+    "TagConfig",
+    "TlsConfig",
+]
+
+# --- constrained types, in one place -------------------------------------------------
+
+Identifier = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+          description="lower-case letters, digits, '-' and '_'; safe inside an MQTT topic"),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ModbusTable = Literal["holding", "input"]
+ModbusType = Literal["uint16", "int16", "uint32", "int32", "uint64", "float32"]
+WordOrder = Literal["big", "little"]
+LineState = Literal["running", "stopped", "faulted", "unknown"]
+
+#: registers per Modbus value type
+TYPE_WIDTH: dict[str, int] = {
+    "uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "uint64": 4, "float32": 2,
+}
+#: natural modulus of each counter type (None: not usable as a counter)
+TYPE_MODULUS: dict[str, int | None] = {
+    "uint16": 2**16, "int16": 2**15, "uint32": 2**32, "int32": 2**31, "uint64": 2**64,
+    "float32": None,
+}
+DEPRECATED_OPCUA_POLICIES = frozenset({"Basic128Rsa15", "Basic256"})
+_NODE_ID = re.compile(r"^(ns=\d+;|nsu=[^;]+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=[A-Za-z0-9+/=]+)$")
+
+
+def _hhmm(value: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError(f"{value!r} is not a time of day in HH:MM (00:00 to 23:59)")
+    return value
+
+
+HHMM = Annotated[str, AfterValidator(_hhmm),
+                 Field(description='time of day "HH:MM" in the site time zone')]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _to_time(hhmm: str) -> time:
+    h, m = hhmm.split(":")
+    return time(int(h), int(m))
+
+
+# --- MQTT ------------------------------------------------------------------------------
+
+class TlsConfig(_Model):
+    """TLS toward the broker (``mqtts://``)."""
+
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate; system store when absent")
+    cert_file: Path | None = Field(None, description="client certificate (PEM) for certificate authentication")
+    key_file: Path | None = Field(None, description="client private key (PEM)")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class MqttConfig(_Model):
+    """The broker the agent publishes to."""
+
+    url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port (TLS)")
+    topic_root: str | None = Field(None, description="topic prefix R; default plantfloor/<site>")
+    client_id: str | None = Field(None, description="MQTT client id; default plantfloor-<site>")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of output messages (status and state are always QoS 1)")
+    version: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    username: str | None = Field(None, description="user name; the password comes from password_file or PLANTFLOOR_MQTT_PASSWORD")
+    password_file: Path | None = Field(None, description="file holding the password (relative names are looked up in $CREDENTIALS_DIRECTORY first)")
+    tls: TlsConfig | None = Field(None, description="TLS files; implied by mqtts://")
+    max_inflight: int = Field(1000, ge=1, le=65000, description="QoS>0 messages awaiting acknowledgement at once")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an mqtt:// or mqtts:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{v!r} has an invalid port") from exc
+        return v
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "#+\0") or v.startswith("/") or v.endswith("/")):
+            raise ValueError(f"{v!r} is not a valid topic prefix (no wildcards, no leading or trailing '/')")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def uses_tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts" or self.tls is not None
+
+    def password(self) -> str | None:
+        """The password from ``password_file`` (credentials directory first) or the environment."""
+        if self.password_file is not None:
+            return resolve_secret_file(self.password_file).read_text(encoding="utf-8").strip()
+        return os.environ.get("PLANTFLOOR_MQTT_PASSWORD")
+
+
+def resolve_secret_file(path: Path) -> Path:
+    """A relative secret name is looked up in systemd's ``$CREDENTIALS_DIRECTORY`` first."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and not path.is_absolute() and (Path(creds) / path).exists():
+        return Path(creds) / path
+    return path
+
+
+# --- windows, storage, plant, shifts ---------------------------------------------------
+
+class PublishConfig(_Model):
+    interval_s: int = Field(60, ge=1, le=3600, description="window length in seconds; must divide 3600; windows align to wall-clock multiples from local midnight")
+    status_interval_s: int = Field(60, ge=1, le=3600, description="how often R/status is republished")
+
+    @field_validator("interval_s")
+    @classmethod
+    def _divides_day(cls, v: int) -> int:
+        if 3600 % v:
+            raise ValueError(f"{v} does not divide an hour (3600 s) into whole windows")
+        return v
+
+
+class StorageConfig(_Model):
+    path: Path = Field(Path("/var/lib/plantfloor/state.db"), description="SQLite file: durable outbox and counter state")
+    max_mb: float = Field(512, gt=0, description="bound of the outbox; the oldest windows are dropped first beyond it")
+
+
+class PlantConfig(_Model):
+    capacity_per_year: int = Field(..., gt=0, description="vehicles per year the plant can build")
+    planned_utilization: float = Field(..., gt=0, le=1, description="share of capacity planned to be used (0..1]")
+    holidays: tuple[date, ...] = Field((), description="dates with no production (plant calendar)")
+
+
+class Break(_Model):
+    start: HHMM
+    end: HHMM
+
+
+class Shift(_Model):
+    """A shift: planned production time is start..end less breaks; it may cross midnight."""
+
+    name: Identifier
+    start: HHMM
+    end: HHMM = Field(..., description='"00:00" means midnight; an end before the start crosses midnight')
+    breaks: tuple[Break, ...] = ()
+    days: tuple[Weekday, ...] = Field(("mon", "tue", "wed", "thu", "fri"), description="weekdays on which the shift starts")
+
+    @model_validator(mode="after")
+    def _check(self) -> Shift:
+        if self.start == self.end:
+            raise ValueError("a shift cannot start and end at the same time")
+        span = self.span_minutes()
+        for b in self.breaks:
+            bs, be = self.offset_minutes(b.start), self.offset_minutes(b.end)
+            if not (0 <= bs < be <= span):
+                raise ValueError(f"break {b.start}-{b.end} is not inside the shift {self.start}-{self.end}")
+        offs = sorted((self.offset_minutes(b.start), self.offset_minutes(b.end)) for b in self.breaks)
+        for (_, e1), (s2, _) in zip(offs, offs[1:], strict=False):
+            if s2 < e1:
+                raise ValueError("breaks overlap")
+        return self
+
+    def _minutes(self, hhmm: str) -> int:
+        t = _to_time(hhmm)
+        return t.hour * 60 + t.minute
+
+    def span_minutes(self) -> int:
+        """Length of the shift in minutes (wall-clock, before DST)."""
+        return (self._minutes(self.end) - self._minutes(self.start)) % 1440 or 1440
+
+    def offset_minutes(self, hhmm: str) -> int:
+        """Minutes from the shift's start to a time of day inside it."""
+        return (self._minutes(hhmm) - self._minutes(self.start)) % 1440
+
+    def planned_minutes(self) -> int:
+        return self.span_minutes() - sum(
+            self.offset_minutes(b.end) - self.offset_minutes(b.start) for b in self.breaks)
+
+
+# --- sources -----------------------------------------------------------------------------
+
+class ModbusSource(_Model):
+    """A Modbus TCP endpoint (a PLC or a gateway; unit ids are per tag)."""
+
+    id: Identifier
+    kind: Literal["modbus"]
+    host: str
+    port: Port = 502
+    unit_id: int = Field(1, ge=0, le=255, description="default unit id of this source's tags")
+    poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="time between the end of one poll and the start of the next")
+    timeout_s: float = Field(2.0, gt=0, le=60, description="per request")
+    max_registers: int = Field(125, ge=1, le=125, description="largest coalesced read")
+    max_gap: int = Field(8, ge=0, le=124, description="unused registers a coalesced read may span")
+    backoff_max_s: float = Field(30.0, ge=1, description="cap of the reconnect backoff")
+
+
+class OpcUaSecurity(_Model):
+    policy: Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss",
+                    "Basic128Rsa15", "Basic256"]
+    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+    certificate: Path = Field(..., description="client certificate (DER or PEM)")
+    private_key: Path = Field(..., description="client private key (PEM)")
+    server_certificate: Path | None = Field(None, description="pinned server certificate")
+    trust_dir: Path | None = Field(None, description="folder of trusted CA / server certificates")
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaSecurity:
+        if self.policy in DEPRECATED_OPCUA_POLICIES:
+            raise ValueError(f"policy {self.policy} is deprecated and insecure; use Basic256Sha256, "
+                             "Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss")
+        if self.server_certificate is None and self.trust_dir is None:
+            raise ValueError("server_certificate (pinned) or trust_dir is required: the server's certificate must be verified")
+        return self
+
+
+class OpcUaSource(_Model):
+    """An OPC UA server."""
+
+    id: Identifier
+    kind: Literal["opcua"]
+    endpoint: str = Field(..., description="opc.tcp://host:port/path")
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="poll period, or publishing interval in subscribe mode")
+    sampling_interval_s: float | None = Field(None, gt=0, description="monitored-item sampling interval; default poll_interval_s")
+    queue_size: int = Field(10, ge=1, le=10000, description="monitored-item queue size")
+    timeout_s: float = Field(4.0, gt=0, le=60, description="per request")
+    username: str | None = None
+    password_file: Path | None = Field(None, description="password for username; else PLANTFLOOR_OPCUA_PASSWORD")
+    security: OpcUaSecurity | None = Field(None, description="absent means policy None, which `check` warns about")
+    backoff_max_s: float = Field(30.0, ge=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "opc.tcp" or not parts.hostname:
+            raise ValueError(f"{v!r} is not an opc.tcp:// endpoint URL")
+        return v
+
+
+SourceConfig = Annotated[ModbusSource | OpcUaSource, Field(discriminator="kind")]
+
+
+# --- tags and lines -------------------------------------------------------------------
+
+class ModbusTag(_Model):
+    source: Identifier
+    address: int = Field(..., ge=0, le=65535, description="0-based protocol address")
+    table: ModbusTable = "holding"
+    type: ModbusType = "uint32"
+    word_order: WordOrder = "big"
+    unit_id: int | None = Field(None, ge=0, le=255, description="default: the source's unit_id")
+    rollover: int | None = Field(None, ge=2, description="counter modulus where it is not the type's")
+    map: dict[int, LineState] | None = Field(None, description="state tag: raw value to line state")
+
+    @property
+    def width(self) -> int:
+        return TYPE_WIDTH[self.type]
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusTag:
+        if self.address + self.width > 65536:
+            raise ValueError(f"a {self.type} at address {self.address} runs past register 65535")
+        return self
+
+
+class OpcUaTag(_Model):
+    source: Identifier
+    node: str = Field(..., description='node id, e.g. "ns=2;s=Rogue.GoodCount" or "nsu=urn:...;i=1001"')
+    rollover: int | None = Field(None, ge=2, description="counter modulus (PackML DINT counters: 2147483648)")
+    map: dict[int, LineState] | None = Field(None, description="state tag: raw value to line state")
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        if not _NODE_ID.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid OPC UA node id (expected e.g. ns=2;s=Name or ns=2;i=1001)")
+        return v
+
+
+TagConfig = ModbusTag | OpcUaTag
+DEFAULT_STATE_MAP: dict[int, LineState] = {0: "stopped", 1: "running", 2: "faulted"}
+
+
+class LineConfig(_Model):
+    id: Identifier
+    product: str = Field(..., min_length=1)
+    target_per_hour: float | None = Field(None, gt=0, description="planned rate during planned production time")
+    takt_s: float | None = Field(None, gt=0, description="planned takt time; target_per_hour = 3600 / takt_s")
+    counter: TagConfig = Field(..., description="the good-unit counter")
+    state: TagConfig | None = Field(None, description="line state tag; map raw values to running/stopped/faulted")
+    max_rate_per_hour: float | None = Field(None, gt=0, description="plausibility bound; a faster jump is not counted")
+
+    @model_validator(mode="after")
+    def _check(self) -> LineConfig:
+        if (self.target_per_hour is None) == (self.takt_s is None):
+            raise ValueError("give exactly one of target_per_hour and takt_s")
+        return self
+
+    @property
+    def rate_target(self) -> float:
+        """Planned units per hour of planned production time."""
+        if self.target_per_hour is not None:
+            return self.target_per_hour
+        assert self.takt_s is not None
+        return 3600.0 / self.takt_s
+
+    @property
+    def state_map(self) -> dict[int, LineState]:
+        if self.state is not None and self.state.map is not None:
+            return dict(self.state.map)
+        return dict(DEFAULT_STATE_MAP)
+
+
+# --- the file -------------------------------------------------------------------------
+
+class Config(_Model):
+    """The agent's configuration file."""
+
+    site: Identifier
+    timezone: str = Field(..., description="IANA time zone of the site, e.g. Asia/Tokyo")
+    mqtt: MqttConfig = MqttConfig()
+    publish: PublishConfig = PublishConfig()
+    storage: StorageConfig = StorageConfig()
+    plant: PlantConfig
+    shifts: tuple[Shift, ...] = Field(..., min_length=1)
+    sources: tuple[SourceConfig, ...] = Field(..., min_length=1)
+    lines: tuple[LineConfig, ...] = Field(..., min_length=1)
+    metrics: MetricsConfig | None = Field(None, description="optional Prometheus endpoint (off when absent)")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{v!r} is not an IANA time zone") from exc
+        return v
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def topic_root(self) -> str:
+        return self.mqtt.topic_root or f"plantfloor/{self.site}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"plantfloor-{self.site}"
+
+    def source(self, source_id: str) -> ModbusSource | OpcUaSource:
+        for s in self.sources:
+            if s.id == source_id:
+                return s
+        raise KeyError(source_id)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        _unique("sources", [s.id for s in self.sources])
+        _unique("lines", [ln.id for ln in self.lines])
+        _unique("shifts", [s.name for s in self.shifts])
+        by_id = {s.id: s for s in self.sources}
+        for i, line in enumerate(self.lines):
+            for role in ("counter", "state"):
+                tag = getattr(line, role)
+                if tag is None:
+                    continue
+                where = f"lines.{i}.{role}.source"
+                src = by_id.get(tag.source)
+                if src is None:
+                    raise ValueError(f"{where}: line {line.id!r} names source {tag.source!r}, "
+                                     f"which is not among the sources ({', '.join(by_id) or 'none'})")
+                want = ModbusTag if src.kind == "modbus" else OpcUaTag
+                if not isinstance(tag, want):
+                    raise ValueError(f"lines.{i}.{role}: source {src.id!r} is {src.kind}; "
+                                     f"give {'address/table/type' if src.kind == 'modbus' else 'node'}")
+            _check_counter(line, i)
+        _check_tag_overlap(self)
+        _check_shift_overlap(self.shifts)
+        return self
+
+
+class MetricsConfig(_Model):
+    """Prometheus endpoint (off unless configured)."""
+
+    host: str = Field("127.0.0.1", description="bind address; keep it on loopback unless a proxy fronts it")
+    port: Port = 9464
+
+
+def _unique(what: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for i, x in enumerate(ids):
+        if x in seen:
+            raise ValueError(f"{what}.{i}: duplicate id {x!r}")
+        seen.add(x)
+
+
+def _check_counter(line: LineConfig, i: int) -> None:
+    tag = line.counter
+    if isinstance(tag, ModbusTag):
+        natural = TYPE_MODULUS[tag.type]
+        if natural is None:
+            raise ValueError(f"lines.{i}.counter.type: a counter must be an integer type, not {tag.type}")
+        if tag.rollover is not None and tag.rollover > natural:
+            raise ValueError(f"lines.{i}.counter.rollover: {tag.rollover} is wider than a {tag.type} "
+                             f"can count (at most {natural})")
+        if tag.map is not None:
+            raise ValueError(f"lines.{i}.counter.map: only a state tag has a map")
+
+
+def _check_tag_overlap(cfg: Config) -> None:
+    used: dict[tuple[str, int, str, int], str] = {}
+    nodes: dict[tuple[str, str], str] = {}
+    for i, line in enumerate(cfg.lines):
+        for role in ("counter", "state"):
+            tag = getattr(line, role)
+            name = f"lines.{i}.{role}"
+            if isinstance(tag, ModbusTag):
+                src = cfg.source(tag.source)
+                assert isinstance(src, ModbusSource)
+                unit = tag.unit_id if tag.unit_id is not None else src.unit_id
+                for reg in range(tag.address, tag.address + tag.width):
+                    k = (tag.source, unit, tag.table, reg)
+                    if k in used:
+                        raise ValueError(f"{name}.address: register {tag.table} {reg} of unit {unit} on "
+                                         f"{tag.source!r} is already used by {used[k]}")
+                    used[k] = name
+            elif isinstance(tag, OpcUaTag):
+                k2 = (tag.source, tag.node)
+                if k2 in nodes:
+                    raise ValueError(f"{name}.node: {tag.node!r} on {tag.source!r} is already used by {nodes[k2]}")
+                nodes[k2] = name
+
+
+def _check_shift_overlap(shifts: tuple[Shift, ...]) -> None:
+    """Two shifts overlap when, on some weekday, their minute ranges of the week intersect."""
+    order = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    week = 7 * 1440
+    spans: list[tuple[int, int, str]] = []
+    for s in shifts:
+        t = _to_time(s.start)
+        for d in s.days:
+            start = order.index(d) * 1440 + t.hour * 60 + t.minute
+            spans.append((start, start + s.span_minutes(), s.name))
+    for a in range(len(spans)):
+        for b in range(a + 1, len(spans)):
+            s1, e1, n1 = spans[a]
+            s2, e2, n2 = spans[b]
+            if n1 == n2:
+                continue
+            for shift in (0, week, -week):
+                if s1 < e2 + shift and s2 + shift < e1:
+                    raise ValueError(f"shifts: {n1!r} and {n2!r} overlap")
+
+
+Config.model_rebuild()

@@ -1,0 +1,1 @@
+"""PLC sources: one adapter module per protocol behind :class:`agent.sources.base.Source`."""
