@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.simulators",
     "tests.fixtures.certs",
+    "tests.fixtures.opcua_certs",
 ]
 
 
