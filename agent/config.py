@@ -19,7 +19,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -205,7 +207,7 @@ class Shift(_Model):
     name: Identifier
     start: HHMM
     end: HHMM = Field(..., description='"00:00" means midnight; an end before the start crosses midnight')
-    breaks: tuple[Break, ...] = ()
+    breaks: tuple[Break, ...] = Field((), description="planned breaks inside the shift (no target)")
     days: tuple[Weekday, ...] = Field(("mon", "tue", "wed", "thu", "fri"), description="weekdays on which the shift starts")
 
     @model_validator(mode="after")
@@ -246,9 +248,9 @@ class ModbusSource(_Model):
     """A Modbus TCP endpoint (a PLC or a gateway; unit ids are per tag)."""
 
     id: Identifier
-    kind: Literal["modbus"]
-    host: str
-    port: Port = 502
+    kind: Literal["modbus"] = Field(..., description="protocol: modbus (TCP)")
+    host: str = Field(..., min_length=1, description="PLC or gateway address")
+    port: Port = Field(502, description="Modbus TCP port")
     unit_id: int = Field(1, ge=0, le=255, description="default unit id of this source's tags")
     poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="time between the end of one poll and the start of the next")
     timeout_s: float = Field(2.0, gt=0, le=60, description="per request")
@@ -259,8 +261,8 @@ class ModbusSource(_Model):
 
 class OpcUaSecurity(_Model):
     policy: Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss",
-                    "Basic128Rsa15", "Basic256"]
-    mode: Literal["Sign", "SignAndEncrypt"] = "SignAndEncrypt"
+                    "Basic128Rsa15", "Basic256"] = Field(..., description="security policy; the deprecated Basic128Rsa15 and Basic256 are refused")
+    mode: Literal["Sign", "SignAndEncrypt"] = Field("SignAndEncrypt", description="message security mode")
     certificate: Path = Field(..., description="client certificate (DER or PEM)")
     private_key: Path = Field(..., description="client private key (PEM)")
     server_certificate: Path | None = Field(None, description="pinned server certificate")
@@ -280,17 +282,17 @@ class OpcUaSource(_Model):
     """An OPC UA server."""
 
     id: Identifier
-    kind: Literal["opcua"]
+    kind: Literal["opcua"] = Field(..., description="protocol: opcua")
     endpoint: str = Field(..., description="opc.tcp://host:port/path")
-    mode: Literal["subscribe", "poll"] = "subscribe"
+    mode: Literal["subscribe", "poll"] = Field("subscribe", description="subscribe: monitored items; poll: one Read service call per poll")
     poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="poll period, or publishing interval in subscribe mode")
     sampling_interval_s: float | None = Field(None, gt=0, description="monitored-item sampling interval; default poll_interval_s")
     queue_size: int = Field(10, ge=1, le=10000, description="monitored-item queue size")
     timeout_s: float = Field(4.0, gt=0, le=60, description="per request")
-    username: str | None = None
+    username: str | None = Field(None, description="user name for the OPC UA session (anonymous when absent)")
     password_file: Path | None = Field(None, description="password for username; else PLANTFLOOR_OPCUA_PASSWORD")
     security: OpcUaSecurity | None = Field(None, description="absent means policy None, which `check` warns about")
-    backoff_max_s: float = Field(30.0, ge=1)
+    backoff_max_s: float = Field(30.0, ge=1, description="cap of the reconnect backoff")
 
     @field_validator("endpoint")
     @classmethod
@@ -309,9 +311,9 @@ SourceConfig = Annotated[ModbusSource | OpcUaSource, Field(discriminator="kind")
 class ModbusTag(_Model):
     source: Identifier
     address: int = Field(..., ge=0, le=65535, description="0-based protocol address")
-    table: ModbusTable = "holding"
-    type: ModbusType = "uint32"
-    word_order: WordOrder = "big"
+    table: ModbusTable = Field("holding", description="holding registers (function 3) or input registers (function 4)")
+    type: ModbusType = Field("uint32", description="register data type; counters must be integer types")
+    word_order: WordOrder = Field("big", description="big: the first register holds the most significant word")
     unit_id: int | None = Field(None, ge=0, le=255, description="default: the source's unit_id")
     rollover: int | None = Field(None, ge=2, description="counter modulus where it is not the type's")
     map: dict[int, LineState] | None = Field(None, description="state tag: raw value to line state")
@@ -341,13 +343,22 @@ class OpcUaTag(_Model):
         return v
 
 
-TagConfig = ModbusTag | OpcUaTag
+def _tag_kind(v: object) -> str:
+    if isinstance(v, dict):
+        return "opcua" if "node" in v else "modbus"
+    return "opcua" if isinstance(v, OpcUaTag) else "modbus"
+
+
+TagConfig = Annotated[
+    Annotated[ModbusTag, Tag("modbus")] | Annotated[OpcUaTag, Tag("opcua")],
+    Discriminator(_tag_kind),
+]
 DEFAULT_STATE_MAP: dict[int, LineState] = {0: "stopped", 1: "running", 2: "faulted"}
 
 
 class LineConfig(_Model):
     id: Identifier
-    product: str = Field(..., min_length=1)
+    product: str = Field(..., min_length=1, description="product built on the line, e.g. Sakura")
     target_per_hour: float | None = Field(None, gt=0, description="planned rate during planned production time")
     takt_s: float | None = Field(None, gt=0, description="planned takt time; target_per_hour = 3600 / takt_s")
     counter: TagConfig = Field(..., description="the good-unit counter")
@@ -382,13 +393,13 @@ class Config(_Model):
 
     site: Identifier
     timezone: str = Field(..., description="IANA time zone of the site, e.g. Asia/Tokyo")
-    mqtt: MqttConfig = MqttConfig()
-    publish: PublishConfig = PublishConfig()
-    storage: StorageConfig = StorageConfig()
-    plant: PlantConfig
-    shifts: tuple[Shift, ...] = Field(..., min_length=1)
-    sources: tuple[SourceConfig, ...] = Field(..., min_length=1)
-    lines: tuple[LineConfig, ...] = Field(..., min_length=1)
+    mqtt: MqttConfig = Field(MqttConfig(), description="the broker")
+    publish: PublishConfig = Field(PublishConfig(), description="windows and status")
+    storage: StorageConfig = Field(StorageConfig(), description="durable outbox and counter state")
+    plant: PlantConfig = Field(..., description="capacity and planned utilisation")
+    shifts: tuple[Shift, ...] = Field(..., min_length=1, description="the shift calendar (planned production time)")
+    sources: tuple[SourceConfig, ...] = Field(..., min_length=1, description="PLC endpoints")
+    lines: tuple[LineConfig, ...] = Field(..., min_length=1, description="production lines: counter, state and target")
     metrics: MetricsConfig | None = Field(None, description="optional Prometheus endpoint (off when absent)")
 
     @field_validator("timezone")
@@ -448,7 +459,7 @@ class MetricsConfig(_Model):
     """Prometheus endpoint (off unless configured)."""
 
     host: str = Field("127.0.0.1", description="bind address; keep it on loopback unless a proxy fronts it")
-    port: Port = 9464
+    port: Port = Field(9464, description="TCP port of the /metrics endpoint")
 
 
 def _unique(what: str, ids: list[str]) -> None:

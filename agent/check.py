@@ -1,0 +1,158 @@
+"""``plantfloor check``: validate a configuration, print its summary, optionally connect once."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from agent.config import Config, LineConfig, ModbusSource, ModbusTag, OpcUaSource, OpcUaTag
+from agent.configload import load_config, with_broker
+from agent.core.calendar import ShiftCalendar
+from agent.errors import PlantfloorError
+
+__all__ = ["check_command", "summary", "warnings"]
+
+
+def _tag(tag: ModbusTag | OpcUaTag | None, cfg: Config) -> str:
+    if tag is None:
+        return "none"
+    if isinstance(tag, OpcUaTag):
+        roll = f", rollover {tag.rollover:,}" if tag.rollover else ""
+        return f"{tag.source} {tag.node}{roll}"
+    src = cfg.source(tag.source)
+    unit = tag.unit_id if tag.unit_id is not None else getattr(src, "unit_id", 1)
+    roll = f", rollover {tag.rollover:,}" if tag.rollover else ""
+    return f"{tag.source} unit {unit} {tag.table} {tag.address} {tag.type} {tag.word_order}{roll}"
+
+
+def _source_line(src: ModbusSource | OpcUaSource) -> str:
+    if isinstance(src, ModbusSource):
+        return (f"{src.id:<14} modbus  {src.host}:{src.port} unit {src.unit_id}, "
+                f"poll {src.poll_interval_s:g} s, timeout {src.timeout_s:g} s")
+    sec = f"{src.security.policy}/{src.security.mode}" if src.security else "security None"
+    return f"{src.id:<14} opcua   {src.endpoint} ({src.mode}, {src.poll_interval_s:g} s, {sec})"
+
+
+def summary(cfg: Config, *, year: int | None = None) -> str:
+    """The human summary: sources, lines, tags, targets per hour, shift, day and year."""
+    year = year or datetime.now(cfg.tz).year
+    cal = ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)
+    year_h = cal.year_planned_seconds(year) / 3600
+    plan = cfg.plant.capacity_per_year * cfg.plant.planned_utilization
+    out = [
+        f"site {cfg.site} ({cfg.timezone}); windows of {cfg.publish.interval_s} s; "
+        f"broker {cfg.mqtt.url} (MQTT {cfg.mqtt.version}), topics {cfg.topic_root}/...",
+        f"plant: capacity {cfg.plant.capacity_per_year:,} /year x planned utilisation "
+        f"{cfg.plant.planned_utilization:.2f} = target {plan:,.0f} /year",
+        "shifts:",
+    ]
+    for s in cfg.shifts:
+        brk = ", ".join(f"{b.start}-{b.end}" for b in s.breaks) or "no breaks"
+        out.append(f"  {s.name:<10} {s.start}-{s.end} on {','.join(s.days)}; breaks {brk}; "
+                   f"{s.planned_minutes()} planned min")
+    out.append(f"  planned production time in {year}: {year_h:,.1f} h "
+               f"({len(cfg.plant.holidays)} plant holidays configured)")
+    out.append("sources:")
+    out.extend(f"  {_source_line(s)}" for s in cfg.sources)
+    out.append("lines:")
+    total_year = 0.0
+    for line in cfg.lines:
+        out.extend(_line_summary(cfg, line, year_h))
+        total_year += line.rate_target * year_h
+    share = total_year / plan * 100 if plan else 0.0
+    out.append(f"plant target for the year: {plan:,.0f}; the lines' targets add up to "
+               f"{total_year:,.0f} in {year} ({share:.1f} % of the plan)")
+    return "\n".join(out)
+
+
+def _line_summary(cfg: Config, line: LineConfig, year_h: float) -> list[str]:
+    rate = line.rate_target
+    per_shift = ", ".join(f"{s.name} {rate * s.planned_minutes() / 60:,.1f}" for s in cfg.shifts)
+    per_day = rate * sum(s.planned_minutes() for s in cfg.shifts if "wed" in s.days) / 60
+    bound = f"; plausibility bound {line.max_rate_per_hour:g} /h" if line.max_rate_per_hour else ""
+    return [
+        f"  {line.id:<14} {line.product}",
+        f"    counter {_tag(line.counter, cfg)}",
+        f"    state   {_tag(line.state, cfg)}",
+        f"    target  {rate:,.1f} /h; per shift {per_shift}; per day {per_day:,.1f}; "
+        f"per year {rate * year_h:,.0f}{bound}",
+    ]
+
+
+def warnings(cfg: Config) -> list[str]:
+    """What is valid but deserves a second look."""
+    out: list[str] = []
+    for s in cfg.sources:
+        if isinstance(s, OpcUaSource) and s.security is None:
+            out.append(f"source {s.id}: OPC UA security policy None (no signing, no encryption)")
+    if not cfg.mqtt.uses_tls:
+        out.append("mqtt: plain TCP to the broker (use mqtts:// outside a trusted network)")
+    for line in cfg.lines:
+        if line.state is None:
+            out.append(f"line {line.id}: no state tag; time per state will read 'unknown'")
+        if line.max_rate_per_hour is None:
+            out.append(f"line {line.id}: no max_rate_per_hour; a wrong word order or a garbled read "
+                       "could count a large jump")
+    return out
+
+
+def check_command(path: Path, *, connect: bool = False, broker: str | None = None,
+                  year: int | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    loaded = load_config(path)
+    cfg = with_broker(loaded.config, broker) if broker else loaded.config
+    print(f"{path}: valid (sha256 {loaded.sha256[:12]})", file=out)
+    print(summary(cfg, year=year), file=out)
+    for w in warnings(cfg):
+        print(f"warning: {w}", file=out)
+    if not connect:
+        return 0
+    results = asyncio.run(_connect_all(cfg))
+    failed = 0
+    for name, ok, detail in results:
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}", file=out)
+    return 1 if failed else 0
+
+
+async def _connect_all(cfg: Config) -> list[tuple[str, bool, str]]:
+    checks = [_check_source(cfg, s) for s in cfg.sources] + [_check_broker(cfg)]
+    return list(await asyncio.gather(*checks))
+
+
+async def _check_source(cfg: Config, src: ModbusSource | OpcUaSource) -> tuple[str, bool, str]:
+    from agent.sources.base import make_source
+
+    source = make_source(cfg, src)
+    name = f"source {src.id}"
+    try:
+        await asyncio.wait_for(source.connect(), timeout=max(5.0, src.timeout_s * 3))
+        readings = await asyncio.wait_for(source.read(), timeout=max(5.0, src.timeout_s * 3))
+    except (PlantfloorError, TimeoutError, OSError) as exc:
+        return name, False, str(exc) or type(exc).__name__
+    finally:
+        await source.close()
+    bad = [r for r in readings if r.quality != "good"]
+    parts = [f"{r.line}.{r.role}={r.value}" + ("" if r.quality == "good" else f" ({r.quality}: {r.error})")
+             for r in sorted(readings, key=lambda r: (r.line, r.role))]
+    return name, not bad, ", ".join(parts) or "no points"
+
+
+async def _check_broker(cfg: Config) -> tuple[str, bool, str]:
+    from agent.publisher import Publisher
+
+    name = f"broker {cfg.mqtt.url}"
+    pub = Publisher(cfg.mqtt, client_id=f"{cfg.client_id}-check", will_topic=f"{cfg.topic_root}/check",
+                    will_payload=b"", password=cfg.mqtt.password(), backoff_max_s=1.0)
+    try:
+        await pub.start()
+        try:
+            await asyncio.wait_for(pub.connected.wait(), timeout=5.0)
+        except TimeoutError:
+            return name, False, pub.last_error or "no connection within 5 s"
+        return name, True, f"connected at {datetime.now(UTC).isoformat(timespec='seconds')}"
+    finally:
+        await pub.stop()

@@ -1,0 +1,191 @@
+"""The ``plantfloor`` console script.
+
+Exit codes: 0 done, 1 runtime failure, 2 usage or configuration error (systemd does not
+restart on 2). Errors go to stderr as one sentence; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import ConfigError, PlantfloorError
+
+__all__ = ["main"]
+
+log = logging.getLogger("plantfloor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging and tracebacks")
+    common.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                        help="log lines as text (default) or one JSON object per line")
+    p = argparse.ArgumentParser(prog="plantfloor", parents=[common],
+                                description="PLC good-unit counters to throughput against capacity, over MQTT.")
+    p.set_defaults(debug=False, log_format="text")
+    p.add_argument("--version", action="version", version=f"plantfloor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    run = sub.add_parser("run", help="run the agent in the foreground (systemd runs exactly this)")
+    run.add_argument("config", type=Path)
+    run.add_argument("--broker", help="broker URL overriding mqtt.url, e.g. mqtt://127.0.0.1:1883")
+
+    check = sub.add_parser("check", help="validate a config and print a summary")
+    check.add_argument("config", type=Path)
+    check.add_argument("--connect", action="store_true", help="also reach every PLC and the broker once")
+    check.add_argument("--broker", help="broker URL overriding mqtt.url")
+    check.add_argument("--year", type=int, help="calendar year for the yearly targets (default: this year)")
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the config or of every MQTT payload")
+    schema.add_argument("what", choices=["config", "payloads"])
+
+    sim = sub.add_parser("simulate", help="run the software PLCs of a simulator config")
+    sim.add_argument("simconfig", type=Path)
+    sim.add_argument("--ledger", type=Path, help="keep a JSON ground-truth ledger up to date in this file")
+
+    demo = sub.add_parser("demo", help="simulators, broker, agent and live view on this machine")
+    demo.add_argument("--broker", help="use this broker (default: 127.0.0.1:1883 if reachable, else an embedded one)")
+    demo.add_argument("--config", type=Path, help="agent config (default: the packaged demo.yaml)")
+    demo.add_argument("--sim-config", type=Path, help="simulator config (default: the packaged simulators.yaml)")
+    demo.add_argument("--state-dir", type=Path, help="folder for the demo's state database")
+    demo.add_argument("--plain", action="store_true", help="plain text view instead of the live table")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+
+    watch = sub.add_parser("watch", help="live terminal view of every line and the plant (an MQTT subscriber)")
+    watch.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    watch.add_argument("--root", default="plantfloor/kyushu", help="topic root R")
+    watch.add_argument("--plain", action="store_true", help="plain periodic lines even on a terminal")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from agent.logconfig import configure_logging
+
+    configure_logging(fmt=args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        if args.debug:
+            log.exception("configuration error")
+        print(f"plantfloor: {exc}", file=sys.stderr)
+        return 2
+    except PlantfloorError as exc:
+        if args.debug:
+            log.exception("failed")
+        print(f"plantfloor: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"plantfloor: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schema":
+        return _schema(args.what)
+    if args.command == "check":
+        from agent.check import check_command
+
+        return check_command(args.config, connect=args.connect, broker=args.broker, year=args.year)
+    if args.command == "run":
+        return _run_agent(args.config, args.broker)
+    if args.command == "simulate":
+        from simulators.runner import run_simulators
+
+        return _run_until_signal(lambda: run_simulators(args.simconfig, args.ledger))
+    if args.command == "watch":
+        from agent.watch import run_watch
+
+        stop = asyncio.Event()
+        return _run_until_signal(lambda: run_watch(broker_url=args.broker, root=args.root,
+                                                   plain=True if args.plain else None, stop=stop),
+                                 stop=stop)
+    if args.command == "demo":
+        from agent.demo import run_demo
+
+        stop = asyncio.Event()
+        return _run_until_signal(lambda: run_demo(broker=args.broker, config=args.config,
+                                                  sim_config=args.sim_config, state_dir=args.state_dir,
+                                                  plain=args.plain, duration=args.duration, stop=stop),
+                                 stop=stop)
+    raise AssertionError(args.command)
+
+
+def _schema(what: str) -> int:
+    if what == "config":
+        from agent.config import Config
+
+        print(json.dumps(Config.model_json_schema(), indent=2))
+    else:
+        from agent.payloads import payload_schemas
+
+        print(json.dumps(payload_schemas(), indent=2))
+    return 0
+
+
+def _run_agent(config: Path, broker: str | None) -> int:
+    from agent.configload import load_config, with_broker
+    from agent.pipeline import Agent
+
+    loaded = load_config(config)
+    cfg = with_broker(loaded.config, broker) if broker else loaded.config
+    stop = asyncio.Event()
+
+    async def _main() -> int:
+        agent = Agent(cfg, config_sha256=loaded.sha256)
+        await agent.run(stop)
+        return 0
+
+    return _run_until_signal(_main, stop=stop)
+
+
+def _run_until_signal(factory: Callable[[], Awaitable[Any]], *, stop: asyncio.Event | None = None) -> int:
+    """Run a coroutine; SIGTERM/SIGINT set ``stop`` (graceful) or cancel the task."""
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(factory())
+
+        def on_signal() -> None:
+            if stop is not None and not stop.is_set():
+                stop.set()
+            else:
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            return 0
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return int(result) if isinstance(result, int) else 0
+
+    return asyncio.run(runner())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

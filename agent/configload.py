@@ -1,0 +1,190 @@
+"""Load a configuration file: YAML 1.2 (ruamel.yaml), then the pydantic models.
+
+Every failure becomes one :class:`~agent.errors.ConfigError` sentence naming the file,
+the line and the key: ``config/x.yaml:42: lines.0.counter.source: ...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from agent.config import Config
+from agent.errors import ConfigError
+
+__all__ = ["LoadedConfig", "load_config", "load_model", "parse_yaml", "with_broker"]
+
+M = TypeVar("M", bound=BaseModel)
+_PATH_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[A-Za-z0-9_-]+)*): (.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    path: Path
+    sha256: str
+
+
+def parse_yaml(path: Path) -> tuple[Any, bytes]:
+    """The YAML document (round-trip nodes that remember line numbers) and the raw bytes."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file ({exc.strerror})", file=str(path)) from exc
+    yaml = YAML(typ="rt")
+    yaml.version = (1, 2)
+    yaml.allow_duplicate_keys = False
+    try:
+        doc = yaml.load(raw)
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        key = _duplicate_key(exc)
+        raise ConfigError("duplicate key (each key may appear once)", file=str(path), line=line,
+                          key=key) from exc
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        reason = (exc.problem or exc.context or "invalid YAML").strip()
+        raise ConfigError(f"invalid YAML: {reason}", file=str(path), line=line) from exc
+    except YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from exc
+    if not isinstance(doc, Mapping):
+        raise ConfigError("the file must hold a mapping of keys at the top level", file=str(path), line=1)
+    return doc, raw
+
+
+def _duplicate_key(exc: DuplicateKeyError) -> str | None:
+    m = re.search(r'found duplicate key "([^"]+)"', str(exc))
+    return m.group(1) if m else None
+
+
+def _plain(node: Any) -> Any:
+    """Round-trip nodes to plain Python values for validation."""
+    if isinstance(node, Mapping):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool | None):
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _locate(doc: Any, loc: Sequence[str | int]) -> tuple[int | None, str]:
+    """Follow a pydantic error location through the YAML nodes: (1-based line, dotted key).
+
+    Union tags that pydantic inserts (``modbus``, ``ModbusTag``) are not keys of the file
+    and are skipped.
+    """
+    node = doc
+    line: int | None = None
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            pos = node.lc.key(part)
+            line = pos[0] + 1 if pos else line
+            parts.append(str(part))
+            node = node[part]
+        elif isinstance(node, CommentedMap) and isinstance(part, str) and part.isdigit() and int(part) in node:
+            pos = node.lc.key(int(part))
+            line = pos[0] + 1 if pos else line
+            parts.append(part)
+            node = node[int(part)]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            pos = node.lc.item(part)
+            line = pos[0] + 1 if pos else line
+            parts.append(str(part))
+            node = node[part]
+        elif isinstance(node, CommentedMap) and isinstance(part, str) and not _is_tag(part):
+            # a missing or unknown key: name it, point at its mapping
+            parts.append(part)
+            if line is None and node.lc.line is not None:
+                line = node.lc.line + 1
+            node = None
+        # else: a union tag inserted by pydantic, not a key in the file
+    return line, ".".join(parts)
+
+
+def _is_tag(part: str) -> bool:
+    return part in {"modbus", "opcua"} or part[:1].isupper() or part.startswith("function-")
+
+
+def _sentence(err: Mapping[str, Any]) -> str:
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the configuration; check the spelling)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return "kind must be 'modbus' or 'opcua'"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, "):]
+    inp = err.get("input")
+    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
+        if not isinstance(inp, Mapping | list):
+            return f"{msg[0].lower()}{msg[1:]} (got {inp!r})"
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def validation_error(exc: ValidationError, doc: Any, file: str) -> ConfigError:
+    """The first error of a ValidationError as one sentence naming file, line and key."""
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    loc: list[str | int] = list(err.get("loc", ()))
+    msg = str(err.get("msg", ""))
+    m = _PATH_PREFIX.match(msg)
+    if m and err.get("type") == "value_error":
+        # a cross-field check names its own key path
+        path = [int(p) if p.isdigit() else p for p in m.group(1).split(".")]
+        loc = loc + path
+        sentence = m.group(2)
+    else:
+        sentence = _sentence(err)
+    line, key = _locate(doc, loc)
+    more = len(errors) - 1
+    if more:
+        sentence += f" (and {more} more error{'s' if more > 1 else ''})"
+    return ConfigError(sentence, file=file, line=line, key=key or None)
+
+
+def load_model(path: Path, model: type[M]) -> tuple[M, bytes]:
+    """Load any configuration model from a YAML file with file/line/key errors."""
+    doc, raw = parse_yaml(path)
+    try:
+        return model.model_validate(_plain(doc)), raw
+    except ValidationError as exc:
+        raise validation_error(exc, doc, str(path)) from None
+
+
+def load_config(path: Path | str) -> LoadedConfig:
+    """Load and validate the agent's configuration file."""
+    p = Path(path)
+    cfg, raw = load_model(p, Config)
+    return LoadedConfig(config=cfg, path=p, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def with_broker(cfg: Config, url: str) -> Config:
+    """The configuration with ``mqtt.url`` replaced (``--broker``), validated like the file."""
+    try:
+        mqtt = type(cfg.mqtt).model_validate({**cfg.mqtt.model_dump(exclude_unset=True), "url": url})
+    except ValidationError as exc:
+        raise ConfigError(_sentence(exc.errors(include_url=False)[0]), key="--broker") from None
+    return cfg.model_copy(update={"mqtt": mqtt})

@@ -1,0 +1,244 @@
+"""The agent: wires sources -> trackers -> windows -> store -> publisher, and shuts down cleanly.
+
+This is the only module that knows every stage. Readings are handled synchronously as
+they arrive (no queue to lose); windows close on wall-clock boundaries in their own task,
+so a stalled PLC never delays another line's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from agent import __version__
+from agent.config import Config
+from agent.core.calendar import ShiftCalendar
+from agent.core.report import Reporter
+from agent.errors import StoreError
+from agent.forwarder import Forwarder
+from agent.lines import LineBoard
+from agent.metrics import Metrics
+from agent.notify import Notifier
+from agent.payloads import StatusPayload, encode
+from agent.publisher import Publisher
+from agent.readings import Reading, SourceHealth
+from agent.sources.base import make_source
+from agent.sources.supervisor import SourceSupervisor
+from agent.status import Alarms
+from agent.store import Store
+from agent.windows import WindowCloser
+
+__all__ = ["Agent"]
+
+log = logging.getLogger("plantfloor.agent")
+
+DRAIN_S = 5.0          # how long shutdown waits for the outbox to reach the broker
+READY_TIMEOUT_S = 15.0  # READY=1 is sent at the latest after this, degraded if need be
+
+
+class Agent:
+    """One plant gateway's agent. ``run(stop)`` returns after a clean shutdown."""
+
+    def __init__(self, cfg: Config, *, config_sha256: str, notifier: Notifier | None = None,
+                 metrics: Metrics | None = None, wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 mono: Callable[[], float] = time.monotonic) -> None:
+        self.cfg = cfg
+        self.sha = config_sha256
+        self.notifier = notifier or Notifier()
+        self.metrics = metrics
+        self.wall = wall
+        self.mono = mono
+        self.started_at = wall()
+        self.alarms = Alarms(wall)
+        self.calendar = ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)
+        self.reporter = Reporter(cfg, self.calendar)
+        self.root = cfg.topic_root
+        self.store: Store | None = None
+        self.publisher: Publisher | None = None
+        self.forwarder: Forwarder | None = None
+        self.board: LineBoard | None = None
+        self.closer: WindowCloser | None = None
+        self.supervisors: list[SourceSupervisor] = []
+        self.source_up: dict[str, bool] = {s.id: False for s in cfg.sources}
+        self.source_seen: dict[str, asyncio.Event] = {s.id: asyncio.Event() for s in cfg.sources}
+        self.ready = asyncio.Event()
+
+    # --- status --------------------------------------------------------------------
+
+    def status_payload(self, state: str) -> bytes:
+        store = self.store
+        return encode(StatusPayload(
+            state=state,  # type: ignore[arg-type]
+            agent=self.cfg.client_id, version=__version__,
+            started_at=self.started_at, config_sha256=self.sha,
+            backlog=store.backlog if store else 0, dropped=store.dropped if store else 0,
+            alarms=self.alarms.active(), ts=self.wall(),
+        ))
+
+    async def _publish_status(self, state: str = "online") -> None:
+        assert self.publisher is not None
+        try:
+            await self.publisher.publish(f"{self.root}/status", self.status_payload(state), qos=1, retain=True)
+        except Exception as exc:  # noqa: BLE001 - status is republished on the next tick
+            log.debug("status not published: %s", exc)
+
+    async def _on_connect(self) -> None:
+        """Birth: online status and every line's retained state, after each (re)connect."""
+        await self._publish_status("online")
+        if self.board is not None:
+            self.board.republish_all()
+        if self.forwarder is not None:
+            self.forwarder.wake()
+
+    # --- stages ----------------------------------------------------------------------
+
+    def _on_readings(self, source: str, readings: Sequence[Reading]) -> None:
+        assert self.board is not None
+        self.source_seen[source].set()
+        self.board.on_readings(source, readings)
+        if self.metrics is not None:
+            for r in readings:
+                if r.quality == "good":
+                    self.metrics.last_good_read(r.line, time.time())
+                elif r.code is not None or r.error:
+                    self.metrics.read_error(source, str(r.code if r.code is not None else r.error))
+
+    def _on_health(self, health: SourceHealth) -> None:
+        assert self.board is not None
+        self.source_seen[health.source].set()
+        was_up = self.source_up.get(health.source, False)
+        self.source_up[health.source] = health.connected
+        self.board.on_health(health, self.mono())
+        if self.metrics is not None and was_up and not health.connected:
+            self.metrics.reconnect(health.source)
+
+    async def _open(self) -> None:
+        cfg = self.cfg
+        self.store = await Store.open(cfg.storage.path, max_bytes=int(cfg.storage.max_mb * 1_000_000))
+        stored = await self.store.load()
+        if stored.recovered_from is not None:
+            self.alarms.raise_("store_corrupt",
+                               f"state database was unreadable and moved to {stored.recovered_from}; "
+                               "counters re-baselined without counting")
+        self.publisher = Publisher(
+            cfg.mqtt, client_id=cfg.client_id, will_topic=f"{self.root}/status",
+            will_payload=self.status_payload("offline"), password=cfg.mqtt.password(),
+            on_connect=self._on_connect)
+        self.board = LineBoard(cfg, self.publisher, stored, mono=self.mono, wall=self.wall)
+        self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
+                                   on_alarm=self.alarms.on_alarm, clock=self.wall)
+        self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
+                                   stored, wall=self.wall, mono=self.mono, alarms=self.alarms,
+                                   on_committed=self._on_committed)
+        for src_cfg in cfg.sources:
+            self.supervisors.append(SourceSupervisor(
+                make_source(cfg, src_cfg), poll_interval_s=src_cfg.poll_interval_s,
+                backoff_max_s=src_cfg.backoff_max_s,
+                on_readings=functools.partial(self._on_readings, src_cfg.id),
+                on_health=self._on_health))
+
+    def _on_committed(self) -> None:
+        assert self.forwarder is not None and self.store is not None
+        self.forwarder.wake()
+        if self.metrics is not None:
+            self.metrics.backlog(self.store.backlog)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then drain, publish offline status and return."""
+        await self._open()
+        assert self.publisher and self.forwarder and self.closer and self.board and self.store
+        if self.metrics is None and self.cfg.metrics is not None:
+            self.metrics = Metrics()
+            self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+        await self.publisher.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                work = [tg.create_task(s.run(), name=f"source-{c.id}")
+                        for s, c in zip(self.supervisors, self.cfg.sources, strict=True)]
+                work.append(tg.create_task(self.closer.run(), name="windows"))
+                work.append(tg.create_task(self.board.run(), name="line-states"))
+                work.append(tg.create_task(self._status_loop(), name="status"))
+                work.append(tg.create_task(self._readiness(), name="readiness"))
+                fwd = tg.create_task(self.forwarder.run(), name="forwarder")
+                await stop.wait()
+                log.info("stopping: draining the outbox for up to %.0f s", DRAIN_S)
+                self.notifier.stopping()
+                for t in work:
+                    t.cancel()
+                await self._drain()
+                fwd.cancel()
+        finally:
+            await self._shutdown()
+
+    async def _drain(self) -> None:
+        assert self.store is not None and self.publisher is not None
+        deadline = self.mono() + DRAIN_S
+        while self.store.backlog and self.publisher.connected.is_set() and self.mono() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def _shutdown(self) -> None:
+        if self.publisher is not None:
+            try:
+                await asyncio.wait_for(self.publisher.stop(final_topic=f"{self.root}/status",
+                                                           final_payload=self.status_payload("offline")),
+                                       timeout=3.0)
+            except TimeoutError:
+                log.warning("broker did not acknowledge the offline status in time")
+        if self.store is not None:
+            await self.store.close()
+        if self.metrics is not None:
+            self.metrics.stop()
+        log.info("stopped")
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.publish.status_interval_s)
+            if self.publisher is not None and self.publisher.connected.is_set():
+                await self._publish_status("online")
+            self.notifier.status(self.health_line())
+
+    def health_line(self) -> str:
+        store = self.store
+        up = sum(self.source_up.values())
+        parts = [f"sources {up}/{len(self.supervisors)} up",
+                 "broker up" if self.publisher and self.publisher.connected.is_set() else "broker DOWN",
+                 f"backlog {store.backlog if store else 0}", f"dropped {store.dropped if store else 0}"]
+        if self.closer is not None:
+            parts.append(f"windows {self.closer.windows_closed}")
+        alarms = self.alarms.active()
+        if alarms:
+            parts.append("alarms " + ",".join(a.kind for a in alarms))
+        return "; ".join(parts)
+
+    async def _readiness(self) -> None:
+        """READY=1 once every source was polled once and the broker answered (or a timeout)."""
+        assert self.publisher is not None
+        waits = [asyncio.ensure_future(e.wait()) for e in self.source_seen.values()]
+        waits.append(asyncio.ensure_future(self.publisher.connected.wait()))
+        try:
+            await asyncio.wait(waits, timeout=READY_TIMEOUT_S)
+        finally:
+            for w in waits:
+                w.cancel()
+        self.ready.set()
+        self.notifier.ready(self.health_line())
+        interval = self.notifier.watchdog_interval_s
+        while True:
+            await asyncio.sleep(interval or 10.0)
+            self.notifier.status(self.health_line())
+            if interval is not None and self._heartbeat_ok():
+                self.notifier.watchdog()
+
+    def _heartbeat_ok(self) -> bool:
+        """The pipeline's own heartbeat: the window task is alive and not overdue."""
+        closer = self.closer
+        if closer is None:
+            return False
+        overdue = self.mono() - closer.last_tick_mono
+        return overdue < self.cfg.publish.interval_s * 2 + 30

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything plantfloor needs on a fresh machine: a virtual environment with the
+# project and its test tools, and (for the tests) the Mosquitto broker binary.
+#   scripts/bootstrap.sh          the virtual environment only (enough for the demo)
+#   scripts/bootstrap.sh --test   also Mosquitto, which the integration tests start on free ports
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "plantfloor needs Python 3.11 or newer as $PYTHON (set PYTHON=...)" >&2
+  exit 2
+fi
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+  echo "need root to run: $*" >&2; return 1; fi; }
+
+if [ "${1:-}" = "--test" ]; then
+  if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
+    echo "installing the Mosquitto broker (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  fi
+  if ! command -v systemd-analyze >/dev/null; then
+    echo "installing systemd (for systemd-analyze, used by the unit's security check)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null || true
+  fi
+fi
+
+stamp=.venv/.plantfloor-installed
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  touch "$stamp"
+fi

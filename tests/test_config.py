@@ -1,0 +1,128 @@
+"""Configuration: the shipped configs validate; every bad config exits 2 with file, line and key."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.config import Config
+from agent.configload import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = sorted(p for p in (ROOT / "tests" / "cases").iterdir() if (p / "expected.txt").exists())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_config_exits_2_naming_file_line_and_key(case: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = case / "config.yaml"
+    expected = (case / "expected.txt").read_text().strip()
+    code = main(["check", str(config)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"plantfloor: {config}:{expected}"
+    assert "\n" not in err and "Traceback" not in err
+    assert re.match(rf"plantfloor: {re.escape(str(config))}:\d+: ", err), "file and line are named"
+
+
+@pytest.mark.parametrize("name", ["kyushu.yaml", "demo.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    loaded = load_config(ROOT / "config" / name)
+    cfg = loaded.config
+    assert cfg.site == "kyushu"
+    assert cfg.timezone == "Asia/Tokyo"
+    assert cfg.plant.capacity_per_year == 500_000
+    assert cfg.plant.planned_utilization == pytest.approx(0.80)
+    assert {ln.id for ln in cfg.lines} == {"kei-ev", "rogue"}
+    assert next(ln for ln in cfg.lines if ln.id == "kei-ev").product == "Sakura"
+    assert len(loaded.sha256) == 64
+
+
+def test_demo_windows_are_short() -> None:
+    assert load_config(ROOT / "config" / "demo.yaml").config.publish.interval_s <= 5
+
+
+def test_kyushu_every_key_commented() -> None:
+    """Every line of the seed config that holds a key carries a comment."""
+    lines = (ROOT / "config" / "kyushu.yaml").read_text().splitlines()
+    uncommented = [ln for ln in lines if re.match(r"^\s*(- )?\{?[a-z_]+:", ln) and "#" not in ln]
+    assert uncommented == []
+
+
+def test_kyushu_targets_match_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    """The lines' targets over the 2028 calendar add up to the 400,000 plan (within 1 %)."""
+    code = main(["check", str(ROOT / "config" / "kyushu.yaml")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "capacity 500,000 /year" in out
+    assert "target 400,000 /year" in out
+    for needle in ("plc-kei", "plc-rogue", "kei-ev", "rogue", "per shift", "per day", "per year"):
+        assert needle in out
+    from agent.check import summary
+
+    text = summary(load_config(ROOT / "config" / "kyushu.yaml").config, year=2028)
+    share = float(re.search(r"\(([\d.]+) % of the plan\)", text).group(1))  # type: ignore[union-attr]
+    assert 99.0 <= share <= 102.0
+
+
+def test_check_warns_about_opcua_without_security(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(ROOT / "config" / "demo.yaml")]) == 0
+    assert "warning: source plc-rogue: OPC UA security policy None" in capsys.readouterr().out
+
+
+def test_schema_config_is_generated_from_the_models(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "config"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema == Config.model_json_schema()
+    assert schema["additionalProperties"] is False
+    assert "lines" in schema["properties"]
+
+
+def test_schema_payloads(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "payloads"]) == 0
+    schemas = json.loads(capsys.readouterr().out)
+    assert set(schemas) == {"R/status", "R/lines/<line>/output", "R/lines/<line>/state", "R/plant/output"}
+    out = schemas["R/lines/<line>/output"]["properties"]
+    for field in ("schema", "site", "line", "product", "seq", "window_start", "window_end", "units",
+                  "rate_per_hour", "target_per_hour", "attainment", "shift", "day", "state_seconds",
+                  "quality", "events", "historical"):
+        assert field in out, field
+
+
+def test_every_config_field_is_described() -> None:
+    """`plantfloor schema config` documents every field (it is the reference)."""
+    schema = Config.model_json_schema()
+    missing = [f"Config.{f}" for f, spec in schema["properties"].items() if "description" not in spec]
+    for name, model in schema.get("$defs", {}).items():
+        for field, spec in model.get("properties", {}).items():
+            if "description" not in spec:
+                missing.append(f"{name}.{field}")
+    assert missing == []
+
+
+def test_password_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import MqttConfig
+
+    monkeypatch.setenv("PLANTFLOOR_MQTT_PASSWORD", "from-env")
+    assert MqttConfig(username="u").password() == "from-env"
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    assert MqttConfig(username="u", password_file=secret).password() == "from-file"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("from-credentials")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert MqttConfig(username="u", password_file=Path("mqtt-password")).password() == "from-credentials"
+
+
+def test_broker_override_is_validated() -> None:
+    from agent.configload import with_broker
+    from agent.errors import ConfigError
+
+    cfg = load_config(ROOT / "config" / "demo.yaml").config
+    assert with_broker(cfg, "mqtt://10.0.0.5:1884").mqtt.port == 1884
+    with pytest.raises(ConfigError, match="--broker"):
+        with_broker(cfg, "http://nope")
