@@ -109,7 +109,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return check_command(args.config, connect=args.connect, broker=args.broker, year=args.year)
     if args.command == "run":
-        return _run_agent(args.config, args.broker)
+        return _run_agent(args)
     if args.command == "simulate":
         from simulators.runner import run_simulators
 
@@ -144,12 +144,16 @@ def _schema(what: str) -> int:
     return 0
 
 
-def _run_agent(config: Path, broker: str | None) -> int:
+def _run_agent(args: argparse.Namespace) -> int:
     from agent.configload import load_config, with_broker
+    from agent.logconfig import collect_secrets, configure_logging
     from agent.pipeline import Agent
 
-    loaded = load_config(config)
-    cfg = with_broker(loaded.config, broker) if broker else loaded.config
+    loaded = load_config(args.config)
+    cfg = with_broker(loaded.config, args.broker) if args.broker else loaded.config
+    configure_logging(fmt=args.log_format, level=logging.DEBUG if args.debug else logging.INFO,
+                      secrets=collect_secrets(cfg))
+    _check_password(cfg)
     stop = asyncio.Event()
 
     async def _main() -> int:
@@ -158,6 +162,15 @@ def _run_agent(config: Path, broker: str | None) -> int:
         return 0
 
     return _run_until_signal(_main, stop=stop)
+
+
+def _check_password(cfg: Any) -> None:
+    """A configured password file that cannot be read is a configuration error (exit 2)."""
+    try:
+        cfg.mqtt.password()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the MQTT password file ({exc.strerror})",
+                          file=str(cfg.mqtt.password_file), key="mqtt.password_file") from exc
 
 
 def _run_until_signal(factory: Callable[[], Awaitable[Any]], *, stop: asyncio.Event | None = None) -> int:

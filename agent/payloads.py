@@ -38,7 +38,7 @@ PLANT_SCHEMA = "plantfloor.plant/1"
 
 Event = Literal[
     "rollover", "counter_reset", "implausible_jump", "source_unreachable", "gap_recovered",
-    "invalid_value", "bad_quality", "uncertain_quality", "rebaselined", "clock_step",
+    "invalid_value", "bad_quality", "uncertain_quality", "rebaselined", "clock_step", "agent_offline",
 ]
 
 

@@ -19,7 +19,7 @@ from agent.core.report import LineTotals, PlantTotals, Reporter
 from agent.core.tracker import WindowResult
 from agent.errors import StoreError
 from agent.lines import LineBoard
-from agent.payloads import encode
+from agent.payloads import LineOutput, encode
 from agent.status import Alarms
 from agent.store import LineState, NewRecord, Store, StoredState
 
@@ -88,7 +88,7 @@ class WindowCloser:
             await asyncio.sleep(min(delay, TICK_S))
 
     def _line_record(self, line_id: str, result: WindowResult, start: datetime, end: datetime,
-                     out_list: list[NewRecord], lines: list[LineState], outputs: list[object]) -> None:
+                     out_list: list[NewRecord], lines: list[LineState], outputs: list[LineOutput]) -> None:
         line = next(ln for ln in self.cfg.lines if ln.id == line_id)
         out, totals = self.reporter.line_output(line, result, start, end, self.totals[line_id])
         self.totals[line_id] = totals
@@ -101,10 +101,10 @@ class WindowCloser:
     def _window(self, results: dict[str, WindowResult], start: datetime, end: datetime) -> _Pending:
         records: list[NewRecord] = []
         lines: list[LineState] = []
-        outputs: list[object] = []
+        outputs: list[LineOutput] = []
         for line in self.cfg.lines:
             self._line_record(line.id, results[line.id], start, end, records, lines, outputs)
-        plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant)  # type: ignore[arg-type]
+        plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant)
         records.append(NewRecord(topic=f"{self.root}/plant/output", payload=encode(plant_out),
                                  qos=self.cfg.mqtt.qos, retain=False, line=None, seq=plant_out.seq,
                                  window_end=end))
@@ -135,7 +135,7 @@ class WindowCloser:
                 results[line_id] = WindowResult(
                     line=line_id, units=0, events=(event,), quality="bad",
                     state_seconds={"running": 0.0, "stopped": 0.0, "faulted": 0.0, "unknown": secs},
-                    counter=tracker.baseline, state="unknown")
+                    counter=tracker.engine.baseline, state="unknown")
             self._pending.append(self._window(results, start, end))
             start = end
             count += 1

@@ -1,0 +1,216 @@
+"""Payloads from window results: targets, attainment, and shift, day and plant totals.
+
+Formulas (``W`` = window length in real seconds, ``P(a, b)`` = planned production
+seconds within ``[a, b)`` from :class:`~agent.core.calendar.ShiftCalendar`, ``R`` = the
+line's ``rate_target`` in units per planned hour):
+
+Line, per window ``[start, end)``:
+
+* ``rate_per_hour = units * 3600 / W``
+* window target units ``T = R * P(start, end) / 3600``;
+  ``target_per_hour = T * 3600 / W`` (0 in breaks and off shift, a fraction at edges)
+* ``attainment = units / T``; null when ``T`` is 0
+* shift = the period containing ``start``; its totals restart when the period changes.
+  ``shift.units`` and ``shift.downtime_s`` (stopped + faulted seconds) are sums over the
+  period's windows so far; ``shift.target = R * P(period) / 3600``;
+  ``shift.projected = shift.units + rate * (P(period) - P(period.start, end))``, where
+  ``rate = shift.units / P(period.start, end)``, or the window's ``units / W`` when no
+  planned time has elapsed yet
+* day = the production date of ``start``; ``day.units`` restarts on a new production
+  date; ``day.target = R * (planned seconds of the shifts starting that date) / 3600``
+
+Plant, per window (``Y`` = planned seconds of the production year, ``E`` = planned
+seconds of it elapsed by the window's end, ``C`` = ``capacity_per_year``):
+
+* ``units`` = sum of line units; ``lines`` = units per line
+* ``units_today`` by production date, ``units_year_to_date`` by production year
+* ``target_today`` = sum of the lines' ``day.target``
+* ``utilization = units_year_to_date / (C * E / Y)``; 0 while ``E`` is 0
+* ``projected_year = units_year_to_date + (units_year_to_date / E) * (Y - E)``; while
+  ``E`` is 0, ``C * planned_utilization``
+* ``quality`` = the worst line quality (bad < uncertain < good)
+
+Figures are rounded to 3 decimals (attainment and utilization to 4).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime
+from typing import Any, Literal, cast
+
+from agent.config import Config, LineConfig
+from agent.core.calendar import ShiftCalendar
+from agent.core.tracker import WindowResult
+from agent.payloads import DayTotals, LineOutput, PlantOutput, ShiftTotals, StateSeconds
+
+__all__ = ["LineTotals", "PlantTotals", "Reporter"]
+
+QualityName = Literal["good", "uncertain", "bad"]
+_QUALITY_RANK: dict[str, int] = {"bad": 0, "uncertain": 1, "good": 2}
+
+
+@dataclass
+class LineTotals:
+    """A line's running totals, persisted by the store as JSON with each window."""
+
+    seq: int = 0
+    shift_key: str | None = None
+    shift_units: int = 0
+    shift_downtime_s: float = 0.0
+    day: date | None = None
+    day_units: int = 0
+    last_window_end: datetime | None = None
+
+    def to_json(self) -> str:
+        """Compact JSON; dates and datetimes as ISO 8601."""
+        return json.dumps(asdict(self), default=_iso, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LineTotals:
+        """The inverse of :meth:`to_json`."""
+        raw = json.loads(text)
+        raw["day"] = _date(raw.get("day"))
+        raw["last_window_end"] = _datetime(raw.get("last_window_end"))
+        return cls(**raw)
+
+
+@dataclass
+class PlantTotals:
+    """The plant's running totals, persisted by the store as JSON with each window."""
+
+    seq: int = 0
+    day: date | None = None
+    day_units: int = 0
+    year: int | None = None
+    year_units: int = 0
+    last_window_end: datetime | None = None
+
+    def to_json(self) -> str:
+        """Compact JSON; dates and datetimes as ISO 8601."""
+        return json.dumps(asdict(self), default=_iso, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PlantTotals:
+        """The inverse of :meth:`to_json`."""
+        raw = json.loads(text)
+        raw["day"] = _date(raw.get("day"))
+        raw["last_window_end"] = _datetime(raw.get("last_window_end"))
+        return cls(**raw)
+
+
+class Reporter:
+    """Builds the line and plant payloads of a window from results and running totals."""
+
+    def __init__(self, cfg: Config, calendar: ShiftCalendar) -> None:
+        self.cfg = cfg
+        self.calendar = calendar
+
+    def line_output(self, line: LineConfig, result: WindowResult, start: datetime,
+                    end: datetime, totals: LineTotals, *,
+                    historical: bool = False) -> tuple[LineOutput, LineTotals]:
+        """The ``R/lines/<line>/output`` payload and the line's new totals."""
+        cal = self.calendar
+        rate = line.rate_target
+        window_s = _seconds(start, end)
+        target_units = rate * cal.planned_seconds(start, end) / 3600.0
+
+        period = cal.period_at(start)
+        new_shift = totals.shift_key != period.key
+        shift_units = (0 if new_shift else totals.shift_units) + result.units
+        downtime = ((0.0 if new_shift else totals.shift_downtime_s)
+                    + result.state_seconds.get("stopped", 0.0)
+                    + result.state_seconds.get("faulted", 0.0))
+        period_planned = period.planned_seconds
+        elapsed = period.planned_before(end)
+        pace = shift_units / elapsed if elapsed > 0 else result.units / window_s
+        projected = shift_units + pace * max(period_planned - elapsed, 0.0)
+
+        day = cal.production_date(start)
+        day_units = (0 if totals.day != day else totals.day_units) + result.units
+
+        out = LineOutput(
+            site=self.cfg.site, line=line.id, product=line.product, seq=totals.seq + 1,
+            window_start=start, window_end=end, units=result.units,
+            rate_per_hour=_r(result.units * 3600.0 / window_s),
+            target_per_hour=_r(target_units * 3600.0 / window_s),
+            attainment=_r(result.units / target_units, 4) if target_units > 0 else None,
+            shift=ShiftTotals(name=period.name, units=shift_units,
+                              target=_r(rate * period_planned / 3600.0),
+                              projected=_r(projected), downtime_s=_r(downtime)),
+            day=DayTotals(date=day, units=day_units,
+                          target=_r(rate * cal.day_planned_seconds(day) / 3600.0)),
+            state_seconds=StateSeconds(**{k: _r(v) for k, v in result.state_seconds.items()}),
+            quality=cast(QualityName, result.quality),
+            events=cast(Any, list(result.events)),
+            counter=result.counter, historical=historical,
+        )
+        new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
+                      shift_downtime_s=downtime, day=day, day_units=day_units,
+                      last_window_end=end)
+        return out, new
+
+    def plant_output(self, outputs: Sequence[LineOutput], start: datetime, end: datetime,
+                     totals: PlantTotals, *,
+                     historical: bool = False) -> tuple[PlantOutput, PlantTotals]:
+        """The ``R/plant/output`` payload and the plant's new totals."""
+        cal = self.calendar
+        plant = self.cfg.plant
+        units = sum(o.units for o in outputs)
+        day = cal.production_date(start)
+        today = (0 if totals.day != day else totals.day_units) + units
+        ytd = (0 if totals.year != day.year else totals.year_units) + units
+
+        year_s = cal.year_planned_seconds(day.year)
+        elapsed = min(cal.year_planned_elapsed(end, year=day.year), year_s)
+        if elapsed > 0:
+            utilization = ytd / (plant.capacity_per_year * elapsed / year_s)
+            projected = ytd + ytd / elapsed * (year_s - elapsed)
+        else:
+            utilization = 0.0
+            projected = plant.capacity_per_year * plant.planned_utilization
+        quality = min((o.quality for o in outputs), key=_QUALITY_RANK.__getitem__, default="bad")
+
+        out = PlantOutput(
+            site=self.cfg.site, seq=totals.seq + 1, window_start=start, window_end=end,
+            units=units, units_today=today, units_year_to_date=ytd,
+            target_today=_r(sum(o.day.target for o in outputs)),
+            capacity_per_year=plant.capacity_per_year,
+            planned_utilization=plant.planned_utilization,
+            utilization=_r(utilization, 4), projected_year=_r(projected),
+            lines={o.line: o.units for o in outputs}, quality=quality, historical=historical,
+        )
+        new = replace(totals, seq=totals.seq + 1, day=day, day_units=today, year=day.year,
+                      year_units=ytd, last_window_end=end)
+        return out, new
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC)
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    s = (_utc(end) - _utc(start)).total_seconds()
+    if s <= 0:
+        raise ValueError(f"empty window {start.isoformat()} .. {end.isoformat()}")
+    return s
+
+
+def _r(x: float, digits: int = 3) -> float:
+    return round(x, digits)
+
+
+def _iso(v: object) -> str:
+    if isinstance(v, date | datetime):
+        return v.isoformat()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def _date(v: str | None) -> date | None:
+    return None if v is None else date.fromisoformat(v)
+
+
+def _datetime(v: str | None) -> datetime | None:
+    return None if v is None else datetime.fromisoformat(v)

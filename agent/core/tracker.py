@@ -1,0 +1,146 @@
+"""Per-line window accumulation: units, events, quality and time in each line state.
+
+A :class:`LineTracker` receives a line's readings as they arrive and is closed once per
+publish window. Units land in the window in which they are read (units read after an
+outage carry ``gap_recovered``). Time in each state is integrated over the monotonic
+times carried by the readings and passed to :meth:`LineTracker.close_window`, so the
+``state_seconds`` of a window always add up to the monotonic time it covered.
+
+Quality of a window: ``bad`` when no good counter reading arrived in it; ``uncertain``
+when one did but something went wrong too (a non-good reading, the source lost, an
+invalid value, an implausible jump, a counter reset, units recovered after a gap);
+``good`` otherwise. A rollover is normal operation and does not lower quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent.core.counter import CounterEngine
+from agent.readings import Quality, Reading
+
+__all__ = ["DEFAULT_MODULUS", "STATES", "LineTracker", "WindowResult"]
+
+STATES = ("running", "stopped", "faulted", "unknown")
+#: counter modulus when neither the configuration nor the source says otherwise
+DEFAULT_MODULUS = 2**32
+#: events that make a window with good counter readings "uncertain"
+_PROBLEMS = frozenset({
+    "source_unreachable", "bad_quality", "uncertain_quality", "invalid_value",
+    "implausible_jump", "counter_reset", "gap_recovered", "rebaselined",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """What one line did in one window, before targets and totals are applied."""
+
+    line: str
+    units: int
+    events: tuple[str, ...]
+    quality: str
+    state_seconds: dict[str, float]
+    counter: int | None
+    state: str
+
+
+class LineTracker:
+    """Accumulates one line's current window; pure, driven by monotonic times."""
+
+    def __init__(self, *, line_id: str, configured_modulus: int | None,
+                 max_rate_per_hour: float | None, state_map: Mapping[int, str],
+                 has_state_tag: bool, baseline: int | None, baseline_mono: float | None,
+                 start_mono: float) -> None:
+        self.line_id = line_id
+        self.state_map = dict(state_map)
+        self.has_state_tag = has_state_tag
+        self.engine = CounterEngine(modulus=configured_modulus or DEFAULT_MODULUS,
+                                    max_rate_per_hour=max_rate_per_hour,
+                                    baseline=baseline, baseline_mono=baseline_mono)
+        self._modulus_known = configured_modulus is not None
+        #: current line state: running | stopped | faulted | unknown
+        self.state = "unknown"
+        #: the last reason the source was unreachable (None once it is back)
+        self.last_error: str | None = None
+        self._mark = start_mono
+        self._reset()
+
+    def _reset(self) -> None:
+        self._units = 0
+        self._events: dict[str, None] = {}
+        self._good = 0
+        self._seconds = dict.fromkeys(STATES, 0.0)
+
+    def _advance(self, mono: float) -> None:
+        # readings can arrive with a time before the last mark (a poll answered just
+        # before the window closed); time never runs backwards, so they add nothing
+        if mono > self._mark:
+            self._seconds[self.state] += mono - self._mark
+            self._mark = mono
+
+    def _set_state(self, state: str) -> bool:
+        changed = state != self.state
+        self.state = state
+        return changed
+
+    def on_reading(self, r: Reading) -> bool:
+        """Account for one reading of this line; True when the line state changed."""
+        self._advance(r.mono)
+        if r.role == "counter":
+            self._on_counter(r)
+            return False
+        good = r.quality is Quality.GOOD and r.value is not None
+        if not good:
+            self._events[_quality_event(r.quality)] = None
+        if not self.has_state_tag or not good:
+            return self._set_state("unknown")
+        assert r.value is not None
+        return self._set_state(self.state_map.get(r.value, "unknown"))
+
+    def _on_counter(self, r: Reading) -> None:
+        if r.quality is not Quality.GOOD or r.value is None:
+            self._events[_quality_event(r.quality)] = None
+            return
+        self.last_error = None
+        if not self._modulus_known:
+            self.engine.set_modulus(r.modulus or DEFAULT_MODULUS)
+            self._modulus_known = True
+        delta = self.engine.observe(r.value, r.mono)
+        self._good += 1
+        self._units += delta.units
+        for e in delta.events:
+            self._events[e] = None
+
+    def on_source_down(self, mono: float, error: str) -> bool:
+        """The line's source was lost: state unknown, ``source_unreachable``; True on change."""
+        self._advance(mono)
+        self.last_error = error
+        self._events["source_unreachable"] = None
+        self.engine.mark_unreachable()
+        return self._set_state("unknown")
+
+    def close_window(self, mono: float) -> WindowResult:
+        """Close the window at ``mono`` and start the next one (the state carries over)."""
+        self._advance(mono)
+        events = tuple(self._events)
+        if self._good == 0:
+            quality = "bad"
+        elif _PROBLEMS.intersection(events):
+            quality = "uncertain"
+        else:
+            quality = "good"
+        result = WindowResult(line=self.line_id, units=self._units, events=events,
+                              quality=quality, state_seconds=dict(self._seconds),
+                              counter=self.engine.baseline, state=self.state)
+        self._reset()
+        return result
+
+    def discard_window(self, mono: float) -> None:
+        """Drop what the current window accumulated and start a new one at ``mono``."""
+        self._mark = max(self._mark, mono)
+        self._reset()
+
+
+def _quality_event(q: Quality) -> str:
+    return "uncertain_quality" if q is Quality.UNCERTAIN else "bad_quality"
