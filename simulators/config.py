@@ -1,0 +1,309 @@
+"""Configuration of the software PLCs (pydantic v2, frozen, unknown keys are errors).
+
+A simulator file names PLCs (Modbus TCP or OPC UA servers) and, per PLC, the lines whose
+good-unit counter and state it serves, each with its takt time and production randomness.
+:func:`load_sim_config` reads it as YAML 1.2 and turns every problem into one
+:class:`agent.errors.ConfigError` naming the file, line and key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from agent.config import Shift
+from agent.errors import ConfigError
+
+__all__ = [
+    "ModbusCounterTag",
+    "ModbusLineConfig",
+    "ModbusPlcConfig",
+    "ModbusStateTag",
+    "OpcUaCounterNode",
+    "OpcUaLineConfig",
+    "OpcUaPlcConfig",
+    "OpcUaStateNode",
+    "PlcConfig",
+    "ProductionConfig",
+    "SimConfig",
+    "SimLineConfig",
+    "load_sim_config",
+]
+
+Identifier = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+          description="lower-case letters, digits, '-' and '_'"),
+]
+SimPort = Annotated[int, Field(ge=0, le=65535, description="TCP port; 0 picks a free one")]
+UnitId = Annotated[int, Field(ge=0, le=255, description="Modbus unit id")]
+Address = Annotated[int, Field(ge=0, le=65535, description="0-based protocol address")]
+
+MODBUS_COUNTER_MODULUS: dict[str, int] = {"uint16": 2**16, "uint32": 2**32, "uint64": 2**64}
+OPCUA_COUNTER_MODULUS: dict[str, int] = {"UInt32": 2**32, "UInt64": 2**64, "Int32": 2**31}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProductionConfig(_Model):
+    """Randomness of one line; the defaults give a realistic but lively line."""
+
+    takt_jitter: float = Field(0.05, ge=0, le=0.5, description="relative standard deviation of each unit's cycle time")
+    micro_stop_rate_per_hour: float = Field(4.0, ge=0, description="short stops (starved/blocked) per running hour")
+    micro_stop_s: float = Field(15.0, gt=0, description="mean length of a short stop; the line is stopped meanwhile")
+    breakdown_rate_per_hour: float = Field(0.3, ge=0, description="breakdowns per running hour")
+    repair_s: float = Field(90.0, gt=0, description="mean repair time; the line is faulted meanwhile")
+
+
+class ModbusCounterTag(_Model):
+    """Where a Modbus PLC serves a line's good-unit counter."""
+
+    unit_id: UnitId = 1
+    address: Address
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["uint16", "uint32", "uint64"] = "uint32"
+    word_order: Literal["big", "little"] = Field("big", description="big: most significant word first")
+    start: int = Field(0, ge=0, description="counter value when the simulator starts")
+
+    @property
+    def width(self) -> int:
+        """Registers the counter occupies."""
+        return {"uint16": 1, "uint32": 2, "uint64": 4}[self.type]
+
+    @property
+    def modulus(self) -> int:
+        return MODBUS_COUNTER_MODULUS[self.type]
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusCounterTag:
+        if self.start >= self.modulus:
+            raise ValueError(f"start {self.start} does not fit a {self.type} (modulus {self.modulus})")
+        if self.address + self.width > 65536:
+            raise ValueError(f"a {self.type} at address {self.address} runs past register 65535")
+        return self
+
+
+class ModbusStateTag(_Model):
+    """Where a Modbus PLC serves a line's state: uint16, 0 stopped, 1 running, 2 faulted."""
+
+    unit_id: UnitId = 1
+    address: Address
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["uint16"] = "uint16"
+
+
+class _LineBase(_Model):
+    id: Identifier
+    takt_s: float = Field(3.0, gt=0, description="mean cycle time of one unit while running")
+    production: ProductionConfig = Field(default_factory=ProductionConfig,
+                                         description="stops, breakdowns and cycle-time jitter")
+
+
+class SimLineConfig(_LineBase):
+    """A line served by a Modbus PLC."""
+
+    counter: ModbusCounterTag
+    state: ModbusStateTag | None = None
+
+    @property
+    def modulus(self) -> int:
+        """Where the counter wraps."""
+        return self.counter.modulus
+
+    def registers(self) -> list[tuple[int, str, int]]:
+        """Every (unit id, table, address) this line occupies."""
+        regs: list[tuple[int, str, int]] = [(self.counter.unit_id, self.counter.table, self.counter.address + i)
+                for i in range(self.counter.width)]
+        if self.state is not None:
+            regs.append((self.state.unit_id, self.state.table, self.state.address))
+        return regs
+
+
+ModbusLineConfig = SimLineConfig
+
+
+class OpcUaCounterNode(_Model):
+    """A line's good-unit counter node on an OPC UA PLC."""
+
+    node: str = Field(..., min_length=1, description='string identifier in the simulator namespace, e.g. "Rogue.GoodCount" (served as ns=2;s=...)')
+    type: Literal["UInt32", "UInt64", "Int32"] = "UInt32"
+    modulus: int | None = Field(None, ge=2, description="Int32 only: where the counter wraps (default 2**31, PackML DINT)")
+    start: int = Field(0, ge=0, description="counter value when the simulator starts")
+
+    @property
+    def effective_modulus(self) -> int:
+        return self.modulus if self.modulus is not None else OPCUA_COUNTER_MODULUS[self.type]
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaCounterNode:
+        if self.modulus is not None:
+            if self.type != "Int32":
+                raise ValueError("modulus is only for Int32 counters")
+            if self.modulus > 2**31:
+                raise ValueError(f"modulus {self.modulus} is wider than an Int32 can count (2**31)")
+        if self.start >= self.effective_modulus:
+            raise ValueError(f"start {self.start} is not below the modulus {self.effective_modulus}")
+        return self
+
+
+class OpcUaStateNode(_Model):
+    """A line's state node: 0 stopped, 1 running, 2 faulted."""
+
+    node: str = Field(..., min_length=1, description='string identifier, e.g. "Rogue.State"')
+    type: Literal["Int32", "UInt16"] = "Int32"
+
+
+class OpcUaLineConfig(_LineBase):
+    """A line served by an OPC UA PLC."""
+
+    counter: OpcUaCounterNode
+    state: OpcUaStateNode | None = None
+
+    @property
+    def modulus(self) -> int:
+        """Where the counter wraps."""
+        return self.counter.effective_modulus
+
+
+class ModbusPlcConfig(_Model):
+    """A Modbus TCP server; unit ids are per tag."""
+
+    id: Identifier
+    kind: Literal["modbus"] = "modbus"
+    host: str = "127.0.0.1"
+    port: SimPort = 0
+    lines: tuple[SimLineConfig, ...] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusPlcConfig:
+        used: dict[tuple[int, str, int], str] = {}
+        for line in self.lines:
+            for key in line.registers():
+                if key in used:
+                    unit, table, addr = key
+                    raise ValueError(f"line {line.id!r}: {table} register {addr} of unit {unit} "
+                                     f"is already used by line {used[key]!r}")
+                used[key] = line.id
+        return self
+
+
+class OpcUaPlcConfig(_Model):
+    """An OPC UA server; its namespace is registered first, so it gets index 2."""
+
+    id: Identifier
+    kind: Literal["opcua"] = "opcua"
+    host: str = "127.0.0.1"
+    port: SimPort = 0
+    path: str = Field("/plantfloor", pattern=r"^/.*", description="path of the endpoint URL")
+    namespace: str = Field("urn:plantfloor:simulator", min_length=1, description="namespace URI of the served nodes")
+    lines: tuple[OpcUaLineConfig, ...] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaPlcConfig:
+        seen: dict[str, str] = {}
+        for line in self.lines:
+            nodes = [line.counter.node] + ([line.state.node] if line.state is not None else [])
+            for node in nodes:
+                if node in seen:
+                    raise ValueError(f"line {line.id!r}: node {node!r} is already used by line {seen[node]!r}")
+                seen[node] = line.id
+        return self
+
+
+PlcConfig = Annotated[ModbusPlcConfig | OpcUaPlcConfig, Field(discriminator="kind")]
+
+
+class SimConfig(_Model):
+    """A set of software PLCs."""
+
+    seed: int = Field(42, description="line i draws its randomness from random.Random(seed + i)")
+    timezone: str = Field("UTC", description="IANA time zone of the shift calendar")
+    shifts: tuple[Shift, ...] | None = Field(None, description="when present, lines stop outside shifts and during breaks")
+    plcs: tuple[PlcConfig, ...] = Field(..., min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{v!r} is not an IANA time zone") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> SimConfig:
+        for what, ids in (("plcs", [p.id for p in self.plcs]),
+                          ("lines", [ln.id for p in self.plcs for ln in p.lines])):
+            seen: set[str] = set()
+            for x in ids:
+                if x in seen:
+                    raise ValueError(f"{what}: duplicate id {x!r}")
+                seen.add(x)
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_sim_config(path: Path | str) -> SimConfig:
+    """Read a simulator file (YAML 1.2, duplicate keys refused); raise ConfigError naming file, line and key."""
+    path = Path(path)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=name) from exc
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        doc = yaml.load(text)
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML: {problem}", file=name, line=line) from exc
+    if not isinstance(doc, Mapping):
+        raise ConfigError("the file must hold a mapping (seed, timezone, shifts, plcs)", file=name)
+    try:
+        return SimConfig.model_validate(_plain(doc))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        # pydantic puts the union tag (modbus/opcua) into the location; the file has no such key
+        loc = tuple(p for p in err["loc"] if p not in ("modbus", "opcua"))
+        raise ConfigError(err["msg"], file=name, line=_line_of(doc, loc),
+                          key=".".join(str(p) for p in loc) or None) from exc
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's commented containers as plain dicts and lists."""
+    if isinstance(node, Mapping):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the deepest part of ``loc`` found in the document."""
+    line: int | None = None
+    node = doc
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+        else:
+            break
+    return line
