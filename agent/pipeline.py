@@ -72,7 +72,7 @@ class Agent:
     def status_payload(self, state: str) -> bytes:
         store = self.store
         return encode(StatusPayload(
-            state=state,  # type: ignore[arg-type]
+            state=state,
             agent=self.cfg.client_id, version=__version__,
             started_at=self.started_at, config_sha256=self.sha,
             backlog=store.backlog if store else 0, dropped=store.dropped if store else 0,
@@ -193,7 +193,7 @@ class Agent:
         if self.store is not None:
             await self.store.close()
         if self.metrics is not None:
-            self.metrics.stop()
+            await asyncio.to_thread(self.metrics.stop)
         log.info("stopped")
 
     async def _status_loop(self) -> None:

@@ -1,0 +1,231 @@
+"""Deployment: the unit's sandbox exposure, install.sh's tree, idempotence and uninstall."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "deploy" / "plantfloor.service"
+INSTALL = REPO / "deploy" / "install.sh"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            k, _, v = line.partition("=")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def test_unit_directives() -> None:
+    s = unit_settings()
+    for key, value in {
+        "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30", "Restart": "always",
+        "RestartSec": "5", "RestartPreventExitStatus": "2", "DynamicUser": "yes",
+        "StateDirectory": "plantfloor", "ConfigurationDirectory": "plantfloor",
+        "UMask": "0077", "MemoryDenyWriteExecute": "yes", "PrivateUsers": "yes",
+        "CapabilityBoundingSet": "", "AmbientCapabilities": "",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "ExecStart": "/opt/plantfloor/venv/bin/plantfloor run /etc/plantfloor/plantfloor.yaml",
+    }.items():
+        assert s.get(key) == [value], key
+    # longer than the agent's 10 s drain, or systemd kills it mid-flush
+    assert int(s["TimeoutStopSec"][0]) > 10
+    creds = dict(v.split(":", 1) for v in s["LoadCredential"])
+    assert creds["mqtt-password"] == "/etc/plantfloor/secrets/mqtt-password"
+    assert all(p.startswith("/etc/plantfloor/secrets/") for p in creds.values())
+    assert "IPAddressDeny" not in s  # PLC networks differ per site: never guessed here
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_exposure_at_most_2() -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(UNIT)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    m = re.search(r"Overall exposure level for plantfloor\.service: (\d+\.\d+)",
+                  proc.stdout + proc.stderr)
+    assert m, proc.stdout + proc.stderr
+    assert float(m.group(1)) <= 2.0, proc.stdout
+
+
+def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ, **(env or {}))
+    full.pop("DESTDIR", None)
+    proc = subprocess.run(["bash", str(INSTALL), *args], capture_output=True, text=True,
+                          timeout=300, env=full, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> kind and mode of everything below root (symlinks by target)."""
+    out: dict[str, str] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if rel.startswith("opt/plantfloor/venv/"):
+            continue
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = f"link->{os.readlink(p)}"
+        else:
+            out[rel] = f"{'d' if p.is_dir() else 'f'}{stat.S_IMODE(st.st_mode):04o}"
+    return out
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_install_tree_idempotent_and_uninstall(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    run_install("install", "--root", str(root), "--no-venv")
+    first = tree(root)
+
+    etc = root / "etc/plantfloor"
+    assert (etc / "plantfloor.yaml").read_text() == (REPO / "config/kyushu.yaml").read_text()
+    assert mode(etc / "plantfloor.yaml") == 0o644
+    assert mode(etc / "secrets") == 0o700
+    if os.geteuid() == 0:
+        assert (etc / "secrets").stat().st_uid == 0
+    assert mode(etc) == 0o755
+    unit = root / "etc/systemd/system/plantfloor.service"
+    assert unit.read_text() == UNIT.read_text()
+    assert mode(unit) == 0o644
+    wants = root / "etc/systemd/system/multi-user.target.wants/plantfloor.service"
+    assert os.readlink(wants) == "/etc/systemd/system/plantfloor.service"
+    assert (root / "opt/plantfloor/docs/operations.md").is_file()
+    assert (root / "opt/plantfloor/share/plantfloor.example.yaml").is_file()
+
+    # a site's edits and secrets survive a re-install (upgrade)
+    (etc / "plantfloor.yaml").write_text("site: edited\n")
+    (etc / "secrets/mqtt-password").write_text("pw\n")
+    (etc / "secrets/mqtt-password").chmod(0o600)
+    proc = run_install("install", "--root", str(root), "--no-venv")
+    assert "keeping the existing /etc/plantfloor/plantfloor.yaml" in proc.stdout
+    assert (etc / "plantfloor.yaml").read_text() == "site: edited\n"
+    again = tree(root)
+    assert again.pop("etc/plantfloor/secrets/mqtt-password") == "f0600"
+    assert again == first
+
+    run_install("uninstall", "--root", str(root))
+    left = {k: v for k, v in tree(root).items() if not v.startswith("d")}
+    assert left == {"etc/plantfloor/plantfloor.yaml": "f0644",
+                    "etc/plantfloor/secrets/mqtt-password": "f0600"}
+    assert not (root / "opt/plantfloor").exists()
+    run_install("uninstall", "--root", str(root))  # idempotent too
+
+
+def test_destdir_and_skip_env(tmp_path: Path) -> None:
+    root = tmp_path / "dest"
+    full = dict(os.environ, DESTDIR=str(root), PLANTFLOOR_SKIP_VENV="1")
+    done = subprocess.run(["bash", str(INSTALL)], capture_output=True, text=True, timeout=60,
+                          env=full, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (root / "etc/plantfloor/plantfloor.yaml").is_file()
+    assert not (root / "opt/plantfloor/venv").exists()
+
+
+def test_dockerfile_shape() -> None:
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    instructions = [ln.split(None, 1) for ln in text.splitlines()
+                    if ln.strip() and not ln.startswith((" ", "#"))]
+    final = instructions[max(i for i, (k, _) in enumerate(instructions) if k == "FROM"):]
+    kv = dict(final)
+    assert kv["FROM"] == "python:3.11-slim"
+    assert kv["USER"].split(":")[0] == "plantfloor"  # never root at run time
+    assert kv["ENTRYPOINT"] == '["plantfloor", "run"]'
+    assert kv["VOLUME"] == '["/var/lib/plantfloor"]'
+    assert "CREDENTIALS_DIRECTORY=/run/secrets" in text
+    # every path the build copies from the context exists in the tree
+    for k, v in instructions:
+        if k == "COPY" and not v.startswith("--from"):
+            for src in v.split()[:-1]:
+                assert (REPO / src).exists(), src
+
+
+def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(INSTALL), "frobnicate", "--root", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "unknown argument 'frobnicate'" in proc.stderr
+    assert not (tmp_path / "etc").exists()
+
+
+def test_check_accepts_installed_config(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    run_install("install", "--root", str(root), "--no-venv")
+    plantfloor = Path(sys.executable).parent / "plantfloor"
+    proc = subprocess.run([str(plantfloor), "check", str(root / "etc/plantfloor/plantfloor.yaml")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_install_with_real_venv(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    run_install("install", "--root", str(root), env={"PYTHON": sys.executable})
+    exe = root / "opt/plantfloor/venv/bin/plantfloor"
+    assert exe.is_file()
+    version = subprocess.run([str(exe), "--version"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert version.returncode == 0, version.stderr
+    from agent import __version__
+    assert __version__ in version.stdout + version.stderr
+    check = subprocess.run([str(exe), "check", str(root / "etc/plantfloor/plantfloor.yaml")],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# Runs argv[1:] with the kernel's "memory-deny-write-execute" (prctl PR_SET_MDWE, Linux 6.3+),
+# which survives execve: the same refusal of writable+executable memory that the unit's
+# MemoryDenyWriteExecute=yes imposes through seccomp.
+MDWE_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+UNDER_MDWE = """
+import mmap
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    raise SystemExit("W+X memory was allowed: MDWE is not in force")
+except PermissionError:
+    pass
+import asyncio, sqlite3
+import agent.cli, agent.pipeline, asyncua, paho.mqtt.client, pymodbus.client, ruamel.yaml
+from asyncua.crypto import uacrypto
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+sig = uacrypto.sign_sha256(key, b"plantfloor")
+key.public_key().verify(sig, b"plantfloor", padding.PKCS1v15(), hashes.SHA256())
+sqlite3.connect(":memory:").execute("pragma journal_mode=wal")
+asyncio.run(asyncio.sleep(0))
+print("mdwe-ok")
+"""
+
+
+def test_runs_under_memory_deny_write_execute() -> None:
+    plantfloor = str(Path(sys.executable).parent / "plantfloor")
+    probe = subprocess.run([sys.executable, "-c", MDWE_EXEC, sys.executable, "-c", UNDER_MDWE],
+                           capture_output=True, text=True, timeout=120, check=False)
+    if probe.returncode == 77:
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert probe.returncode == 0, probe.stderr
+    assert "mdwe-ok" in probe.stdout
+    check = subprocess.run([sys.executable, "-c", MDWE_EXEC, plantfloor, "check",
+                            str(REPO / "config/kyushu.yaml")],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert check.returncode == 0, check.stderr
