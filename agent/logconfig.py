@@ -157,8 +157,10 @@ def configure_logging(*, fmt: Literal["text", "json"] = "text", level: int = log
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    # the adapters log each failure once on its transition; the libraries would log it
+    # again, with tracebacks, on every poll
     for name in _QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.CRITICAL)
 
 
 def collect_secrets(cfg: Config) -> list[str]:

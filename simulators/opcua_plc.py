@@ -166,6 +166,10 @@ class OpcUaPlc:
             await asyncio.wait([task])
         if server is not None:
             await server.stop()
+            # Server.stop keeps the sessions it holds for subscription transfer, and their
+            # tasks; a real power cycle ends them
+            for session in list(server.iserver._external_sessions.values()):
+                await session.close_session(True)
 
     async def restart(self, *, reset_counters: bool = False) -> None:
         """Stop, optionally reset every counter to 0 (a power cycle), and start on the same port."""
