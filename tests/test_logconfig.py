@@ -135,7 +135,7 @@ def test_reconfigure_replaces_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     logging.getLogger("agent.r").info("pw=%s", PASSWORD)
     assert first.getvalue() == ""
     assert second.getvalue().endswith("INFO agent.r: pw=***\n")
-    assert logging.getLogger("asyncua").level == logging.WARNING
+    assert logging.getLogger("asyncua").level == logging.CRITICAL
 
 
 def test_collect_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
