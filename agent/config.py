@@ -252,7 +252,7 @@ class ModbusSource(_Model):
     host: str = Field(..., min_length=1, description="PLC or gateway address")
     port: Port = Field(502, description="Modbus TCP port")
     unit_id: int = Field(1, ge=0, le=255, description="default unit id of this source's tags")
-    poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="time between the end of one poll and the start of the next")
+    poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="time from the start of one poll to the start of the next (an overrunning poll is followed at once, and counted)")
     timeout_s: float = Field(2.0, gt=0, le=60, description="per request")
     max_registers: int = Field(125, ge=1, le=125, description="largest coalesced read")
     max_gap: int = Field(8, ge=0, le=124, description="unused registers a coalesced read may span")
