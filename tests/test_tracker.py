@@ -173,7 +173,7 @@ def test_source_down_and_gap_recovered() -> None:
     t.on_reading(count(560, 130.0))
     t.on_reading(count(561, 131.0))
     back = t.close_window(180.0)
-    assert (back.units, back.events, back.quality) == (61, ("gap_recovered",), "uncertain")
+    assert (back.units, back.events, back.quality) == (61, ("source_unreachable", "gap_recovered"), "uncertain")
     assert t.last_error is None
 
 
@@ -228,3 +228,21 @@ def _first_count(actions: list[tuple[str, float, int]]) -> int:
         if kind == "count":
             return value
     return 0
+
+
+def test_every_window_of_an_outage_says_source_unreachable() -> None:
+    t = tracker()
+    t.on_reading(count(10, 0.5))
+    t.on_source_down(1.0, "connection refused")
+    first = t.close_window(2.0)
+    second = t.close_window(3.0)
+    assert "source_unreachable" in first.events and first.quality == "uncertain"
+    assert second.events == ("source_unreachable",)
+    assert second.quality == "bad" and second.units == 0
+    t.on_reading(count(15, 3.5))
+    back = t.close_window(4.0)
+    assert back.units == 5
+    assert "gap_recovered" in back.events
+    assert "source_unreachable" in back.events  # the window began while the source was away
+    after = t.close_window(5.0)
+    assert "source_unreachable" not in after.events

@@ -71,6 +71,9 @@ class LineTracker:
         self._events: dict[str, None] = {}
         self._good = 0
         self._seconds = dict.fromkeys(STATES, 0.0)
+        if self.last_error is not None:
+            # still unreachable: every window of the outage says so, not just the first
+            self._events["source_unreachable"] = None
 
     def _advance(self, mono: float) -> None:
         # readings can arrive with a time before the last mark (a poll answered just
