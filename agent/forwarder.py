@@ -1,0 +1,224 @@
+"""Store and forward: drains the durable outbox into the MQTT publisher.
+
+A record leaves the outbox only after the broker acknowledged it with a success reason
+code. Order of service on each pass:
+
+1. live records first: those whose ``window_end`` is within one window of now;
+2. then the backlog in id order (commit order, hence ``seq`` order per line), one batch
+   at a time, checking for new live records between batches, so a long replay never
+   holds the current windows back by more than about one batch.
+
+Publishes are pipelined: a whole batch is handed to the publisher at once, which keeps
+up to its in-flight cap outstanding and awaits the acknowledgements concurrently; the
+acknowledged ids are marked sent in one store transaction per batch.
+
+A record sent later than one window after its ``window_end`` is flagged historical by
+rewriting the payload's final ``"historical":false}`` into ``"historical":true}`` (the
+stored JSON is never re-serialised).
+
+A refusal (:class:`PublishRefused`, e.g. a topic the broker's ACL denies) keeps the
+record and parks its topic: the topic's records are held back while the others flow, and
+one of them is sent alone as a probe after a pause that doubles up to one window. Parking
+matters because a broker may close the connection after a refusal (Mosquitto 2.0 does),
+which would otherwise stall every other topic behind the refused one. The alarm
+``publish_refused`` is raised on the transition and cleared (empty message) once a pass
+completes with no topic parked. Any other :class:`PublishError` waits for the
+connection and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+
+from agent.errors import PublishError, PublishRefused
+from agent.publisher import Publisher
+from agent.store import OutboxRecord, Store
+
+__all__ = ["HISTORICAL_FALSE", "HISTORICAL_TRUE", "Forwarder", "mark_historical"]
+
+log = logging.getLogger(__name__)
+
+HISTORICAL_FALSE = b'"historical":false}'
+HISTORICAL_TRUE = b'"historical":true}'
+#: pause after a publish failure while the publisher still reports a connection
+_ERROR_PAUSE_S = 1.0
+#: first pause before a refused topic is probed again (doubles up to one window)
+_FIRST_PROBE_S = 0.5
+
+
+def mark_historical(payload: bytes) -> bytes:
+    """The payload with its trailing ``"historical":false}`` turned true (else unchanged)."""
+    if payload.endswith(HISTORICAL_FALSE):
+        return payload[: -len(HISTORICAL_FALSE)] + HISTORICAL_TRUE
+    return payload
+
+
+@dataclass
+class _Parked:
+    """A topic the broker refused: held back until ``probe_at`` (loop time)."""
+
+    probe_at: float
+    pause: float
+
+
+class _Outcome(Enum):
+    EMPTY = "empty"
+    REFUSED = "refused"
+    ERROR = "error"
+
+
+class Forwarder:
+    """Publishes outbox records until cancelled. No I/O in the constructor."""
+
+    def __init__(self, store: Store, publisher: Publisher, *, interval_s: float,
+                 on_alarm: Callable[[str, str], None],
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 batch: int = 500, publish_timeout_s: float = 30.0) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._interval = timedelta(seconds=interval_s)
+        self._interval_s = interval_s
+        self._on_alarm = on_alarm
+        self._clock = clock
+        self._batch = batch
+        self._publish_timeout_s = publish_timeout_s
+        self._wake = asyncio.Event()
+        self._refusal: str | None = None  # message of the active publish_refused alarm
+        self._parked: dict[str, _Parked] = {}
+        self.sent = 0
+
+    def wake(self) -> None:
+        """New records were committed: look at the outbox now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forward until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._publisher.connected.wait()
+            self._wake.clear()
+            outcome = await self._drain()
+            if outcome is _Outcome.EMPTY:
+                await self._wait_wake(self._interval_s)
+            elif outcome is _Outcome.REFUSED and self._parked:
+                next_probe = min(p.probe_at for p in self._parked.values()) - loop.time()
+                await self._wait_wake(max(0.0, min(next_probe, self._interval_s)))
+            elif outcome is _Outcome.REFUSED:
+                continue  # a probe succeeded: the rest of its topic goes in the next pass
+            else:
+                await self._wait_wake(_ERROR_PAUSE_S)
+
+    async def _wait_wake(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: wait_for of Python 3.11 can lose a cancellation
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _drain(self) -> _Outcome:
+        """One pass over the outbox; refused records are skipped for the rest of the pass."""
+        skip: set[int] = set()
+        cursor: int | None = None
+        while True:
+            live = await self._live(skip)
+            if live and not await self._send(live, skip):
+                return _Outcome.ERROR
+            raw = await self._store.pending(self._batch, newer_than_id=cursor)
+            if not raw:
+                break
+            cursor = raw[-1].id
+            rows = [r for r in raw if r.id not in skip]
+            if rows and not await self._send(rows, skip):
+                return _Outcome.ERROR
+        if skip or self._parked:
+            return _Outcome.REFUSED
+        if self._refusal is not None:
+            log.info("publishing accepted again after refusals")
+            self._refusal = None
+            self._on_alarm("publish_refused", "")
+        return _Outcome.EMPTY
+
+    async def _live(self, skip: set[int]) -> list[OutboxRecord]:
+        newest = await self._store.pending(self._batch, oldest_first=False)
+        now = self._clock()
+        live = [r for r in newest if r.id not in skip and now - r.window_end <= self._interval]
+        live.reverse()
+        return live
+
+    async def _send(self, rows: Sequence[OutboxRecord], skip: set[int]) -> bool:
+        """Publish ``rows`` pipelined; mark the acknowledged ones sent.
+
+        Rows of parked topics and refused rows are added to ``skip``; a parked topic due
+        for a probe has its first row sent alone first. Returns False when a publish
+        failed for any other reason (the caller waits for the connection).
+        """
+        now = self._clock()
+        mono = asyncio.get_running_loop().time()
+        probes: dict[str, OutboxRecord] = {}
+        ready: list[OutboxRecord] = []
+        for row in rows:
+            parked = self._parked.get(row.topic)
+            if parked is None:
+                ready.append(row)
+            elif parked.probe_at <= mono and row.topic not in probes:
+                probes[row.topic] = row
+            else:
+                skip.add(row.id)
+        results = await asyncio.gather(
+            *(self._publish(row, now) for row in ready), return_exceptions=True)
+        acked: list[int] = []
+        failed: BaseException | None = None
+        for row, result in zip(ready, results, strict=True):
+            if isinstance(result, PublishRefused):
+                skip.add(row.id)
+                self._refused(row.topic, result)
+            elif isinstance(result, BaseException):
+                if not isinstance(result, PublishError):
+                    raise result
+                failed = failed or result
+            else:
+                acked.append(row.id)
+        if acked:
+            await self._store.mark_sent(acked)
+            self.sent += len(acked)
+        if failed is not None:
+            log.debug("publishing paused: %s", failed)
+            return False
+        # probes go last: a broker may drop the connection after refusing one
+        for row in probes.values():
+            try:
+                await self._publish(row, now)
+            except PublishRefused as exc:
+                skip.add(row.id)
+                self._refused(row.topic, exc)
+                continue
+            except PublishError:
+                return False
+            del self._parked[row.topic]
+            log.info("broker accepts %s again", row.topic)
+            await self._store.mark_sent([row.id])
+            self.sent += 1
+        return True
+
+    async def _publish(self, row: OutboxRecord, now: datetime) -> int:
+        payload = row.payload
+        if now - row.window_end > self._interval:
+            payload = mark_historical(payload)
+        return await self._publisher.publish(row.topic, payload, qos=row.qos, retain=row.retain,
+                                             timeout=self._publish_timeout_s)
+
+    def _refused(self, topic: str, exc: PublishRefused) -> None:
+        mono = asyncio.get_running_loop().time()
+        parked = self._parked.get(topic)
+        pause = min(_FIRST_PROBE_S, self._interval_s) if parked is None else \
+            min(parked.pause * 2, self._interval_s)
+        self._parked[topic] = _Parked(probe_at=mono + pause, pause=pause)
+        if self._refusal is None:
+            self._refusal = str(exc)
+            log.error("%s; the record stays in the outbox", exc)
+            self._on_alarm("publish_refused", str(exc))
