@@ -7,6 +7,7 @@ naming file, line and key lives in :mod:`agent.configload`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from datetime import date, time
@@ -220,7 +221,7 @@ class Shift(_Model):
             if not (0 <= bs < be <= span):
                 raise ValueError(f"break {b.start}-{b.end} is not inside the shift {self.start}-{self.end}")
         offs = sorted((self.offset_minutes(b.start), self.offset_minutes(b.end)) for b in self.breaks)
-        for (_, e1), (s2, _) in zip(offs, offs[1:], strict=False):
+        for (_, e1), (s2, _) in itertools.pairwise(offs):
             if s2 < e1:
                 raise ValueError("breaks overlap")
         return self

@@ -138,9 +138,9 @@ def _sentence(err: Mapping[str, Any]) -> str:
     if msg.startswith("Assertion failed, "):
         msg = msg[len("Assertion failed, "):]
     inp = err.get("input")
-    if kind.endswith("_type") or kind.endswith("_parsing") or kind == "literal_error":
-        if not isinstance(inp, Mapping | list):
-            return f"{msg[0].lower()}{msg[1:]} (got {inp!r})"
+    typed = kind.endswith(("_type", "_parsing")) or kind == "literal_error"
+    if typed and not isinstance(inp, Mapping | list):
+        return f"{msg[0].lower()}{msg[1:]} (got {inp!r})"
     return msg[0].lower() + msg[1:] if msg else msg
 
 

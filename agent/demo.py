@@ -63,10 +63,17 @@ async def _wait_port(host: str, port: int, deadline_s: float = 10.0) -> None:
         return
 
 
+def _mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found is None and Path("/usr/sbin/mosquitto").exists():
+        found = "/usr/sbin/mosquitto"
+    return found
+
+
 @contextlib.asynccontextmanager
 async def _embedded_broker(state_dir: Path) -> AsyncIterator[str]:
     """An MQTT broker on 127.0.0.1:1883 for the demo's lifetime; yields the MQTT version to use."""
-    mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    mosquitto = _mosquitto_binary()
     if mosquitto:
         conf = state_dir / "mosquitto-demo.conf"
         conf.write_text("listener 1883 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"

@@ -89,7 +89,7 @@ class LineBoard:
         h = self.health[src]
         last_ok = self.last_ok_wall.get(src)
         return LineStatePayload(
-            line=line_id, state=self.trackers[line_id].state,  # type: ignore[arg-type]
+            line=line_id, state=self.trackers[line_id].state,
             source=SourceInfo(id=src, connected=h.connected, last_ok=last_ok, error=h.error),
             ts=self.wall().astimezone(UTC))
 
@@ -105,6 +105,6 @@ class LineBoard:
                 try:
                     await self.publisher.publish(f"{self.root}/lines/{line_id}/state",
                                                  encode(self.state_payload(line_id)), qos=1, retain=True)
-                except Exception as exc:  # noqa: BLE001 - kept dirty, retried on the next change or reconnect
+                except Exception as exc:
                     log.debug("state of %s not published: %s", line_id, exc)
                     self._dirty.add(line_id)

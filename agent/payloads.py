@@ -6,10 +6,10 @@ Adding a field is compatible; renaming or removing one bumps the schema version.
 
 from __future__ import annotations
 
-import json
 import datetime as dt
+import json
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -31,10 +31,10 @@ __all__ = [
     "rfc3339",
 ]
 
-OUTPUT_SCHEMA = "plantfloor.output/1"
-STATE_SCHEMA = "plantfloor.state/1"
-STATUS_SCHEMA = "plantfloor.status/1"
-PLANT_SCHEMA = "plantfloor.plant/1"
+OUTPUT_SCHEMA: Final = "plantfloor.output/1"
+STATE_SCHEMA: Final = "plantfloor.state/1"
+STATUS_SCHEMA: Final = "plantfloor.status/1"
+PLANT_SCHEMA: Final = "plantfloor.plant/1"
 
 Event = Literal[
     "rollover", "counter_reset", "implausible_jump", "source_unreachable", "gap_recovered",

@@ -18,7 +18,6 @@ from agent import __version__
 from agent.config import Config
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import Reporter
-from agent.errors import StoreError
 from agent.forwarder import Forwarder
 from agent.lines import LineBoard
 from agent.metrics import Metrics
@@ -83,7 +82,7 @@ class Agent:
         assert self.publisher is not None
         try:
             await self.publisher.publish(f"{self.root}/status", self.status_payload(state), qos=1, retain=True)
-        except Exception as exc:  # noqa: BLE001 - status is republished on the next tick
+        except Exception as exc:
             log.debug("status not published: %s", exc)
 
     async def _on_connect(self) -> None:
@@ -142,7 +141,8 @@ class Agent:
                 on_health=self._on_health))
 
     def _on_committed(self) -> None:
-        assert self.forwarder is not None and self.store is not None
+        assert self.forwarder is not None
+        assert self.store is not None
         self.forwarder.wake()
         if self.metrics is not None:
             self.metrics.backlog(self.store.backlog)
@@ -152,7 +152,11 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain, publish offline status and return."""
         await self._open()
-        assert self.publisher and self.forwarder and self.closer and self.board and self.store
+        assert self.publisher
+        assert self.forwarder
+        assert self.closer
+        assert self.board
+        assert self.store
         if self.metrics is None and self.cfg.metrics is not None:
             self.metrics = Metrics()
             self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
@@ -177,9 +181,11 @@ class Agent:
             await self._shutdown()
 
     async def _drain(self) -> None:
-        assert self.store is not None and self.publisher is not None
+        assert self.store is not None
+        assert self.publisher is not None
         deadline = self.mono() + DRAIN_S
-        while self.store.backlog and self.publisher.connected.is_set() and self.mono() < deadline:
+        # the backlog is a counter the store keeps; polling it with a deadline bounds the drain
+        while self.store.backlog and self.publisher.connected.is_set() and self.mono() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     async def _shutdown(self) -> None:

@@ -57,7 +57,7 @@ def agent_config_dict(tmp_path: Path, broker_url: str, sims: SimulatorSet, *, ke
         "sources": [
             {"id": "plc-m", "kind": "modbus", "host": "127.0.0.1", "port": modbus.port,
              "poll_interval_s": 0.2, "timeout_s": 0.5, "backoff_max_s": 1},
-            {"id": "plc-u", "kind": "opcua", "endpoint": getattr(opcua, "endpoint"), "mode": mode,
+            {"id": "plc-u", "kind": "opcua", "endpoint": opcua.endpoint, "mode": mode,
              "poll_interval_s": 0.2, "timeout_s": 2, "backoff_max_s": 1},
         ],
         "lines": [

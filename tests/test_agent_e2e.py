@@ -126,7 +126,8 @@ async def test_units_equal_the_ledger_through_plc_faults(
             model = PlantOutput
         model.model_validate(m.json())
     statuses = [m.json() for m in sub.messages if m.topic == f"{ROOT_TOPIC}/status"]
-    assert statuses[0]["state"] == "online" and statuses[-1]["state"] == "offline"
+    assert statuses[0]["state"] == "online"
+    assert statuses[-1]["state"] == "offline"
     plant = w.plant
     assert sorted(plant) == list(range(1, len(plant) + 1))
     assert sum(p["units"] for p in plant.values()) == sum(w.units(line) for line in ("kei", "rogue"))

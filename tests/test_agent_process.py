@@ -14,7 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.agentrig import ROOT_TOPIC, Windows, agent_config_dict, sim_config, wait_until, write_yaml
+from tests.agentrig import (
+    ROOT_TOPIC,
+    Windows,
+    agent_config_dict,
+    sim_config,
+    wait_until,
+    write_yaml,
+)
 
 
 def _spawn(config: Path, tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -54,7 +61,8 @@ async def test_sigterm_flushes_publishes_offline_and_exits_0(
     late = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/status")
     await wait_until(lambda: bool(late.messages), 5, "retained status")
     status = late.messages[0].json()
-    assert late.messages[0].retain and status["state"] == "offline"
+    assert late.messages[0].retain
+    assert status["state"] == "offline"
     assert status["backlog"] == 0
 
 
@@ -86,11 +94,11 @@ async def test_kill_9_twenty_times_loses_and_duplicates_nothing(
             proc = _spawn(config, tmp_path)
             before = len(sub.messages)
             # let it start and publish something, then kill it at a random moment
-            await wait_until(lambda: len(sub.messages) > before or proc.poll() is not None, 20,
-                             "the agent publishes")
+            await wait_until(lambda p=proc, n=before: len(sub.messages) > n or p.poll() is not None,
+                             20, "the agent publishes")
             assert proc.poll() is None, (tmp_path / "agent.log").read_text()[-2000:]
             target = time.monotonic() + rng.uniform(0.0, 2.5)
-            await wait_until(lambda: time.monotonic() >= target, 5, "a random moment")
+            await wait_until(lambda t=target: time.monotonic() >= t, 5, "a random moment")
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     finally:
@@ -173,7 +181,9 @@ async def test_sd_notify_ready_status_stopping(
     try:
         await wait_until(lambda: any("READY=1" in m for m in drain()), 20, "READY=1")
         ready = next(m for m in got if "READY=1" in m)
-        assert "STATUS=" in ready and "sources 2/2 up" in ready and "broker up" in ready
+        assert "STATUS=" in ready
+        assert "sources 2/2 up" in ready
+        assert "broker up" in ready
         await wait_until(lambda: sum("WATCHDOG=1" in m for m in drain()) >= 2, 10, "watchdog pings")
         proc.send_signal(signal.SIGTERM)
         assert await _wait_exit(proc, 10) == 0

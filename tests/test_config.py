@@ -24,7 +24,8 @@ def test_bad_config_exits_2_naming_file_line_and_key(case: Path, capsys: pytest.
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == f"plantfloor: {config}:{expected}"
-    assert "\n" not in err and "Traceback" not in err
+    assert "\n" not in err
+    assert "Traceback" not in err
     assert re.match(rf"plantfloor: {re.escape(str(config))}:\d+: ", err), "file and line are named"
 
 
