@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Iterator
 from datetime import date, time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -365,6 +366,18 @@ class LineConfig(_Model):
     counter: TagConfig = Field(..., description="the good-unit counter")
     state: TagConfig | None = Field(None, description="line state tag; map raw values to running/stopped/faulted")
     max_rate_per_hour: float | None = Field(None, gt=0, description="plausibility bound; a faster jump is not counted")
+    tags: dict[Identifier, TagConfig] = Field(
+        default_factory=dict,
+        description="extra process values read with the counter (e.g. buffer level, andon); "
+                    "the last good value of each is reported in every window")
+
+    def points(self) -> Iterator[tuple[Literal["counter", "state", "tag"], str | None, TagConfig]]:
+        """Every point the line reads: (role, tag name, tag)."""
+        yield "counter", None, self.counter
+        if self.state is not None:
+            yield "state", None, self.state
+        for name, tag in self.tags.items():
+            yield "tag", name, tag
 
     @model_validator(mode="after")
     def _check(self) -> LineConfig:
@@ -437,18 +450,16 @@ class Config(_Model):
         _unique("shifts", [s.name for s in self.shifts])
         by_id = {s.id: s for s in self.sources}
         for i, line in enumerate(self.lines):
-            for role in ("counter", "state"):
-                tag = getattr(line, role)
-                if tag is None:
-                    continue
-                where = f"lines.{i}.{role}.source"
+            for role, name, tag in line.points():
+                key = f"tags.{name}" if name else role
+                where = f"lines.{i}.{key}.source"
                 src = by_id.get(tag.source)
                 if src is None:
                     raise ValueError(f"{where}: line {line.id!r} names source {tag.source!r}, "
                                      f"which is not among the sources ({', '.join(by_id) or 'none'})")
                 want = ModbusTag if src.kind == "modbus" else OpcUaTag
                 if not isinstance(tag, want):
-                    raise ValueError(f"lines.{i}.{role}: source {src.id!r} is {src.kind}; "
+                    raise ValueError(f"lines.{i}.{key}: source {src.id!r} is {src.kind}; "
                                      f"give {'address/table/type' if src.kind == 'modbus' else 'node'}")
             _check_counter(line, i)
         _check_tag_overlap(self)
@@ -488,9 +499,8 @@ def _check_tag_overlap(cfg: Config) -> None:
     used: dict[tuple[str, int, str, int], str] = {}
     nodes: dict[tuple[str, str], str] = {}
     for i, line in enumerate(cfg.lines):
-        for role in ("counter", "state"):
-            tag = getattr(line, role)
-            name = f"lines.{i}.{role}"
+        for role, tag_name, tag in line.points():
+            name = f"lines.{i}.{'tags.' + tag_name if tag_name else role}"
             if isinstance(tag, ModbusTag):
                 src = cfg.source(tag.source)
                 assert isinstance(src, ModbusSource)

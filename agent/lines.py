@@ -49,7 +49,7 @@ class LineBoard:
                 line_id=line.id, configured_modulus=line.counter.rollover,
                 max_rate_per_hour=line.max_rate_per_hour, state_map=line.state_map,
                 has_state_tag=line.state is not None, baseline=row.counter if row else None,
-                baseline_mono=baseline_mono, start_mono=now_mono)
+                baseline_mono=baseline_mono, start_mono=now_mono, tag_names=list(line.tags))
         self._lines_of: dict[str, list[str]] = {s.id: [] for s in cfg.sources}
         for line in cfg.lines:
             for src in _sources_of(line):

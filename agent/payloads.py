@@ -96,6 +96,8 @@ class LineOutput(_Payload):
     quality: Literal["good", "uncertain", "bad"]
     events: list[Event]
     counter: int | None = Field(None, description="last good raw counter value read in the window")
+    tags: dict[str, int | float | None] = Field(
+        default_factory=dict, description="the line's extra process values: last good value read in the window, null if none")
     historical: bool = Field(False, description="sent later than one window after window_end")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -8,7 +8,7 @@ from typing import Literal
 
 __all__ = ["Quality", "Reading", "SourceHealth", "TagRole"]
 
-TagRole = Literal["counter", "state"]
+TagRole = Literal["counter", "state", "tag"]
 
 
 class Quality(StrEnum):
@@ -30,16 +30,18 @@ class Reading:
     ``modulus`` is the counter's natural modulus as the source knows it from the data
     type (2**32 for a uint32 register pair or an OPC UA UInt32, 2**31 for Int32); a
     configured ``rollover`` takes precedence. Signed types are delivered signed.
+    ``name`` names an extra process value (role ``tag``) from the line's ``tags``.
     """
 
     line: str
     role: TagRole
-    value: int | None
+    value: int | float | None
     quality: Quality
     mono: float
     error: str | None = None
     code: int | None = None
     modulus: int | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

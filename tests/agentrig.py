@@ -63,7 +63,8 @@ def agent_config_dict(tmp_path: Path, broker_url: str, sims: SimulatorSet, *, ke
         "lines": [
             {"id": "kei", "product": "Sakura", "target_per_hour": 3600,
              "counter": {"source": "plc-m", "address": 100, "type": kei_type},
-             "state": {"source": "plc-m", "address": 110, "type": "uint16"}},
+             "state": {"source": "plc-m", "address": 110, "type": "uint16"},
+             "tags": {"buffer": {"source": "plc-m", "address": 112, "type": "uint16"}}},
             {"id": "rogue", "product": "Rogue", "target_per_hour": 3600,
              "counter": {"source": "plc-u", "node": "ns=2;s=Rogue.GoodCount", "rollover": 2**31},
              "state": {"source": "plc-u", "node": "ns=2;s=Rogue.State"}},

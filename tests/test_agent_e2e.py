@@ -117,6 +117,7 @@ async def test_units_equal_the_ledger_through_plc_faults(
         assert w.units(line) == sims.lines[line].expected_units
     assert {"rollover", "counter_reset", "source_unreachable", "gap_recovered"} <= w.events("kei")
     assert {"rollover", "bad_quality", "uncertain_quality", "source_unreachable"} <= w.events("rogue")
+    assert any(p["tags"] == {"buffer": 0} for p in w.by_line["kei"].values()), "extra tags are reported"
     bad = [p for p in w.by_line["kei"].values() if "source_unreachable" in p["events"]]
     assert any(p["quality"] == "bad" and p["units"] == 0 for p in bad)
     # every message matches its payload model

@@ -127,3 +127,19 @@ def test_broker_override_is_validated() -> None:
     assert with_broker(cfg, "mqtt://10.0.0.5:1884").mqtt.port == 1884
     with pytest.raises(ConfigError, match="--broker"):
         with_broker(cfg, "http://nope")
+
+
+def test_line_tags_are_checked_like_counters() -> None:
+    from pydantic import ValidationError
+
+    base = load_config(ROOT / "config" / "kyushu.yaml").config.model_dump(mode="json")
+    base["lines"][0]["tags"] = {"buffer": {"source": "plc-kei", "address": 111, "type": "uint16"}}
+    cfg = Config.model_validate(base)
+    assert [(role, name) for role, name, _ in cfg.lines[0].points()] == [
+        ("counter", None), ("state", None), ("tag", "buffer")]
+    base["lines"][0]["tags"] = {"buffer": {"source": "plc-kei", "address": 101, "type": "uint16"}}
+    with pytest.raises(ValidationError, match=r"lines\.0\.tags\.buffer\.address: register holding 101"):
+        Config.model_validate(base)
+    base["lines"][0]["tags"] = {"buffer": {"source": "plc-rogue", "address": 5}}
+    with pytest.raises(ValidationError, match=r"lines\.0\.tags\.buffer: source 'plc-rogue' is opcua"):
+        Config.model_validate(base)

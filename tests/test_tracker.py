@@ -248,3 +248,17 @@ def test_every_window_of_an_outage_says_source_unreachable() -> None:
     assert "source_unreachable" in back.events  # the window began while the source was away
     after = t.close_window(5.0)
     assert "source_unreachable" not in after.events
+
+
+def test_tags_report_the_last_good_value_of_the_window() -> None:
+    t = LineTracker(line_id="kei-ev", configured_modulus=None, max_rate_per_hour=None,
+                    state_map=STATE_MAP, has_state_tag=True, baseline=None, baseline_mono=None,
+                    start_mono=0.0, tag_names=["buffer", "temp"])
+    t.on_reading(Reading("kei-ev", "tag", 7, Quality.GOOD, 0.5, name="buffer"))
+    t.on_reading(Reading("kei-ev", "tag", 9, Quality.GOOD, 0.7, name="buffer"))
+    t.on_reading(Reading("kei-ev", "tag", 21.5, Quality.GOOD, 0.7, name="temp"))
+    t.on_reading(Reading("kei-ev", "tag", None, Quality.BAD, 0.8, name="temp"))
+    first = t.close_window(1.0)
+    assert first.tags == {"buffer": 9, "temp": 21.5}
+    assert first.units == 0
+    assert t.close_window(2.0).tags == {"buffer": None, "temp": None}

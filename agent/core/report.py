@@ -145,7 +145,7 @@ class Reporter:
             state_seconds=StateSeconds(**{k: _r(v) for k, v in result.state_seconds.items()}),
             quality=cast(QualityName, result.quality),
             events=cast(Any, list(result.events)),
-            counter=result.counter, historical=historical,
+            counter=result.counter, tags=dict(result.tags), historical=historical,
         )
         new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
                       shift_downtime_s=downtime, day=day, day_units=day_units,

@@ -14,8 +14,8 @@ invalid value, an implausible jump, a counter reset, units recovered after a gap
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from agent.core.counter import CounterEngine
 from agent.readings import Quality, Reading
@@ -43,6 +43,7 @@ class WindowResult:
     state_seconds: dict[str, float]
     counter: int | None
     state: str
+    tags: dict[str, int | float | None] = field(default_factory=dict)
 
 
 class LineTracker:
@@ -51,8 +52,9 @@ class LineTracker:
     def __init__(self, *, line_id: str, configured_modulus: int | None,
                  max_rate_per_hour: float | None, state_map: Mapping[int, str],
                  has_state_tag: bool, baseline: int | None, baseline_mono: float | None,
-                 start_mono: float) -> None:
+                 start_mono: float, tag_names: Sequence[str] = ()) -> None:
         self.line_id = line_id
+        self.tag_names = tuple(tag_names)
         self.state_map = dict(state_map)
         self.has_state_tag = has_state_tag
         self.engine = CounterEngine(modulus=configured_modulus or DEFAULT_MODULUS,
@@ -71,6 +73,7 @@ class LineTracker:
         self._events: dict[str, None] = {}
         self._good = 0
         self._seconds = dict.fromkeys(STATES, 0.0)
+        self._tags: dict[str, int | float | None] = dict.fromkeys(self.tag_names)
         if self.last_error is not None:
             # still unreachable: every window of the outage says so, not just the first
             self._events["source_unreachable"] = None
@@ -93,16 +96,20 @@ class LineTracker:
         if r.role == "counter":
             self._on_counter(r)
             return False
-        good = r.quality is Quality.GOOD and r.value is not None
+        if r.role == "tag":
+            if r.name is not None and r.quality is Quality.GOOD and r.value is not None:
+                self._tags[r.name] = r.value
+            return False
+        good = r.quality is Quality.GOOD and isinstance(r.value, int)
         if not good:
             self._events[_quality_event(r.quality)] = None
         if not self.has_state_tag or not good:
             return self._set_state("unknown")
-        assert r.value is not None
+        assert isinstance(r.value, int)
         return self._set_state(self.state_map.get(r.value, "unknown"))
 
     def _on_counter(self, r: Reading) -> None:
-        if r.quality is not Quality.GOOD or r.value is None:
+        if r.quality is not Quality.GOOD or not isinstance(r.value, int):
             self._events[_quality_event(r.quality)] = None
             return
         self.last_error = None
@@ -135,7 +142,7 @@ class LineTracker:
             quality = "good"
         result = WindowResult(line=self.line_id, units=self._units, events=events,
                               quality=quality, state_seconds=dict(self._seconds),
-                              counter=self.engine.baseline, state=self.state)
+                              counter=self.engine.baseline, state=self.state, tags=self._tags)
         self._reset()
         return result
 

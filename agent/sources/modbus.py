@@ -95,15 +95,14 @@ class ModbusTcpSource:
 
     @classmethod
     def from_config(cls, cfg: Config, source: ModbusSource) -> ModbusTcpSource:
-        """Every counter and state tag of every line that names this source."""
+        """Every point (counter, state, tags) of every line that names this source."""
         points: list[PointRef] = []
         for line in cfg.lines:
-            for role in ("counter", "state"):
-                tag = getattr(line, role)
+            for role, name, tag in line.points():
                 if isinstance(tag, ModbusTag) and tag.source == source.id:
                     unit = tag.unit_id if tag.unit_id is not None else source.unit_id
                     points.append(PointRef(line.id, role, unit, tag.table, tag.address,
-                                           tag.type, tag.word_order))
+                                           tag.type, tag.word_order, name))
         return cls(source, points)
 
     @property
@@ -245,7 +244,7 @@ class ModbusTcpSource:
 
 def _bad(p: PointRef, error: str, *, code: int | None = None, mono: float | None = None) -> Reading:
     return Reading(p.line, p.role, None, Quality.BAD, time.monotonic() if mono is None else mono,
-                   error=error, code=code)
+                   error=error, code=code, name=p.name)
 
 
 def _decoded(p: PointRef, req: ReadRequest, registers: list[int], mono: float) -> Reading:
@@ -253,6 +252,8 @@ def _decoded(p: PointRef, req: ReadRequest, registers: list[int], mono: float) -
     if len(raw) != p.width:
         return _bad(p, f"short response: {len(registers)} of {req.count} registers", mono=mono)
     value = decode(raw, p.type, p.word_order)
+    if p.role == "tag":
+        return Reading(p.line, p.role, value, Quality.GOOD, mono, name=p.name)
     if isinstance(value, float):
         if not value.is_integer():
             return _bad(p, f"{p.type} value {value} is not a whole number", mono=mono)

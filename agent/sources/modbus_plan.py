@@ -36,6 +36,7 @@ class PointRef:
     address: int
     type: ModbusType
     word_order: WordOrder = "big"
+    name: str | None = None
 
     @property
     def width(self) -> int:

@@ -56,6 +56,7 @@ class OpcUaPoint:
     line: str
     role: TagRole
     node: str
+    name: str | None = None
 
 
 def parse_node_id(text: str, namespaces: Sequence[str] = ()) -> ua.NodeId:
@@ -81,7 +82,8 @@ def status_name(code: int) -> str:
 
 
 def _bad(point: OpcUaPoint, mono: float, error: str, code: int | None) -> Reading:
-    return Reading(point.line, point.role, None, Quality.BAD, mono, error=error, code=code)
+    return Reading(point.line, point.role, None, Quality.BAD, mono, error=error, code=code,
+                   name=point.name)
 
 
 def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
@@ -98,8 +100,10 @@ def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
     variant = dv.Value
     raw: Any = variant.Value if variant is not None else None
     vtype = variant.VariantType if variant is not None else ua.VariantType.Null
-    value: int | None = None
-    if isinstance(raw, bool):
+    value: int | float | None = None
+    if point.role == "tag" and isinstance(raw, float):
+        value = raw
+    elif isinstance(raw, bool):
         value = int(raw)
     elif isinstance(raw, int):
         value = raw
@@ -110,9 +114,10 @@ def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
                     StatusCodes.BadTypeMismatch)
     modulus = _MODULUS.get(vtype) if point.role == "counter" else None
     if quality is Quality.GOOD:
-        return Reading(point.line, point.role, value, quality, mono, modulus=modulus)
+        return Reading(point.line, point.role, value, quality, mono, modulus=modulus,
+                       name=point.name)
     return Reading(point.line, point.role, value, quality, mono,
-                   error=status_name(code), code=code, modulus=modulus)
+                   error=status_name(code), code=code, modulus=modulus, name=point.name)
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -164,13 +169,12 @@ class OpcUaClientSource:
 
     @classmethod
     def from_config(cls, cfg: Config, source: OpcUaSource) -> OpcUaClientSource:
-        """Every counter and state tag of every line that names this source."""
+        """Every point (counter, state, tags) of every line that names this source."""
         points: list[OpcUaPoint] = []
         for line in cfg.lines:
-            for role, tag in (("counter", line.counter), ("state", line.state)):
+            for role, name, tag in line.points():
                 if isinstance(tag, OpcUaTag) and tag.source == source.id:
-                    points.append(OpcUaPoint(line.id, "counter" if role == "counter" else "state",
-                                             tag.node))
+                    points.append(OpcUaPoint(line.id, role, tag.node, name))
         return cls(source, points)
 
     def _unavailable(self, reason: str) -> SourceUnavailable:
