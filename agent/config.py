@@ -471,7 +471,7 @@ class MetricsConfig(_Model):
     """Prometheus endpoint (off unless configured)."""
 
     host: str = Field("127.0.0.1", description="bind address; keep it on loopback unless a proxy fronts it")
-    port: Port = Field(9464, description="TCP port of the /metrics endpoint")
+    port: int = Field(9464, ge=0, le=65535, description="TCP port of the /metrics endpoint (0 picks a free port)")
 
 
 def _unique(what: str, ids: list[str]) -> None:

@@ -62,9 +62,14 @@ class Agent:
         self.board: LineBoard | None = None
         self.closer: WindowCloser | None = None
         self.supervisors: list[SourceSupervisor] = []
+        self.supervisor_of: dict[str, SourceSupervisor] = {}
+        self._overruns_seen: dict[str, int] = {}
+        self._ever_up: dict[str, bool] = {}
+        self._metrics_seen = (0, 0)
         self.source_up: dict[str, bool] = {s.id: False for s in cfg.sources}
         self.source_seen: dict[str, asyncio.Event] = {s.id: asyncio.Event() for s in cfg.sources}
         self.ready = asyncio.Event()
+        self.metrics_port: int | None = None
 
     # --- status --------------------------------------------------------------------
 
@@ -100,20 +105,27 @@ class Agent:
         self.source_seen[source].set()
         self.board.on_readings(source, readings)
         if self.metrics is not None:
+            sup = self.supervisor_of[source]
+            if sup.last_poll_latency_s is not None:
+                self.metrics.poll(source, sup.last_poll_latency_s)
+            for _ in range(sup.overruns - self._overruns_seen.get(source, 0)):
+                self.metrics.overrun(source)
+            self._overruns_seen[source] = sup.overruns
             for r in readings:
                 if r.quality == "good":
                     self.metrics.last_good_read(r.line, time.time())
-                elif r.code is not None or r.error:
-                    self.metrics.read_error(source, str(r.code if r.code is not None else r.error))
+                elif r.quality == "bad":
+                    self.metrics.read_error(source, str(r.code) if r.code is not None else "no_answer")
 
     def _on_health(self, health: SourceHealth) -> None:
         assert self.board is not None
         self.source_seen[health.source].set()
-        was_up = self.source_up.get(health.source, False)
         self.source_up[health.source] = health.connected
         self.board.on_health(health, self.mono())
-        if self.metrics is not None and was_up and not health.connected:
+        if self.metrics is not None and health.connected and self._ever_up.get(health.source):
             self.metrics.reconnect(health.source)
+        if health.connected:
+            self._ever_up[health.source] = True
 
     async def _open(self) -> None:
         cfg = self.cfg
@@ -134,11 +146,12 @@ class Agent:
                                    stored, wall=self.wall, mono=self.mono, alarms=self.alarms,
                                    on_committed=self._on_committed)
         for src_cfg in cfg.sources:
-            self.supervisors.append(SourceSupervisor(
+            self.supervisor_of[src_cfg.id] = SourceSupervisor(
                 make_source(cfg, src_cfg), poll_interval_s=src_cfg.poll_interval_s,
                 backoff_max_s=src_cfg.backoff_max_s,
                 on_readings=functools.partial(self._on_readings, src_cfg.id),
-                on_health=self._on_health))
+                on_health=self._on_health)
+            self.supervisors.append(self.supervisor_of[src_cfg.id])
 
     def _on_committed(self) -> None:
         assert self.forwarder is not None
@@ -159,7 +172,8 @@ class Agent:
         assert self.store
         if self.metrics is None and self.cfg.metrics is not None:
             self.metrics = Metrics()
-            self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+            self.metrics_port = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
         await self.publisher.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -208,6 +222,19 @@ class Agent:
             if self.publisher is not None and self.publisher.connected.is_set():
                 await self._publish_status("online")
             self.notifier.status(self.health_line())
+            self._metrics_tick()
+
+    def _metrics_tick(self) -> None:
+        if self.metrics is None or self.store is None or self.forwarder is None:
+            return
+        sent, dropped = self.forwarder.sent, self.store.dropped
+        last_sent, last_dropped = self._metrics_seen
+        if sent > last_sent:
+            self.metrics.published(sent - last_sent)
+        if dropped > last_dropped:
+            self.metrics.dropped(dropped - last_dropped)
+        self._metrics_seen = (sent, dropped)
+        self.metrics.backlog(self.store.backlog)
 
     def health_line(self) -> str:
         store = self.store

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttConfig
+from agent.config import MqttConfig, resolve_secret_file
 from agent.errors import PublishError, PublishRefused
 
 __all__ = ["NO_MATCHING_SUBSCRIBERS", "Publisher"]
@@ -366,7 +366,7 @@ def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        ctx.load_cert_chain(str(resolve_secret_file(tls.cert_file)), str(resolve_secret_file(tls.key_file)))
     return ctx
 
 

@@ -205,3 +205,40 @@ async def test_broker_outage_and_freeze_lose_nothing(
         assert w.contiguous(line)
         assert w.units(line) == sims.lines[line].expected_units
     assert any(p["historical"] for p in w.by_line["kei"].values()), "replayed windows say historical"
+
+
+async def test_metrics_endpoint_reports_polls_windows_and_reads(
+        tmp_path: Path, mosquitto: Any, simulator_set: Callable[..., Any]) -> None:
+    import urllib.request
+
+    sims = await simulator_set(sim_config(), auto=False)
+    data = agent_config_dict(tmp_path, mosquitto.url, sims)
+    data["metrics"] = {"port": 0}
+    agent, stop, task = await _start_agent(Config.model_validate(data))
+    try:
+        await wait_until(lambda: agent.metrics_port is not None and agent.closer is not None
+                         and agent.closer.windows_closed >= 3, 15, "three windows")
+        sims.lines["kei"].produce(1)
+        assert agent.metrics_port is not None
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as rsp:
+                return rsp.read().decode()
+
+        text = ""
+
+        async def published() -> bool:
+            nonlocal text
+            text = await asyncio.to_thread(scrape)
+            return "plantfloor_windows_published_total 0.0" not in text
+
+        deadline = asyncio.get_running_loop().time() + 10
+        while not await published():
+            assert asyncio.get_running_loop().time() < deadline, text
+            await asyncio.sleep(0.2)
+    finally:
+        await _stop_agent(stop, task)
+    assert 'plantfloor_poll_latency_seconds_count{source="plc-m"}' in text
+    assert 'plantfloor_last_good_read_timestamp_seconds{line="kei"}' in text
+    assert "plantfloor_outbox_backlog" in text

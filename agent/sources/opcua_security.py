@@ -27,7 +27,7 @@ from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from agent.config import OpcUaSecurity
+from agent.config import OpcUaSecurity, resolve_secret_file
 
 __all__ = [
     "POLICIES",
@@ -192,7 +192,7 @@ async def configure_security(client: Client, sec: OpcUaSecurity,
     policy = POLICIES[sec.policy]
     mode = getattr(ua.MessageSecurityMode, sec.mode)
     trust = await TrustAnchor.load(sec)
-    own = await load_certificate(sec.certificate)
+    own = await load_certificate(resolve_secret_file(sec.certificate))
     uris = _san_uris(own)
     if uris:
         # servers match the session's ApplicationUri against the client certificate
@@ -202,7 +202,7 @@ async def configure_security(client: Client, sec: OpcUaSecurity,
         raise ServerNotTrusted("the server endpoint carries no certificate")
     cert = x509.load_der_x509_certificate(_first_certificate(ep.ServerCertificate))
     await verify_server_certificate(trust, cert, ep.Server)
-    key = await asyncio.to_thread(sec.private_key.read_bytes)
+    key = await asyncio.to_thread(resolve_secret_file(sec.private_key).read_bytes)
     await client.set_security(policy, certificate=_der(own), private_key=_key_der(key),
                               server_certificate=_der(cert), mode=mode)
     client.certificate_validator = _validator(trust)
