@@ -117,8 +117,9 @@ class PlantOutput(_Payload):
     target_today: float = Field(..., ge=0)
     capacity_per_year: int
     planned_utilization: float
-    utilization: float = Field(..., description="units_year_to_date / capacity pro rata to elapsed planned time")
-    projected_year: float = Field(..., description="units_year_to_date + planned rate x remaining planned time this year")
+    utilization: float = Field(..., description="units_year_to_date / (capacity_per_year pro rata to the planned time counted this year)")
+    projected_year: float = Field(..., description="units_year_to_date + the year-to-date rate x the planned time left this year")
+    year_counted_since: Timestamp | None = Field(None, description="start of the first window counted this production year")
     lines: dict[str, int] = Field(..., description="units per line in this window")
     quality: Literal["good", "uncertain", "bad"]
     historical: bool = False

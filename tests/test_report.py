@@ -254,7 +254,8 @@ def test_plant_output_sums_lines_and_keeps_totals() -> None:
     a, _ = rep.line_output(cfg.lines[0], result(2), start, end, LineTotals())
     b, _ = rep.line_output(cfg.lines[1], result(3, line="rogue", quality="uncertain"), start, end,
                            LineTotals())
-    before = PlantTotals(seq=9, day=date(2025, 6, 9), day_units=100, year=2025, year_units=1000)
+    before = PlantTotals(seq=9, day=date(2025, 6, 9), day_units=100, year=2025, year_units=1000,
+                         counted_since=tokyo(2025, 1, 1, 0, 0))
     out, new = rep.plant_output([a, b], start, end, before)
     assert (out.seq, out.units, out.units_today, out.units_year_to_date) == (10, 5, 105, 1005)
     assert out.lines == {"kei-ev": 2, "rogue": 3}
@@ -300,7 +301,8 @@ def test_off_shift_period_keeps_the_date_it_started() -> None:
     t = tokyo(2028, 1, 1, 12, 0)
     line, _ = rep.line_output(cfg.lines[0], result(4), t, t + timedelta(minutes=1), LineTotals())
     assert line.day.date == date(2027, 12, 31)
-    before = PlantTotals(seq=1, day=date(2027, 12, 31), day_units=3, year=2027, year_units=9000)
+    before = PlantTotals(seq=1, day=date(2027, 12, 31), day_units=3, year=2027, year_units=9000,
+                         counted_since=tokyo(2027, 1, 1, 0, 0))
     out, _ = rep.plant_output([line], t, t + timedelta(minutes=1), before)
     assert (out.units_today, out.units_year_to_date) == (7, 9004)
     assert out.projected_year == pytest.approx(9004)
@@ -315,3 +317,27 @@ def test_plant_quality_is_the_worst_line_quality() -> None:
             for i, (ln, q) in enumerate(zip(cfg.lines, ("good", "bad"), strict=True))]
     assert rep.plant_output(outs, start, end, PlantTotals())[0].quality == "bad"
     assert rep.plant_output(outs[:1], start, end, PlantTotals())[0].quality == "good"
+
+
+def test_plant_rates_count_only_the_planned_time_since_counting_began() -> None:
+    """An agent started mid-year projects from its own year-to-date rate, not from 1 January."""
+    cfg = config()
+    rep = reporter(cfg)
+    start = tokyo(2025, 6, 9, 7, 0)
+    totals = PlantTotals()
+    first = None
+    for i in range(60):  # an hour of the day shift at exactly the planned rate
+        s = start + timedelta(minutes=i)
+        line, _ = rep.line_output(cfg.lines[0], result(0), s, s + timedelta(minutes=1), LineTotals())
+        out, totals = rep.plant_output([line.model_copy(update={"units": 1})], s,
+                                       s + timedelta(minutes=1), totals)
+        first = first or out
+    assert first is not None and first.year_counted_since == start
+    assert totals.counted_since == start
+    cal = rep.calendar
+    end = start + timedelta(hours=1)
+    counted = cal.year_planned_elapsed(end) - cal.year_planned_elapsed(start)
+    year_s = cal.year_planned_seconds(2025)
+    assert out.utilization == pytest.approx(60 / (500_000 * counted / year_s), abs=1e-4)
+    assert out.projected_year == pytest.approx(
+        60 + 60 / counted * (year_s - cal.year_planned_elapsed(end)), rel=1e-6)

@@ -25,9 +25,12 @@ seconds of it elapsed by the window's end, ``C`` = ``capacity_per_year``):
 * ``units`` = sum of line units; ``lines`` = units per line
 * ``units_today`` by production date, ``units_year_to_date`` by production year
 * ``target_today`` = sum of the lines' ``day.target``
-* ``utilization = units_year_to_date / (C * E / Y)``; 0 while ``E`` is 0
-* ``projected_year = units_year_to_date + (units_year_to_date / E) * (Y - E)``; while
-  ``E`` is 0, ``C * planned_utilization``
+* ``year_counted_since``: the start of the first window counted in this production year
+  (the agent cannot know what was built before it started counting); ``K`` = planned
+  seconds between it and the window's end
+* ``utilization = units_year_to_date / (C * K / Y)``; 0 while ``K`` is 0
+* ``projected_year = units_year_to_date + (units_year_to_date / K) * (Y - E)``; while
+  ``K`` is 0, ``C * planned_utilization``
 * ``quality`` = the worst line quality (bad < uncertain < good)
 
 Figures are rounded to 3 decimals (attainment and utilization to 4).
@@ -87,6 +90,7 @@ class PlantTotals:
     year: int | None = None
     year_units: int = 0
     last_window_end: datetime | None = None
+    counted_since: datetime | None = None
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""
@@ -98,6 +102,7 @@ class PlantTotals:
         raw = json.loads(text)
         raw["day"] = _date(raw.get("day"))
         raw["last_window_end"] = _datetime(raw.get("last_window_end"))
+        raw["counted_since"] = _datetime(raw.get("counted_since"))
         return cls(**raw)
 
 
@@ -161,13 +166,16 @@ class Reporter:
         units = sum(o.units for o in outputs)
         day = cal.production_date(start)
         today = (0 if totals.day != day else totals.day_units) + units
-        ytd = (0 if totals.year != day.year else totals.year_units) + units
+        new_year = totals.year != day.year
+        ytd = (0 if new_year else totals.year_units) + units
+        since = start if new_year or totals.counted_since is None else totals.counted_since
 
         year_s = cal.year_planned_seconds(day.year)
         elapsed = min(cal.year_planned_elapsed(end, year=day.year), year_s)
-        if elapsed > 0:
-            utilization = ytd / (plant.capacity_per_year * elapsed / year_s)
-            projected = ytd + ytd / elapsed * (year_s - elapsed)
+        counted = elapsed - min(cal.year_planned_elapsed(since, year=day.year), elapsed)
+        if counted > 0:
+            utilization = ytd / (plant.capacity_per_year * counted / year_s)
+            projected = ytd + ytd / counted * (year_s - elapsed)
         else:
             utilization = 0.0
             projected = plant.capacity_per_year * plant.planned_utilization
@@ -180,10 +188,11 @@ class Reporter:
             capacity_per_year=plant.capacity_per_year,
             planned_utilization=plant.planned_utilization,
             utilization=_r(utilization, 4), projected_year=_r(projected),
+            year_counted_since=since,
             lines={o.line: o.units for o in outputs}, quality=quality, historical=historical,
         )
         new = replace(totals, seq=totals.seq + 1, day=day, day_units=today, year=day.year,
-                      year_units=ytd, last_window_end=end)
+                      year_units=ytd, last_window_end=end, counted_since=since)
         return out, new
 
 
