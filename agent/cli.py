@@ -93,12 +93,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+    except ExceptionGroup as group:
+        inner = _first_leaf(group)
+        if args.debug:
+            raise
+        print(f"plantfloor: {inner}" if isinstance(inner, PlantfloorError)
+              else f"plantfloor: unexpected error: {type(inner).__name__}: {inner} "
+                   "(run with --debug for details)", file=sys.stderr)
+        return 2 if isinstance(inner, ConfigError) else 1
     except Exception as exc:
         if args.debug:
             raise
         print(f"plantfloor: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)",
               file=sys.stderr)
         return 1
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -113,7 +128,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         from simulators.runner import run_simulators
 
-        return _run_until_signal(lambda: run_simulators(args.simconfig, args.ledger))
+        try:
+            return _run_until_signal(lambda: run_simulators(args.simconfig, args.ledger))
+        except OSError as exc:
+            raise PlantfloorError(f"the simulators cannot start: {exc}") from exc
     if args.command == "watch":
         from agent.watch import run_watch
 

@@ -118,7 +118,7 @@ class MqttConfig(_Model):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port (TLS)")
     topic_root: str | None = Field(None, description="topic prefix R; default plantfloor/<site>")
     client_id: str | None = Field(None, description="MQTT client id; default plantfloor-<site>")
-    qos: Literal[0, 1, 2] = Field(1, description="QoS of output messages (status and state are always QoS 1)")
+    qos: Literal[1, 2] = Field(1, description="QoS of output messages: a window leaves the outbox only once the broker acknowledged it (status and state are always QoS 1)")
     version: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
     username: str | None = Field(None, description="user name; the password comes from password_file or PLANTFLOOR_MQTT_PASSWORD")
@@ -132,6 +132,9 @@ class MqttConfig(_Model):
         parts = urlsplit(v)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"{v!r} is not an mqtt:// or mqtts:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in the URL: use username and "
+                             "password_file (or PLANTFLOOR_MQTT_PASSWORD)")
         try:
             parts.port  # noqa: B018 - raises on a bad port
         except ValueError as exc:
@@ -255,10 +258,17 @@ class ModbusSource(_Model):
     port: Port = Field(502, description="Modbus TCP port")
     unit_id: int = Field(1, ge=0, le=255, description="default unit id of this source's tags")
     poll_interval_s: float = Field(1.0, ge=0.1, le=3600, description="time from the start of one poll to the start of the next (an overrunning poll is followed at once, and counted)")
-    timeout_s: float = Field(2.0, gt=0, le=60, description="per request")
+    timeout_s: float = Field(0.5, gt=0, le=60, description="per request, one attempt; at most poll_interval_s, so a poll never outlasts its interval")
     max_registers: int = Field(125, ge=1, le=125, description="largest coalesced read")
     max_gap: int = Field(8, ge=0, le=124, description="unused registers a coalesced read may span")
     backoff_max_s: float = Field(30.0, ge=1, description="cap of the reconnect backoff")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ModbusSource:
+        if self.timeout_s > self.poll_interval_s:
+            raise ValueError(f"timeout_s ({self.timeout_s:g} s) must fit in poll_interval_s "
+                             f"({self.poll_interval_s:g} s)")
+        return self
 
 
 class OpcUaSecurity(_Model):
@@ -302,6 +312,9 @@ class OpcUaSource(_Model):
         parts = urlsplit(v)
         if parts.scheme != "opc.tcp" or not parts.hostname:
             raise ValueError(f"{v!r} is not an opc.tcp:// endpoint URL")
+        if parts.username or parts.password:
+            raise ValueError("credentials do not belong in the endpoint URL: use username and "
+                             "password_file (or PLANTFLOOR_OPCUA_PASSWORD)")
         return v
 
 
@@ -493,6 +506,10 @@ def _check_counter(line: LineConfig, i: int) -> None:
                              f"can count (at most {natural})")
         if tag.map is not None:
             raise ValueError(f"lines.{i}.counter.map: only a state tag has a map")
+        if (tag.rollover or natural) <= 2**16 and line.max_rate_per_hour is None:
+            raise ValueError(f"lines.{i}.max_rate_per_hour: a {tag.type} counter wraps every "
+                             f"{tag.rollover or natural:,} units; give max_rate_per_hour so that a "
+                             "reset near the top is not taken for a rollover")
 
 
 def _check_tag_overlap(cfg: Config) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from agent.config import Config
 from agent.configload import load_config, with_broker
 from agent.errors import ConfigError, PlantfloorError
 
-__all__ = ["packaged_config", "run_demo"]
+__all__ = ["embedded_broker", "packaged_config", "run_demo"]
 
 log = logging.getLogger("plantfloor.demo")
 
@@ -38,13 +37,16 @@ def packaged_config(name: str) -> Path:
     raise ConfigError(f"the packaged demo configuration {name} is missing; pass it explicitly")
 
 
-def _reachable(url: str, timeout: float = 0.5) -> bool:
+async def _reachable(url: str, wait_s: float = 0.5) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 1883), timeout=timeout):
-            return True
-    except OSError:
+        async with asyncio.timeout(wait_s):
+            _, writer = await asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 1883)
+    except (OSError, TimeoutError):
         return False
+    writer.close()
+    await writer.wait_closed()
+    return True
 
 
 async def _wait_port(host: str, port: int, deadline_s: float = 10.0) -> None:
@@ -71,19 +73,24 @@ def _mosquitto_binary() -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def _embedded_broker(state_dir: Path) -> AsyncIterator[str]:
-    """An MQTT broker on 127.0.0.1:1883 for the demo's lifetime; yields the MQTT version to use."""
-    mosquitto = _mosquitto_binary()
+async def embedded_broker(state_dir: Path, *, port: int = 1883,
+                          mosquitto: str | None = None) -> AsyncIterator[str]:
+    """An MQTT broker on 127.0.0.1 only, for the demo's lifetime; yields the MQTT version to use.
+
+    ``mosquitto`` is the binary to run; None looks for one, "" means use amqtt.
+    """
+    if mosquitto is None:
+        mosquitto = _mosquitto_binary()
     if mosquitto:
         conf = state_dir / "mosquitto-demo.conf"
-        conf.write_text("listener 1883 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
                         "persistence false\n" + ("user root\n" if os.geteuid() == 0 else ""))
         proc = await asyncio.create_subprocess_exec(mosquitto, "-c", str(conf),
                                                     stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.DEVNULL)
         try:
-            await _wait_port("127.0.0.1", 1883)
-            log.info("embedded Mosquitto on 127.0.0.1:1883")
+            await _wait_port("127.0.0.1", port)
+            log.info("embedded Mosquitto on 127.0.0.1:%d", port)
             yield "5"
         finally:
             if proc.returncode is None:
@@ -92,10 +99,10 @@ async def _embedded_broker(state_dir: Path) -> AsyncIterator[str]:
         return
     from amqtt.broker import Broker
 
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:1883"}},
+    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
                      "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
     await broker.start()
-    log.info("embedded amqtt broker on 127.0.0.1:1883 (MQTT 3.1.1)")
+    log.info("embedded amqtt broker on 127.0.0.1:%d (MQTT 3.1.1)", port)
     try:
         yield "3.1.1"
     finally:
@@ -136,15 +143,18 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
     async with contextlib.AsyncExitStack() as stack:
         version: str | None = None
         if broker is None:
-            if _reachable(DEFAULT_BROKER):
+            if await _reachable(DEFAULT_BROKER):
                 broker = DEFAULT_BROKER
                 log.info("using the broker at %s", broker)
             else:
-                version = await stack.enter_async_context(_embedded_broker(state))
+                version = await stack.enter_async_context(embedded_broker(state))
                 broker = DEFAULT_BROKER
         cfg = _demo_config(loaded.config, state, broker, version)
         sims = SimulatorSet(sim_cfg)
-        await stack.enter_async_context(sims)
+        try:
+            await stack.enter_async_context(sims)
+        except OSError as exc:
+            raise PlantfloorError(f"the simulators cannot start: {exc}") from exc
         agent = Agent(cfg, config_sha256=loaded.sha256)
         agent_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
@@ -152,17 +162,17 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
             watch_task = tg.create_task(run_watch(broker_url=broker, root=cfg.topic_root,
                                                   plain=True if plain else None, stop=stop),
                                         name="watch")
-            if duration is not None:
-                tg.create_task(_stop_after(stop, duration), name="duration")
+            # the view ending (it could not reach the broker) ends the demo
+            watch_task.add_done_callback(lambda _: stop.set())
+            timer = tg.create_task(_stop_after(stop, duration), name="duration") if duration else None
             await stop.wait()
             agent_stop.set()
             await agent_task
-            await watch_task
-            for t in asyncio.all_tasks():
-                if t.get_name() == "duration":
-                    t.cancel()
+            code = await watch_task
+            if timer is not None:
+                timer.cancel()
     print(f"demo stopped; state kept in {state}")
-    return 0
+    return code
 
 
 async def _stop_after(stop: asyncio.Event, seconds: float) -> None:

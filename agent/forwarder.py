@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
-from agent.errors import PublishError, PublishRefused
+from agent.errors import PublishError, PublishRefused, StoreError
 from agent.publisher import Publisher
 from agent.store import OutboxRecord, Store
 
@@ -92,6 +92,7 @@ class Forwarder:
         self._refusal: str | None = None  # message of the active publish_refused alarm
         self._parked: dict[str, _Parked] = {}
         self.sent = 0
+        self._store_failed = False
 
     def wake(self) -> None:
         """New records were committed: look at the outbox now."""
@@ -103,7 +104,18 @@ class Forwarder:
         while True:
             await self._publisher.connected.wait()
             self._wake.clear()
-            outcome = await self._drain()
+            try:
+                outcome = await self._drain()
+            except StoreError as exc:
+                # the outbox cannot be read or updated (disk full, I/O): keep the records,
+                # retry later; an acknowledged record may be sent again (subscribers dedupe)
+                self._on_alarm("outbox_error", f"outbox unavailable: {exc}")
+                self._store_failed = True
+                await self._wait_wake(_ERROR_PAUSE_S)
+                continue
+            if self._store_failed:
+                self._store_failed = False
+                self._on_alarm("outbox_error", "")
             if outcome is _Outcome.EMPTY:
                 await self._wait_wake(self._interval_s)
             elif outcome is _Outcome.REFUSED and self._parked:

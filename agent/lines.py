@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from agent.config import Config, LineConfig
-from agent.core.report import LineTotals
 from agent.core.tracker import LineTracker, WindowResult
 from agent.payloads import LineStatePayload, SourceInfo, encode
 from agent.publisher import Publisher
@@ -38,33 +37,44 @@ class LineBoard:
             for s in cfg.sources}
         self.last_ok_wall: dict[str, datetime | None] = {s.id: None for s in cfg.sources}
         self.trackers: dict[str, LineTracker] = {}
-        now_mono, now_wall = mono(), wall()
+        now_mono = mono()
         for line in cfg.lines:
             row = stored.lines.get(line.id)
-            totals = LineTotals.from_json(row.totals_json) if row and row.totals_json else LineTotals()
-            baseline_mono = None
-            if totals.last_window_end is not None:
-                baseline_mono = now_mono - max(0.0, (now_wall - totals.last_window_end).total_seconds())
             self.trackers[line.id] = LineTracker(
                 line_id=line.id, configured_modulus=line.counter.rollover,
                 max_rate_per_hour=line.max_rate_per_hour, state_map=line.state_map,
                 has_state_tag=line.state is not None, baseline=row.counter if row else None,
-                baseline_mono=baseline_mono, start_mono=now_mono, tag_names=list(line.tags))
+                # the time since the baseline is unknown after a restart: no rate bound on the
+                # first delta (the wall clock must never decide what counts)
+                baseline_mono=None, start_mono=now_mono, tag_names=list(line.tags))
         self._lines_of: dict[str, list[str]] = {s.id: [] for s in cfg.sources}
         for line in cfg.lines:
             for src in _sources_of(line):
                 self._lines_of[src].append(line.id)
         self._counter_source = {line.id: line.counter.source for line in cfg.lines}
+        # the last point error of each line (Modbus exception, OPC UA status), for the state topic
+        self.point_error: dict[str, tuple[str, int | None] | None] = {}
         self._dirty: set[str] = set(self.trackers)
         self._wake = asyncio.Event()
 
     def on_readings(self, source: str, readings: Sequence[Reading]) -> None:
         if any(r.quality == "good" for r in readings):
             self.last_ok_wall[source] = self.wall()
+        problems: dict[str, tuple[str, int | None] | None] = {}
         for r in readings:
             tracker = self.trackers.get(r.line)
-            if tracker is not None and tracker.on_reading(r):
+            if tracker is None:
+                continue
+            if tracker.on_reading(r):
                 self._mark(r.line)
+            if r.quality != "good" and problems.get(r.line) is None:
+                problems[r.line] = (r.error or str(r.quality), r.code)
+            else:
+                problems.setdefault(r.line, None)
+        for line_id, problem in problems.items():
+            if self.point_error.get(line_id) != problem:
+                self.point_error[line_id] = problem
+                self._mark(line_id)
 
     def on_health(self, health: SourceHealth, mono: float) -> None:
         self.health[health.source] = health
@@ -88,9 +98,11 @@ class LineBoard:
         src = self._counter_source[line_id]
         h = self.health[src]
         last_ok = self.last_ok_wall.get(src)
+        problem = self.point_error.get(line_id) if h.connected else None
+        error, code = problem if problem else (h.error, None)
         return LineStatePayload(
             line=line_id, state=self.trackers[line_id].state,
-            source=SourceInfo(id=src, connected=h.connected, last_ok=last_ok, error=h.error),
+            source=SourceInfo(id=src, connected=h.connected, last_ok=last_ok, error=error, code=code),
             ts=self.wall().astimezone(UTC))
 
     async def run(self) -> None:

@@ -128,10 +128,11 @@ class PlantOutput(_Payload):
 
 
 class SourceInfo(_Payload):
-    id: str
+    id: str = Field(..., description="the source of the line's counter")
     connected: bool
-    last_ok: Timestamp | None
-    error: str | None
+    last_ok: Timestamp | None = Field(..., description="last poll with a good reading")
+    error: str | None = Field(..., description="why the source or a point of the line is not good, e.g. 'modbus exception 2 (illegal data address)' or 'BadSensorFailure'")
+    code: int | None = Field(None, description="the Modbus exception code or OPC UA StatusCode of that error")
 
 
 class LineStatePayload(_Payload):

@@ -35,8 +35,8 @@ __all__ = ["Agent"]
 
 log = logging.getLogger("plantfloor.agent")
 
-DRAIN_S = 5.0          # how long shutdown waits for the outbox to reach the broker
-READY_TIMEOUT_S = 15.0  # READY=1 is sent at the latest after this, degraded if need be
+DRAIN_S = 3.0          # how long shutdown waits for the outbox to reach the broker
+READY_TIMEOUT_S = 30.0  # READY=1 waits this long for every source and the broker, then goes degraded
 
 
 class Agent:
@@ -79,7 +79,8 @@ class Agent:
             state=state,
             agent=self.cfg.client_id, version=__version__,
             started_at=self.started_at, config_sha256=self.sha,
-            backlog=store.backlog if store else 0, dropped=store.dropped if store else 0,
+            backlog=store.backlog if store else 0,
+            dropped=(store.dropped if store else 0) + (self.closer.dropped_in_memory if self.closer else 0),
             alarms=self.alarms.active(), ts=self.wall(),
         ))
 
@@ -179,7 +180,7 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 work = [tg.create_task(s.run(), name=f"source-{c.id}")
                         for s, c in zip(self.supervisors, self.cfg.sources, strict=True)]
-                work.append(tg.create_task(self.closer.run(), name="windows"))
+                windows = tg.create_task(self.closer.run(), name="windows")
                 work.append(tg.create_task(self.board.run(), name="line-states"))
                 work.append(tg.create_task(self._status_loop(), name="status"))
                 work.append(tg.create_task(self._readiness(), name="readiness"))
@@ -189,6 +190,9 @@ class Agent:
                 self.notifier.stopping()
                 for t in work:
                     t.cancel()
+                # finish the window in progress (never cancel a commit half-way)
+                self.closer.stop()
+                await windows
                 await self._drain()
                 fwd.cancel()
         finally:
@@ -204,12 +208,9 @@ class Agent:
 
     async def _shutdown(self) -> None:
         if self.publisher is not None:
-            try:
-                await asyncio.wait_for(self.publisher.stop(final_topic=f"{self.root}/status",
-                                                           final_payload=self.status_payload("offline")),
-                                       timeout=3.0)
-            except TimeoutError:
-                log.warning("broker did not acknowledge the offline status in time")
+            # bounded inside: 3 s for the offline status, 1 s for the disconnect
+            await self.publisher.stop(final_topic=f"{self.root}/status",
+                                      final_payload=self.status_payload("offline"))
         if self.store is not None:
             await self.store.close()
         if self.metrics is not None:
@@ -250,17 +251,25 @@ class Agent:
         return "; ".join(parts)
 
     async def _readiness(self) -> None:
-        """READY=1 once every source was polled once and the broker answered (or a timeout)."""
+        """READY=1 once every source gave a good reading and the broker accepted the connection.
+
+        A gateway whose PLC or broker is away at boot must still start (it buffers and
+        retries): after READY_TIMEOUT_S it reports READY with a degraded STATUS line.
+        """
         assert self.publisher is not None
-        waits = [asyncio.ensure_future(e.wait()) for e in self.source_seen.values()]
+        waits = [asyncio.ensure_future(s.first_ok.wait()) for s in self.supervisors]
         waits.append(asyncio.ensure_future(self.publisher.connected.wait()))
         try:
-            await asyncio.wait(waits, timeout=READY_TIMEOUT_S)
+            _, pending = await asyncio.wait(waits, timeout=READY_TIMEOUT_S)
         finally:
             for w in waits:
                 w.cancel()
         self.ready.set()
-        self.notifier.ready(self.health_line())
+        status = self.health_line()
+        if pending:
+            status = f"degraded: {status}"
+            log.warning("ready without every source and the broker: %s", status)
+        self.notifier.ready(status)
         interval = self.notifier.watchdog_interval_s
         while True:
             await asyncio.sleep(interval or 10.0)

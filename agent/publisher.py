@@ -105,6 +105,7 @@ class Publisher:
         if not self.connected.is_set():
             raise PublishError(f"not connected to {self._cfg.host}:{self._cfg.port}")
         holding = False  # an in-flight slot not yet handed to a pending entry
+        sent_on: mqtt.Client | None = None  # the client holding the message, once handed over
         try:
             async with asyncio.timeout(timeout):
                 if qos > 0:
@@ -118,10 +119,16 @@ class Publisher:
                     raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
                 future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 self._pending[info.mid] = _Pending(topic, future, counted=qos > 0)
+                sent_on = client
                 holding = False  # released when the ack arrives or the connection drops
                 # shielded: a timed-out caller must not cancel the future the ack resolves
                 return await asyncio.shield(future)
         except TimeoutError as exc:
+            if sent_on is not None and sent_on is self._client:
+                # paho would re-send the message on its own later while the caller retries
+                # it as well: drop the connection, so the retry is the only copy
+                log.warning("no acknowledgement for %s within %g s: reconnecting", topic, timeout)
+                sent_on.disconnect()
             raise PublishError(f"no acknowledgement for {topic} within {timeout} s") from exc
         finally:
             if holding:
@@ -163,7 +170,7 @@ class Publisher:
             if final_topic is not None:
                 try:
                     await self.publish(final_topic, final_payload or b"", qos=1, retain=True,
-                                       timeout=5.0)
+                                       timeout=3.0)
                 except PublishError as exc:
                     log.warning("final message to %s not acknowledged: %s", final_topic, exc)
             lost = self._lost
@@ -171,7 +178,7 @@ class Publisher:
             client.disconnect()
             if lost is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(2.0):
+                    async with asyncio.timeout(1.0):
                         await asyncio.shield(lost)
         task, self._task = self._task, None
         if task is not None:

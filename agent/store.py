@@ -166,6 +166,9 @@ class Store:
         try:
             return _connect(path), None
         except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                # locked, full, read-only, I/O: the file may be fine; never discard it
+                raise StoreError(f"cannot open the state database {path}: {exc}") from exc
             moved = _move_aside(path)
             log.error("state database %s is unusable (%s); moved to %s, starting afresh",
                       path, exc, moved)
@@ -380,3 +383,12 @@ def _trim(conn: sqlite3.Connection, excess: int) -> tuple[int, int]:
     if last_id is not None:
         conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
     return count, freed
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB (or a failed integrity check), not a passing condition."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    text = str(exc).lower()
+    return any(w in text for w in ("malformed", "not a database", "quick_check", "integrity"))

@@ -8,6 +8,7 @@ are committed when it recovers; counting goes on from the cumulative PLC counter
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,14 +64,26 @@ class WindowCloser:
                                     if row and row.totals_json else LineTotals())
         self.plant = PlantTotals.from_json(stored.plant_json) if stored.plant_json else PlantTotals()
         self._pending: list[_Pending] = []
+        self.dropped_in_memory = 0
+        self._stop = asyncio.Event()
         self.windows_closed = 0
         self.last_tick_mono = mono()
 
+    def stop(self) -> None:
+        """Ask ``run`` to finish the current window early and return (SIGTERM)."""
+        self._stop.set()
+
     async def run(self) -> None:
+        """Close every window on its boundary until :meth:`stop`; then close the open one early."""
         start, end = self.calendar.window_bounds(self.wall(), self.interval)
         await self.fill_gap(start)
         while True:
-            await self._sleep_until(end)
+            if not await self._sleep_until(end):
+                now = self.wall()
+                if now > start:
+                    # the window in progress ends now: its units are published before exit
+                    await self.close(start, min(now, end))
+                return
             await self.close(start, end)
             start, end = self.calendar.window_bounds(end, self.interval)
             behind = self.calendar.window_bounds(self.wall(), self.interval)[0]
@@ -79,13 +92,23 @@ class WindowCloser:
                 await self.fill_gap(behind, event="clock_step")
                 start, end = self.calendar.window_bounds(behind, self.interval)
 
-    async def _sleep_until(self, end: datetime) -> None:
+    async def _sleep_until(self, end: datetime) -> bool:
+        """Wait for the window's end; False when asked to stop first.
+
+        The wait is also bounded by the monotonic clock: a wall clock stepped back never
+        holds a window open longer than its length.
+        """
+        deadline = self.mono() + max(0.0, (end - self.wall()).total_seconds())
         while True:
-            self.last_tick_mono = self.mono()
-            delay = (end - self.wall()).total_seconds()
+            self.last_tick_mono = now = self.mono()
+            delay = min((end - self.wall()).total_seconds(), deadline - now)
             if delay <= 0:
-                return
-            await asyncio.sleep(min(delay, TICK_S))
+                return True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, TICK_S)):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return False
 
     def _line_record(self, line_id: str, result: WindowResult, start: datetime, end: datetime,
                      out_list: list[NewRecord], lines: list[LineState], outputs: list[LineOutput]) -> None:
@@ -147,7 +170,8 @@ class WindowCloser:
         if len(self._pending) > MAX_PENDING:
             lost = len(self._pending) - MAX_PENDING
             del self._pending[:lost]
-            log.error("store unavailable: %d window(s) dropped from memory", lost)
+            self.dropped_in_memory += lost * (len(self.cfg.lines) + 1)
+            log.error("store unavailable: %d window(s) dropped from memory, oldest first", lost)
         while self._pending:
             batch = self._pending[:200]
             records = [r for p in batch for r in p.records]
@@ -157,9 +181,11 @@ class WindowCloser:
             try:
                 dropped = await self.store.commit_window(records, list(latest.values()), batch[-1].plant_json)
             except StoreError as exc:
-                self.alarms.raise_("store_error", f"cannot write the state database: {exc}; "
-                                   f"{len(self._pending)} window(s) held in memory")
+                kind = "disk_full" if "full" in str(exc).lower() else "store_error"
+                self.alarms.raise_(kind, f"cannot write the state database: {exc}; "
+                                   f"{len(self._pending)} window(s) held in memory, counting goes on")
                 return
+            self.alarms.clear("disk_full")
             self.alarms.clear("store_error")
             del self._pending[:len(batch)]
             if dropped:

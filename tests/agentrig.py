@@ -56,12 +56,12 @@ def agent_config_dict(tmp_path: Path, broker_url: str, sims: SimulatorSet, *, ke
                    {"name": "b", "start": "12:00", "end": "00:00", "days": ALL_DAYS}],
         "sources": [
             {"id": "plc-m", "kind": "modbus", "host": "127.0.0.1", "port": modbus.port,
-             "poll_interval_s": 0.2, "timeout_s": 0.5, "backoff_max_s": 1},
+             "poll_interval_s": 0.2, "timeout_s": 0.2, "backoff_max_s": 1},
             {"id": "plc-u", "kind": "opcua", "endpoint": opcua.endpoint, "mode": mode,
              "poll_interval_s": 0.2, "timeout_s": 2, "backoff_max_s": 1},
         ],
         "lines": [
-            {"id": "kei", "product": "Sakura", "target_per_hour": 3600,
+            {"id": "kei", "product": "Sakura", "target_per_hour": 3600, "max_rate_per_hour": 3_600_000,
              "counter": {"source": "plc-m", "address": 100, "type": kei_type},
              "state": {"source": "plc-m", "address": 110, "type": "uint16"},
              "tags": {"buffer": {"source": "plc-m", "address": 112, "type": "uint16"}}},

@@ -150,6 +150,13 @@ async def test_state_topic_is_retained_and_follows_the_line(
         await wait_until(lambda: any(s["state"] == "running" for s in states()), 10, "running")
         sims.lines["kei"].set_state("faulted")
         await wait_until(lambda: states()[-1]["state"] == "faulted", 10, "faulted")
+        # a Modbus exception answer is shown with its code on the line's state topic
+        sims.plcs["plc-m"].set_exception(2)
+        await wait_until(lambda: states()[-1]["source"]["code"] == 2, 10, "exception code 2")
+        assert "illegal data address" in states()[-1]["source"]["error"]
+        assert states()[-1]["source"]["connected"] is True
+        sims.plcs["plc-m"].set_exception(None)
+        await wait_until(lambda: states()[-1]["source"]["code"] is None, 10, "exception cleared")
         await sims.plcs["plc-m"].stop()
         await wait_until(lambda: states()[-1]["state"] == "unknown"
                          and not states()[-1]["source"]["connected"], 10, "source lost")
@@ -242,3 +249,49 @@ async def test_metrics_endpoint_reports_polls_windows_and_reads(
     assert 'plantfloor_poll_latency_seconds_count{source="plc-m"}' in text
     assert 'plantfloor_last_good_read_timestamp_seconds{line="kei"}' in text
     assert "plantfloor_outbox_backlog" in text
+
+
+async def test_two_hour_history_time_compressed_matches_the_ledger(
+        tmp_path: Path, mosquitto: Any, mqtt_subscriber: Callable[..., Any],
+        simulator_set: Callable[..., Any]) -> None:
+    """Two simulated hours of takt-driven production (micro-stops, breakdowns) through both
+    protocols, with rollovers, a PLC power cycle and two outages: the sums are exact."""
+    sims = await simulator_set(sim_config(kei_start=65_200, rogue_start=2**31 - 1_500), auto=False)
+    sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
+    cfg = Config.model_validate(agent_config_dict(tmp_path, mosquitto.url, sims))
+    _, stop, task = await _start_agent(cfg)
+    kei, rogue = sims.lines["kei"], sims.lines["rogue"]
+    plc_m, plc_u = sims.plcs["plc-m"], sims.plcs["plc-u"]
+    step_s = 10.0  # simulated seconds per step: 720 steps are two hours
+    try:
+        await _next_windows(sub, "kei", 2)
+        await _next_windows(sub, "rogue", 2)
+        for step in range(720):
+            if step == 240:
+                # a power cycle: everything built so far has been read, then the counter resets
+                reads = plc_m.reads
+                await wait_until(lambda r=reads: plc_m.reads >= r + 2, 5, "a read before the reset")
+                await plc_m.restart(reset_counters=True)
+            if step == 400:
+                await plc_m.stop()
+            if step == 460:
+                await plc_m.start()
+            if step == 520:
+                await plc_u.stop()
+            if step == 580:
+                await plc_u.start()
+            kei.advance(step_s)
+            rogue.advance(step_s)
+            await asyncio.sleep(0.02)  # the pace of compressed time, not synchronisation
+        await _counted(sub, sims, within=30)
+    finally:
+        await _stop_agent(stop, task)
+    w = Windows(sub.messages)
+    assert kei.produced > 1_500, "two hours of production"
+    assert rogue.produced > 1_500, "two hours of production"
+    assert kei.resets == 1
+    for line in ("kei", "rogue"):
+        assert w.contiguous(line)
+        assert w.units(line) == sims.lines[line].expected_units
+    assert {"rollover", "counter_reset", "gap_recovered"} <= w.events("kei")
+    assert {"rollover", "gap_recovered"} <= w.events("rogue")

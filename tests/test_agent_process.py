@@ -50,6 +50,9 @@ async def test_sigterm_flushes_publishes_offline_and_exits_0(
     try:
         await wait_until(lambda: len(Windows(sub.messages).seqs("kei")) >= 2, 20, "first windows")
         sims.lines["kei"].produce(3)
+        plc = sims.plcs["plc-m"]
+        reads = plc.reads
+        await wait_until(lambda: plc.reads >= reads + 2, 5, "the agent has read the new count")
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         code = await _wait_exit(proc, 10)
@@ -58,6 +61,10 @@ async def test_sigterm_flushes_publishes_offline_and_exits_0(
     finally:
         if proc.poll() is None:
             proc.kill()
+    # the window in progress was finished: every unit read before SIGTERM is published
+    w = Windows(sub.messages)
+    assert w.units("kei") == sims.lines["kei"].expected_units
+    assert w.contiguous("kei")
     late = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/status")
     await wait_until(lambda: bool(late.messages), 5, "retained status")
     status = late.messages[0].json()

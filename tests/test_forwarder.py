@@ -257,3 +257,11 @@ async def test_backlog_replay_rate(mosquitto: MosquittoBroker,
     await wait_until(lambda: rig.store.backlog == 0)
     print(f"\nbacklog replay: 5000 rows in {elapsed:.2f} s = {5000 / elapsed:.0f} rows/s")
     assert rig.forwarder.sent >= 5000
+
+
+def test_historical_is_the_last_key_of_every_window_payload() -> None:
+    """mark_historical rewrites the payload's tail: the models must keep `historical` last."""
+    from agent.payloads import LineOutput, PlantOutput
+
+    for model in (LineOutput, PlantOutput):
+        assert list(model.model_fields)[-1] == "historical", model.__name__

@@ -160,7 +160,7 @@ async def test_from_config_reads_every_type_order_table_and_unit(stub_plc: Any) 
         {"id": "d", "product": "D", "target_per_hour": 10,
          "counter": {"source": "plc", "unit_id": 2, "address": 20, "type": "int32"},
          "state": {"source": "plc", "unit_id": 2, "address": 30, "type": "int16"}},
-        {"id": "e", "product": "E", "target_per_hour": 10,
+        {"id": "e", "product": "E", "target_per_hour": 10, "max_rate_per_hour": 100,
          "counter": {"source": "other", "address": 0, "type": "uint16"}},
     ])
     src = ModbusTcpSource.from_config(cfg, cfg.source("plc"))  # type: ignore[arg-type]

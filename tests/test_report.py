@@ -332,7 +332,8 @@ def test_plant_rates_count_only_the_planned_time_since_counting_began() -> None:
         out, totals = rep.plant_output([line.model_copy(update={"units": 1})], s,
                                        s + timedelta(minutes=1), totals)
         first = first or out
-    assert first is not None and first.year_counted_since == start
+    assert first is not None
+    assert first.year_counted_since == start
     assert totals.counted_since == start
     cal = rep.calendar
     end = start + timedelta(hours=1)

@@ -211,3 +211,25 @@ async def test_naive_window_end_is_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="timezone"):
         await store.commit_window([bad], [], None)
     assert store.backlog == 0
+
+
+async def test_a_locked_database_is_an_error_not_a_corruption(tmp_path: Path) -> None:
+    """Only real corruption moves the file aside; a lock (or a full disk) keeps it."""
+    import sqlite3
+
+    from agent.errors import StoreError
+
+    path = tmp_path / "state.db"
+    store = await Store.open(path, max_bytes=1_000_000)
+    await store.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA busy_timeout = 0")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="cannot open the state database"):
+            await Store.open(path, max_bytes=1_000_000)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert path.exists()
+    assert not list(tmp_path.glob("state.db.corrupt-*"))  # noqa: ASYNC240 - the test's own check

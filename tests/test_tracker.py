@@ -85,7 +85,7 @@ def test_events_are_unique_in_first_seen_order() -> None:
     t.on_reading(count(40_000, 4.0))
     t.on_reading(count(5, 5.0))
     t.on_reading(count(6, 5.5))
-    assert t.close_window(6.0).events == ("bad_quality", "rollover", "counter_reset")
+    assert t.close_window(6.0).events == ("bad_quality", "rollover", "gap_recovered", "counter_reset")
 
 
 def test_modulus_from_the_first_counter_reading() -> None:
@@ -262,3 +262,16 @@ def test_tags_report_the_last_good_value_of_the_window() -> None:
     assert first.tags == {"buffer": 9, "temp": 21.5}
     assert first.units == 0
     assert t.close_window(2.0).tags == {"buffer": None, "temp": None}
+
+
+def test_units_after_a_run_of_bad_counter_readings_are_a_gap() -> None:
+    t = tracker()
+    t.on_reading(count(10, 0.5))
+    t.on_reading(count(None, 1.0, quality=Quality.BAD))
+    bad = t.close_window(2.0)
+    assert bad.quality == "uncertain"
+    assert "bad_quality" in bad.events
+    t.on_reading(count(14, 2.5))
+    back = t.close_window(3.0)
+    assert back.units == 4
+    assert "gap_recovered" in back.events

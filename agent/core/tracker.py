@@ -111,6 +111,8 @@ class LineTracker:
     def _on_counter(self, r: Reading) -> None:
         if r.quality is not Quality.GOOD or not isinstance(r.value, int):
             self._events[_quality_event(r.quality)] = None
+            # whatever is built meanwhile is counted at the next good reading, as a gap
+            self.engine.mark_unreachable()
             return
         self.last_error = None
         if not self._modulus_known:
