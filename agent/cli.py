@@ -30,9 +30,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="debug logging and tracebacks")
     common.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
                         help="log lines as text (default) or one JSON object per line")
-    p = argparse.ArgumentParser(prog="plantfloor", parents=[common],
+    # the main parser has its own copies: argparse shares parent actions, and a default set
+    # here would overwrite the SUPPRESS that lets the options also follow the command
+    p = argparse.ArgumentParser(prog="plantfloor",
                                 description="PLC good-unit counters to throughput against capacity, over MQTT.")
-    p.set_defaults(debug=False, log_format="text")
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="log lines as text (default) or one JSON object per line")
     p.add_argument("--version", action="version", version=f"plantfloor {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add = sub.add_parser

@@ -143,3 +143,14 @@ def test_line_tags_are_checked_like_counters() -> None:
     base["lines"][0]["tags"] = {"buffer": {"source": "plc-rogue", "address": 5}}
     with pytest.raises(ValidationError, match=r"lines\.0\.tags\.buffer: source 'plc-rogue' is opcua"):
         Config.model_validate(base)
+
+
+def test_global_options_work_before_and_after_the_command() -> None:
+    from agent.cli import _parser
+
+    for argv in (["--debug", "--log-format", "json", "run", "x.yaml"],
+                 ["run", "x.yaml", "--debug", "--log-format", "json"]):
+        args = _parser().parse_args(argv)
+        assert (args.debug, args.log_format) == (True, "json")
+    args = _parser().parse_args(["run", "x.yaml"])
+    assert (args.debug, args.log_format) == (False, "text")
