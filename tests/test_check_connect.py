@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.check import check_command
-from tests.agentrig import ROOT_TOPIC, Windows, agent_config_dict, sim_config, wait_until, write_yaml
+from tests.agentrig import (
+    ROOT_TOPIC,
+    Windows,
+    agent_config_dict,
+    sim_config,
+    wait_until,
+    write_yaml,
+)
 
 
 async def test_check_connect_reports_each_endpoint(
