@@ -59,8 +59,9 @@ async def test_the_broker_password_never_reaches_the_log(
     sub = mqtt_subscriber(broker, f"{ROOT_TOPIC}/#", username="plantfloor", password=password)
     log = tmp_path / "agent.log"
     with log.open("ab") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "--debug", "run", str(config)],
-                                stdout=sink, stderr=sink, env=dict(os.environ))
+        proc = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "agent.cli", "--debug", "run", str(config)],
+            stdout=sink, stderr=sink, env=dict(os.environ))
     try:
         await wait_until(lambda: len(Windows(sub.messages).seqs("kei")) >= 2, 20,
                          "windows through an authenticated broker")
