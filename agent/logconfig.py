@@ -26,7 +26,8 @@ __all__ = ["REDACTED", "RedactSecrets", "collect_secrets", "configure_logging"]
 
 REDACTED = "***"
 
-# Chatty at INFO (every session, subscription and frame); their warnings still show.
+# Their own failure logs (with tracebacks, on every poll) repeat what the adapters report
+# once per transition; with --debug everything of theirs shows.
 _QUIET_LIBRARIES = ("asyncua", "pymodbus")
 
 # Attributes every LogRecord has; anything else was passed in ``extra=``.

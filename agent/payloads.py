@@ -95,7 +95,7 @@ class LineOutput(_Payload):
     state_seconds: StateSeconds
     quality: Literal["good", "uncertain", "bad"]
     events: list[Event]
-    counter: int | None = Field(None, description="last good raw counter value read in the window")
+    counter: int | None = Field(None, description="the counter baseline at the window's end: the last good raw value read so far")
     tags: dict[str, int | float | None] = Field(
         default_factory=dict, description="the line's extra process values: last good value read in the window, null if none")
     historical: bool = Field(False, description="sent later than one window after window_end")
@@ -162,8 +162,8 @@ class StatusPayload(_Payload):
     version: str
     started_at: Timestamp | None
     config_sha256: str
-    backlog: int = Field(..., ge=0, description="windows waiting in the outbox")
-    dropped: int = Field(..., ge=0, description="windows dropped since start (outbox full)")
+    backlog: int = Field(..., ge=0, description="window messages waiting in the outbox (one per line and one for the plant per window)")
+    dropped: int = Field(..., ge=0, description="window messages dropped since start, oldest first (outbox full)")
     alarms: list[Alarm] = Field(default_factory=list)
     ts: Timestamp
 

@@ -27,6 +27,12 @@ if [ "${1:-}" = "--test" ]; then
   fi
 fi
 
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  echo "installing python3-venv (apt-get)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+
 stamp=.venv/.plantfloor-installed
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
