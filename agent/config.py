@@ -46,6 +46,7 @@ __all__ = [
     "SourceConfig",
     "StorageConfig",
     "TagConfig",
+    "TimeZoneName",
     "TlsConfig",
 ]
 
@@ -82,6 +83,17 @@ def _hhmm(value: str) -> str:
         raise ValueError(f"{value!r} is not a time of day in HH:MM (00:00 to 23:59)")
     return value
 
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{value!r} is not an IANA time zone") from exc
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_time_zone),
+                         Field(description="IANA time zone, e.g. Asia/Tokyo")]
 
 HHMM = Annotated[str, AfterValidator(_hhmm),
                  Field(description='time of day "HH:MM" in the site time zone')]
@@ -419,7 +431,7 @@ class Config(_Model):
     """The agent's configuration file."""
 
     site: Identifier
-    timezone: str = Field(..., description="IANA time zone of the site, e.g. Asia/Tokyo")
+    timezone: TimeZoneName = Field(..., description="IANA time zone of the site, e.g. Asia/Tokyo")
     mqtt: MqttConfig = Field(MqttConfig(), description="the broker")
     publish: PublishConfig = Field(PublishConfig(), description="windows and status")
     storage: StorageConfig = Field(StorageConfig(), description="durable outbox and counter state")
@@ -428,15 +440,6 @@ class Config(_Model):
     sources: tuple[SourceConfig, ...] = Field(..., min_length=1, description="PLC endpoints")
     lines: tuple[LineConfig, ...] = Field(..., min_length=1, description="production lines: counter, state and target")
     metrics: MetricsConfig | None = Field(None, description="optional Prometheus endpoint (off when absent)")
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"{v!r} is not an IANA time zone") from exc
-        return v
 
     @property
     def tz(self) -> ZoneInfo:
@@ -449,6 +452,14 @@ class Config(_Model):
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"plantfloor-{self.site}"
+
+    def points_of(self, source_id: str) -> Iterator[
+            tuple[LineConfig, Literal["counter", "state", "tag"], str | None, TagConfig]]:
+        """Every point (line, role, tag name, tag) that a source serves."""
+        for line in self.lines:
+            for role, name, tag in line.points():
+                if tag.source == source_id:
+                    yield line, role, name, tag
 
     def source(self, source_id: str) -> ModbusSource | OpcUaSource:
         for s in self.sources:

@@ -8,18 +8,14 @@ good-unit counter and state it serves, each with its takt time and production ra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agent.config import Shift
-from agent.errors import ConfigError
+from agent.config import Shift, TimeZoneName
+from agent.configload import load_model
 
 __all__ = [
     "ModbusCounterTag",
@@ -226,18 +222,9 @@ class SimConfig(_Model):
     """A set of software PLCs."""
 
     seed: int = Field(42, description="line i draws its randomness from random.Random(seed + i)")
-    timezone: str = Field("UTC", description="IANA time zone of the shift calendar")
+    timezone: TimeZoneName = Field("UTC", description="IANA time zone of the shift calendar")
     shifts: tuple[Shift, ...] | None = Field(None, description="when present, lines stop outside shifts and during breaks")
     plcs: tuple[PlcConfig, ...] = Field(..., min_length=1)
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"{v!r} is not an IANA time zone") from exc
-        return v
 
     @model_validator(mode="after")
     def _unique(self) -> SimConfig:
@@ -257,53 +244,4 @@ class SimConfig(_Model):
 
 def load_sim_config(path: Path | str) -> SimConfig:
     """Read a simulator file (YAML 1.2, duplicate keys refused); raise ConfigError naming file, line and key."""
-    path = Path(path)
-    name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", file=name) from exc
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    try:
-        doc = yaml.load(text)
-    except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"not valid YAML: {problem}", file=name, line=line) from exc
-    if not isinstance(doc, Mapping):
-        raise ConfigError("the file must hold a mapping (seed, timezone, shifts, plcs)", file=name)
-    try:
-        return SimConfig.model_validate(_plain(doc))
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        # pydantic puts the union tag (modbus/opcua) into the location; the file has no such key
-        loc = tuple(p for p in err["loc"] if p not in ("modbus", "opcua"))
-        raise ConfigError(err["msg"], file=name, line=_line_of(doc, loc),
-                          key=".".join(str(p) for p in loc) or None) from exc
-
-
-def _plain(node: Any) -> Any:
-    """ruamel's commented containers as plain dicts and lists."""
-    if isinstance(node, Mapping):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
-
-
-def _line_of(doc: Any, loc: tuple[int | str, ...]) -> int | None:
-    """1-based line of the deepest part of ``loc`` found in the document."""
-    line: int | None = None
-    node = doc
-    for part in loc:
-        if isinstance(node, CommentedMap) and part in node:
-            line = node.lc.key(part)[0] + 1
-            node = node[part]
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
-            line = node.lc.item(part)[0] + 1
-            node = node[part]
-        else:
-            break
-    return line
+    return load_model(Path(path), SimConfig)[0]

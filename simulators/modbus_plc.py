@@ -23,6 +23,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.config import ModbusPlcConfig, SimLineConfig
+from simulators.plc import SoftPlc
 from simulators.production import STATE_CODES, SimLine, lines_from_config
 
 __all__ = ["READ_CODES", "WRITE_CODES", "ModbusPlc", "counter_words"]
@@ -59,7 +60,7 @@ def counter_words(value: int, width: int, word_order: str) -> list[int]:
     return words if word_order == "big" else words[::-1]
 
 
-class ModbusPlc:
+class ModbusPlc(SoftPlc):
     """A Modbus TCP server serving the counters and states of its lines. Constructors do no I/O.
 
     ``port`` is the bound port once started (give 0 for an ephemeral one); ``ready`` is set
@@ -136,21 +137,6 @@ class ModbusPlc:
         # delayed handlers wake on _stopping; let them finish so no task outlives the server
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 2.0)
-
-    async def restart(self, *, reset_counters: bool = False) -> None:
-        """Stop, optionally reset every counter to 0 (a power cycle), and start on the same port."""
-        await self.stop()
-        if reset_counters:
-            for line in self.lines.values():
-                line.reset_counter(0)
-        await self.start()
-
-    async def __aenter__(self) -> ModbusPlc:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- fault knobs -------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulators.config import OpcUaPlcConfig
+from simulators.plc import SoftPlc
 from simulators.production import STATE_CODES, SimLine, lines_from_config
 
 __all__ = ["STATUS_CODES", "OpcUaPlc"]
@@ -53,7 +54,7 @@ _VARIANT = {
 _REFRESH_S = 0.02
 
 
-class OpcUaPlc:
+class OpcUaPlc(SoftPlc):
     """An OPC UA server for the lines of one PLC. Constructors do no I/O.
 
     ``security_policies`` names ``asyncua.ua.SecurityPolicyType`` members, e.g.
@@ -170,21 +171,6 @@ class OpcUaPlc:
             # tasks; a real power cycle ends them
             for session in list(server.iserver._external_sessions.values()):
                 await session.close_session(True)
-
-    async def restart(self, *, reset_counters: bool = False) -> None:
-        """Stop, optionally reset every counter to 0 (a power cycle), and start on the same port."""
-        await self.stop()
-        if reset_counters:
-            for line in self.lines.values():
-                line.reset_counter(0)
-        await self.start()
-
-    async def __aenter__(self) -> OpcUaPlc:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- fault knobs -------------------------------------------------------------------
 

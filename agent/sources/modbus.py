@@ -96,13 +96,10 @@ class ModbusTcpSource:
     @classmethod
     def from_config(cls, cfg: Config, source: ModbusSource) -> ModbusTcpSource:
         """Every point (counter, state, tags) of every line that names this source."""
-        points: list[PointRef] = []
-        for line in cfg.lines:
-            for role, name, tag in line.points():
-                if isinstance(tag, ModbusTag) and tag.source == source.id:
-                    unit = tag.unit_id if tag.unit_id is not None else source.unit_id
-                    points.append(PointRef(line.id, role, unit, tag.table, tag.address,
-                                           tag.type, tag.word_order, name))
+        points = [
+            PointRef(line.id, role, source.unit_id if tag.unit_id is None else tag.unit_id,
+                     tag.table, tag.address, tag.type, tag.word_order, name)
+            for line, role, name, tag in cfg.points_of(source.id) if isinstance(tag, ModbusTag)]
         return cls(source, points)
 
     @property

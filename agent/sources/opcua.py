@@ -170,11 +170,8 @@ class OpcUaClientSource:
     @classmethod
     def from_config(cls, cfg: Config, source: OpcUaSource) -> OpcUaClientSource:
         """Every point (counter, state, tags) of every line that names this source."""
-        points: list[OpcUaPoint] = []
-        for line in cfg.lines:
-            for role, name, tag in line.points():
-                if isinstance(tag, OpcUaTag) and tag.source == source.id:
-                    points.append(OpcUaPoint(line.id, role, tag.node, name))
+        points = [OpcUaPoint(line.id, role, tag.node, name)
+                  for line, role, name, tag in cfg.points_of(source.id) if isinstance(tag, OpcUaTag)]
         return cls(source, points)
 
     def _unavailable(self, reason: str) -> SourceUnavailable:
