@@ -110,6 +110,8 @@ async def test_units_equal_the_ledger_through_plc_faults(
     finally:
         await _stop_agent(stop, task)
 
+    assert plc_m.write_attempts == 0, "the agent never writes to a PLC"
+    assert plc_u.write_attempts == 0, "the agent never writes to a PLC"
     w = Windows(sub.messages)
     assert w.conflicts == []
     for line in ("kei", "rogue"):
