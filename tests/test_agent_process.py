@@ -192,6 +192,14 @@ async def test_sd_notify_ready_status_stopping(
         assert "sources 2/2 up" in ready
         assert "broker up" in ready
         await wait_until(lambda: sum("WATCHDOG=1" in m for m in drain()) >= 2, 10, "watchdog pings")
+        # STATUS follows health: a PLC lost shows at once in the summary line
+        await sims.plcs["plc-m"].stop()
+        await wait_until(lambda: any("STATUS=sources 1/2 up" in m for m in drain()), 15,
+                         "STATUS with one source down")
+        await sims.plcs["plc-m"].start()
+        got.clear()
+        await wait_until(lambda: any("STATUS=sources 2/2 up" in m for m in drain()), 15,
+                         "STATUS with both sources back")
         proc.send_signal(signal.SIGTERM)
         assert await _wait_exit(proc, 10) == 0
         drain()
