@@ -154,3 +154,16 @@ def test_global_options_work_before_and_after_the_command() -> None:
         assert (args.debug, args.log_format) == (True, "json")
     args = _parser().parse_args(["run", "x.yaml"])
     assert (args.debug, args.log_format) == (False, "text")
+
+
+def test_yaml_is_read_as_yaml_1_2(tmp_path: Path) -> None:
+    """0502 is 502 (not octal 322), `no` is a string, 12:30 is not sexagesimal."""
+    from agent.configload import parse_yaml
+
+    f = tmp_path / "x.yaml"
+    f.write_text("port: 0502\nanswer: no\nat: 12:30\nflag: true\n")
+    doc, _ = parse_yaml(f)
+    assert doc["port"] == 502
+    assert doc["answer"] == "no"
+    assert doc["at"] == "12:30"
+    assert doc["flag"] is True
