@@ -40,12 +40,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal, cast
 
 from agent.config import Config, LineConfig
-from agent.core.calendar import ShiftCalendar
+from agent.core.calendar import Period, ShiftCalendar
 from agent.core.tracker import WindowResult
 from agent.payloads import DayTotals, LineOutput, PlantOutput, ShiftTotals, StateSeconds
 
@@ -69,7 +69,7 @@ class LineTotals:
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""
-        return json.dumps(asdict(self), default=_iso, sort_keys=True)
+        return _dumps(self)
 
     @classmethod
     def from_json(cls, text: str) -> LineTotals:
@@ -94,7 +94,7 @@ class PlantTotals:
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""
-        return json.dumps(asdict(self), default=_iso, sort_keys=True)
+        return _dumps(self)
 
     @classmethod
     def from_json(cls, text: str) -> PlantTotals:
@@ -106,34 +106,66 @@ class PlantTotals:
         return cls(**raw)
 
 
+@dataclass(frozen=True, slots=True)
+class _WindowCalendar:
+    planned: float            # planned seconds in the window
+    period: Period            # the shift (or off-shift period) the window starts in
+    period_planned: float     # planned seconds of the whole period
+    period_elapsed: float     # planned seconds of the period before the window's end
+    day: date                 # production date of the window
+    day_planned: float        # planned seconds of that production day
+
+
+def _dumps(totals: LineTotals | PlantTotals) -> str:
+    # a shallow dict: dataclasses.asdict deep-copies every field, a cost paid per line per window
+    return json.dumps({f: getattr(totals, f) for f in totals.__dataclass_fields__},
+                      default=_iso, sort_keys=True)
+
+
 class Reporter:
     """Builds the line and plant payloads of a window from results and running totals."""
 
     def __init__(self, cfg: Config, calendar: ShiftCalendar) -> None:
         self.cfg = cfg
         self.calendar = calendar
+        self._window: tuple[datetime, datetime, _WindowCalendar] | None = None
+
+    def _calendar_of(self, start: datetime, end: datetime) -> _WindowCalendar:
+        """The calendar figures of a window, computed once for all its lines."""
+        cached = self._window
+        if cached is not None and cached[0] == start and cached[1] == end:
+            return cached[2]
+        cal = self.calendar
+        period = cal.period_at(start)
+        day = cal.production_date(start)
+        figures = _WindowCalendar(
+            planned=cal.planned_seconds(start, end), period=period,
+            period_planned=period.planned_seconds, period_elapsed=period.planned_before(end), day=day,
+            day_planned=cal.day_planned_seconds(day))
+        self._window = (start, end, figures)
+        return figures
 
     def line_output(self, line: LineConfig, result: WindowResult, start: datetime,
                     end: datetime, totals: LineTotals, *,
                     historical: bool = False) -> tuple[LineOutput, LineTotals]:
         """The ``R/lines/<line>/output`` payload and the line's new totals."""
-        cal = self.calendar
+        figures = self._calendar_of(start, end)
         rate = line.rate_target
         window_s = _seconds(start, end)
-        target_units = rate * cal.planned_seconds(start, end) / 3600.0
+        target_units = rate * figures.planned / 3600.0
 
-        period = cal.period_at(start)
+        period = figures.period
         new_shift = totals.shift_key != period.key
         shift_units = (0 if new_shift else totals.shift_units) + result.units
         downtime = ((0.0 if new_shift else totals.shift_downtime_s)
                     + result.state_seconds.get("stopped", 0.0)
                     + result.state_seconds.get("faulted", 0.0))
-        period_planned = period.planned_seconds
-        elapsed = period.planned_before(end)
+        period_planned = figures.period_planned
+        elapsed = figures.period_elapsed
         pace = shift_units / elapsed if elapsed > 0 else result.units / window_s
         projected = shift_units + pace * max(period_planned - elapsed, 0.0)
 
-        day = cal.production_date(start)
+        day = figures.day
         day_units = (0 if totals.day != day else totals.day_units) + result.units
 
         out = LineOutput(
@@ -146,7 +178,7 @@ class Reporter:
                               target=_r(rate * period_planned / 3600.0),
                               projected=_r(projected), downtime_s=_r(downtime)),
             day=DayTotals(date=day, units=day_units,
-                          target=_r(rate * cal.day_planned_seconds(day) / 3600.0)),
+                          target=_r(rate * figures.day_planned / 3600.0)),
             state_seconds=StateSeconds(**{k: _r(v) for k, v in result.state_seconds.items()}),
             quality=cast(QualityName, result.quality),
             events=cast(Any, list(result.events)),
