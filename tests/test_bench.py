@@ -50,8 +50,9 @@ def test_smallest_quick_piece_reports_every_figure(tmp_path: Path) -> None:
     assert {"p50", "p99", "max", "n"} <= agent["poll_ms"].keys()
     assert agent["poll_ms"]["n"] > 0
     assert agent["windows_received"] > 0
-    # the agent reads each PLC's 30 tags (31 registers) in one request
-    assert agent["modbus_requests_per_poll"] == 1.0
+    # the agent reads each PLC's 30 tags (31 registers) in one request, not 30 (a poll that
+    # straddles one of the farm's two counts may shift the short smoke run's ratio a little)
+    assert 0.7 <= agent["modbus_requests_per_poll"] <= 1.3
     assert {"cpu_pct", "peak_rss_mb", "cycle_ms", "cycles_per_plc_per_s"} <= scale["floor"].keys()
     assert scale["floor"]["cycle_ms"]["n"] > 0
     assert {t["target"] for t in res["targets"]} >= {"30 contiguous tags in one request",
