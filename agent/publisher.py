@@ -261,7 +261,9 @@ class Publisher:
         client.will_set(will_topic, will_payload, qos=1, retain=True)
         if self._cfg.username is not None:
             client.username_pw_set(self._cfg.username, self._password)
-        client.max_inflight_messages_set(self._cfg.max_inflight)
+        # the publisher's own slots cap what is in flight (at the broker's Receive Maximum);
+        # paho's cap would only make it walk every unacknowledged message on each PUBACK
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(self._cfg.max_inflight)
         client.on_connect = self._on_connack
         client.on_disconnect = self._on_disconnect

@@ -56,6 +56,7 @@ class WindowCloser:
         self.alarms = alarms
         self.on_committed = on_committed
         self.interval = cfg.publish.interval_s
+        self._line_cfg = {line.id: line for line in cfg.lines}
         self.root = cfg.topic_root
         self.totals: dict[str, LineTotals] = {}
         for line in cfg.lines:
@@ -112,7 +113,7 @@ class WindowCloser:
 
     def _line_record(self, line_id: str, result: WindowResult, start: datetime, end: datetime,
                      out_list: list[NewRecord], lines: list[LineState], outputs: list[LineOutput]) -> None:
-        line = next(ln for ln in self.cfg.lines if ln.id == line_id)
+        line = self._line_cfg[line_id]
         out, totals = self.reporter.line_output(line, result, start, end, self.totals[line_id])
         self.totals[line_id] = totals
         outputs.append(out)

@@ -48,11 +48,21 @@ def decode(registers: Sequence[int], type_: ModbusType, word_order: WordOrder = 
     ``float``. Raises ``ValueError`` for a wrong register count or a register outside
     0..65535.
     """
-    raw = _to_bytes(registers, type_, word_order)
     if type_ == "float32":
-        value: float = struct.unpack(">f", raw)[0]
+        value: float = struct.unpack(">f", _to_bytes(registers, type_, word_order))[0]
         return value
-    return int.from_bytes(raw, "big", signed=type_ in SIGNED)
+    # integers by shifting words: this runs for every point of every poll
+    n = TYPE_WIDTH[type_]
+    if len(registers) != n:
+        raise ValueError(f"a {type_} takes {n} register(s), got {len(registers)}")
+    result = 0
+    for word in (registers if word_order == "big" or n == 1 else reversed(registers)):
+        if not 0 <= word <= 0xFFFF:
+            raise ValueError(f"register value {word} is not a 16-bit word")
+        result = (result << 16) | word
+    if type_ in SIGNED and result >= 1 << (16 * n - 1):
+        result -= 1 << (16 * n)
+    return result
 
 
 def encode(value: int | float, type_: ModbusType, word_order: WordOrder = "big") -> list[int]:

@@ -106,6 +106,7 @@ class SourceSupervisor:
 
     async def _poll_loop(self) -> None:
         good_since: float | None = None
+        scheduled = self._clock()
         while True:
             start = self._clock()
             self.polls += 1
@@ -119,12 +120,14 @@ class SourceSupervisor:
                 good_since = start
             elif self._attempt and end - good_since >= self.stable_after_s:
                 self._attempt = 0
-            next_start = start + self.poll_interval_s
-            if end > next_start:
+            # a fixed grid: late wake-ups do not accumulate into missed polls
+            scheduled += self.poll_interval_s
+            if end > scheduled:
                 self.overruns += 1
+                scheduled = end  # re-anchor rather than poll in a burst to catch up
                 await self._sleep(0)  # let the rest of the agent run between back-to-back polls
             else:
-                await self._sleep(next_start - end)
+                await self._sleep(scheduled - end)
 
     def _recovered(self) -> None:
         self.first_ok.set()
