@@ -24,7 +24,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.config import ModbusPlcConfig, SimLineConfig
 from simulators.plc import SoftPlc
-from simulators.production import STATE_CODES, SimLine, lines_from_config
+from simulators.production import STATE_CODES, SimLine
 
 __all__ = ["READ_CODES", "WRITE_CODES", "ModbusPlc", "counter_words"]
 
@@ -76,14 +76,8 @@ class ModbusPlc(SoftPlc):
         lines: Mapping[str, SimLine] | None = None,
         seed: int = 42,
     ) -> None:
+        super().__init__(cfg, host=host, port=port, lines=lines, seed=seed)
         self.cfg = cfg
-        self.id = cfg.id
-        self.host = host if host is not None else cfg.host
-        self.port = port if port is not None else cfg.port
-        self.lines: dict[str, SimLine] = dict(lines) if lines is not None else lines_from_config(cfg, seed=seed)
-        missing = {ln.id for ln in cfg.lines} - set(self.lines)
-        if missing:
-            raise ValueError(f"no SimLine for lines {sorted(missing)}")
         self.ready = asyncio.Event()
         self.write_attempts = 0
         self.reads = 0

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulators.config import OpcUaPlcConfig
 from simulators.plc import SoftPlc
-from simulators.production import STATE_CODES, SimLine, lines_from_config
+from simulators.production import STATE_CODES, SimLine
 
 __all__ = ["STATUS_CODES", "OpcUaPlc"]
 
@@ -76,14 +76,8 @@ class OpcUaPlc(SoftPlc):
         lines: Mapping[str, SimLine] | None = None,
         seed: int = 42,
     ) -> None:
+        super().__init__(cfg, host=host, port=port, lines=lines, seed=seed)
         self.cfg = cfg
-        self.id = cfg.id
-        self.host = host if host is not None else cfg.host
-        self.port = port if port is not None else cfg.port
-        self.lines: dict[str, SimLine] = dict(lines) if lines is not None else lines_from_config(cfg, seed=seed)
-        missing = {ln.id for ln in cfg.lines} - set(self.lines)
-        if missing:
-            raise ValueError(f"no SimLine for lines {sorted(missing)}")
         policies = security_policies or ["NoSecurity"]
         unknown = [p for p in policies if p not in ua.SecurityPolicyType.__members__]
         if unknown:

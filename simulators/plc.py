@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Self
 
-from simulators.production import SimLine
+from simulators.config import ModbusPlcConfig, OpcUaPlcConfig
+from simulators.production import SimLine, lines_from_config
 
 __all__ = ["SoftPlc"]
 
@@ -12,7 +14,16 @@ __all__ = ["SoftPlc"]
 class SoftPlc:
     """Base of the Modbus and OPC UA software PLCs; subclasses implement start and stop."""
 
-    lines: dict[str, SimLine]
+    def __init__(self, cfg: ModbusPlcConfig | OpcUaPlcConfig, *, host: str | None,
+                 port: int | None, lines: Mapping[str, SimLine] | None, seed: int) -> None:
+        self.id = cfg.id
+        self.host = host if host is not None else cfg.host
+        self.port = port if port is not None else cfg.port
+        self.lines: dict[str, SimLine] = (dict(lines) if lines is not None
+                                          else lines_from_config(cfg, seed=seed))
+        missing = {ln.id for ln in cfg.lines} - set(self.lines)
+        if missing:
+            raise ValueError(f"no SimLine for lines {sorted(missing)}")
 
     async def start(self) -> None:
         raise NotImplementedError
