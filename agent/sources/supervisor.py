@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import zlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -106,7 +107,10 @@ class SourceSupervisor:
 
     async def _poll_loop(self) -> None:
         good_since: float | None = None
-        scheduled = self._clock()
+        # the first poll goes at once; the grid after it gets a random phase, so that many
+        # sources spread their polls over the interval instead of all polling together
+        phase = zlib.crc32(self.source.id.encode()) / 2**32  # stable per source, in [0, 1)
+        scheduled = self._clock() + phase * self.poll_interval_s
         while True:
             start = self._clock()
             self.polls += 1
