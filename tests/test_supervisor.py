@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import zlib
 import contextlib
 import logging
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import zlib
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from agent.errors import SourceUnavailable
