@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from simulators.config import (
     SimLineConfig,
 )
 from simulators.runner import SimulatorSet
+from tests.waiting import wait_until
 
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ROOT_TOPIC = "test/plant"
@@ -115,10 +113,4 @@ def _strip(p: dict[str, Any]) -> dict[str, Any]:
     """A window's identity without the delivery flag (a resend later may say historical)."""
     return {k: v for k, v in p.items() if k != "historical"}
 
-
-async def wait_until(pred: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.05)
+__all__ = ["ROOT_TOPIC", "Windows", "agent_config_dict", "sim_config", "wait_until", "write_yaml"]

@@ -17,6 +17,7 @@ from agent.forwarder import Forwarder, mark_historical
 from agent.publisher import Publisher
 from agent.store import NewRecord, Store
 from tests.fixtures.mosquitto import MosquittoBroker, MqttSubscriber, ReceivedMessage
+from tests.waiting import wait_until
 
 BrokerFactory = Callable[..., MosquittoBroker]
 SubscriberFactory = Callable[..., MqttSubscriber]
@@ -80,14 +81,6 @@ def seen(msgs: list[ReceivedMessage]) -> dict[tuple[str, int], dict[str, object]
 def all_seen(rig: Rig) -> Callable[[list[ReceivedMessage]], bool]:
     expected = {(line, s) for line, n in rig.seqs.items() for s in range(1, n + 1)}
     return lambda msgs: len(msgs) >= len(expected) and expected <= set(seen(msgs))
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

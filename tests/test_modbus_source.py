@@ -107,15 +107,6 @@ async def stub_plc() -> AsyncIterator[Callable[[], Any]]:
         await plc.stop()
 
 
-async def wait_for(pred: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``pred`` every 20 ms until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def modbus_cfg(port: int, **kw: Any) -> ModbusSource:
     base: dict[str, Any] = {"id": "plc", "kind": "modbus", "host": "127.0.0.1", "port": port,
                             "timeout_s": 0.3}

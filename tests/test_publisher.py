@@ -15,17 +15,10 @@ from agent.errors import PublishError, PublishRefused
 from agent.publisher import Publisher
 from tests.fixtures.certs import TlsCerts
 from tests.fixtures.mosquitto import MosquittoBroker, MqttSubscriber, TlsListener
+from tests.waiting import wait_until
 
 BrokerFactory = Callable[..., MosquittoBroker]
 SubscriberFactory = Callable[..., MqttSubscriber]
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

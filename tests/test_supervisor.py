@@ -17,7 +17,8 @@ from agent.readings import Quality, Reading, SourceHealth
 from agent.sources.modbus import ModbusTcpSource
 from agent.sources.modbus_plan import PointRef
 from agent.sources.supervisor import SourceSupervisor, backoff_delay
-from tests.test_modbus_source import modbus_cfg, wait_for
+from tests.test_modbus_source import modbus_cfg
+from tests.waiting import wait_until as wait_for
 
 
 class FakeClock:
