@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from agent.config import Config, LineConfig, ModbusSource, ModbusTag, OpcUaSource, OpcUaTag
+from agent.config import (
+    DEFAULT_RATE_BOUND_FACTOR,
+    Config,
+    LineConfig,
+    ModbusSource,
+    ModbusTag,
+    OpcUaSource,
+    OpcUaTag,
+)
 from agent.configload import load_config, with_broker
 from agent.core.calendar import ShiftCalendar
 from agent.errors import PlantfloorError
@@ -72,7 +80,8 @@ def _line_summary(cfg: Config, line: LineConfig, year_h: float) -> list[str]:
     rate = line.rate_target
     per_shift = ", ".join(f"{s.name} {rate * s.planned_minutes() / 60:,.1f}" for s in cfg.shifts)
     per_day = rate * sum(s.planned_minutes() for s in cfg.shifts if "wed" in s.days) / 60
-    bound = f"; plausibility bound {line.max_rate_per_hour:g} /h" if line.max_rate_per_hour else ""
+    how = "max_rate_per_hour" if line.max_rate_per_hour else f"default: {DEFAULT_RATE_BOUND_FACTOR:g} x the target"
+    bound = f"; plausibility bound {line.rate_bound:,.1f} /h ({how})"
     return [
         f"  {line.id:<14} {line.product}",
         f"    counter {_tag(line.counter, cfg)}",
@@ -93,9 +102,9 @@ def warnings(cfg: Config) -> list[str]:
     for line in cfg.lines:
         if line.state is None:
             out.append(f"line {line.id}: no state tag; time per state will read 'unknown'")
-        if line.max_rate_per_hour is None:
-            out.append(f"line {line.id}: no max_rate_per_hour; a wrong word order or a garbled read "
-                       "could count a large jump")
+    if cfg.mqtt.version == "3.1.1":
+        out.append("mqtt: version 3.1.1 cannot report a refused publish (an ACL denial is "
+                   "acknowledged as success): a refused window leaves the outbox unseen; use 5")
     return out
 
 

@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--plain", action="store_true", help="plain text view instead of the live table")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
 
+    state = sub.add_parser("state", help="see and mend the state store (counter baselines, totals)")
+    state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    show = state_sub.add_parser("show", help="what the state store holds, per line")
+    show.add_argument("config", type=Path)
+    show.add_argument("--format", choices=["text", "json"], default="text")
+    rebase = state_sub.add_parser(
+        "rebaseline", help="the next reading of LINE's counter becomes its baseline without counting")
+    rebase.add_argument("config", type=Path)
+    rebase.add_argument("line")
+    rebase.add_argument("--reason", help="why (kept in the log and the state store)")
+
     watch = sub.add_parser("watch", help="live terminal view of every line and the plant (an MQTT subscriber)")
     watch.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     watch.add_argument("--root", default="plantfloor/kyushu", help="topic root R")
@@ -129,6 +140,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return check_command(args.config, connect=args.connect, broker=args.broker, year=args.year)
     if args.command == "run":
         return _run_agent(args)
+    if args.command == "state":
+        from agent import statecmd
+        from agent.configload import load_config
+
+        cfg = load_config(args.config).config
+        if args.state_command == "show":
+            print(statecmd.show(cfg, fmt=args.format))
+        else:
+            print(statecmd.rebaseline(cfg, args.line, args.reason))
+        return 0
     if args.command == "simulate":
         from simulators.runner import run_simulators
 

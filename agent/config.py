@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "DEFAULT_RATE_BOUND_FACTOR",
     "DEPRECATED_OPCUA_POLICIES",
     "TYPE_WIDTH",
     "Break",
@@ -69,11 +70,14 @@ LineState = Literal["running", "stopped", "faulted", "unknown"]
 TYPE_WIDTH: dict[str, int] = {
     "uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "uint64": 4, "float32": 2,
 }
-#: natural modulus of each counter type (None: not usable as a counter)
+#: natural modulus of each counter type (None: not usable as a counter); a signed counter
+#: counts on through its negative half (two's complement), so it wraps at its full width
 TYPE_MODULUS: dict[str, int | None] = {
-    "uint16": 2**16, "int16": 2**15, "uint32": 2**32, "int32": 2**31, "uint64": 2**64,
+    "uint16": 2**16, "int16": 2**16, "uint32": 2**32, "int32": 2**32, "uint64": 2**64,
     "float32": None,
 }
+#: the default plausibility bound, as a multiple of the line's planned rate
+DEFAULT_RATE_BOUND_FACTOR = 2.0
 DEPRECATED_OPCUA_POLICIES = frozenset({"Basic128Rsa15", "Basic256"})
 _NODE_ID = re.compile(r"^(ns=\d+;|nsu=[^;]+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=[A-Za-z0-9+/=]+)$")
 
@@ -130,13 +134,23 @@ class MqttConfig(_Model):
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port (TLS)")
     topic_root: str | None = Field(None, description="topic prefix R; default plantfloor/<site>")
     client_id: str | None = Field(None, description="MQTT client id; default plantfloor-<site>")
-    qos: Literal[1, 2] = Field(1, description="QoS of output messages: a window leaves the outbox only once the broker acknowledged it (status and state are always QoS 1)")
+    qos: Literal[1] = Field(1, description="QoS of output messages: 1. A window leaves the outbox only once the broker acknowledged it with a success reason code (status and state are QoS 1 too). QoS 2 is not accepted: paho-mqtt cannot report a broker's refusal of a QoS 2 publish")
     version: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
     username: str | None = Field(None, description="user name; the password comes from password_file or PLANTFLOOR_MQTT_PASSWORD")
     password_file: Path | None = Field(None, description="file holding the password (relative names are looked up in $CREDENTIALS_DIRECTORY first)")
     tls: TlsConfig | None = Field(None, description="TLS files; implied by mqtts://")
     max_inflight: int = Field(1000, ge=1, le=65000, description="QoS>0 messages awaiting acknowledgement at once")
+
+    @field_validator("qos", mode="before")
+    @classmethod
+    def _qos(cls, v: object) -> object:
+        if v == 2:
+            raise ValueError("2 is not accepted: paho-mqtt does not report a broker's refusal "
+                             "of a QoS 2 publish, so a refused window would leave the outbox unseen; "
+                             "use 1 (delivery is at least once; subscribers keep one message per "
+                             "line, epoch and seq)")
+        return v
 
     @field_validator("url")
     @classmethod
@@ -390,7 +404,11 @@ class LineConfig(_Model):
     takt_s: float | None = Field(None, gt=0, description="planned takt time; target_per_hour = 3600 / takt_s")
     counter: TagConfig = Field(..., description="the good-unit counter")
     state: TagConfig | None = Field(None, description="line state tag; map raw values to running/stopped/faulted")
-    max_rate_per_hour: float | None = Field(None, gt=0, description="plausibility bound; a faster jump is not counted")
+    max_rate_per_hour: float | None = Field(
+        None, gt=0,
+        description="plausibility bound on the counter's rate: a jump faster than this since the "
+                    "counter last advanced is not counted (implausible_jump) and the counter is "
+                    "re-baselined; default twice the planned rate (target_per_hour or 3600 / takt_s)")
     tags: dict[Identifier, TagConfig] = Field(
         default_factory=dict,
         description="extra process values read with the counter (e.g. buffer level, andon); "
@@ -417,6 +435,13 @@ class LineConfig(_Model):
             return self.target_per_hour
         assert self.takt_s is not None
         return 3600.0 / self.takt_s
+
+    @property
+    def rate_bound(self) -> float:
+        """The plausibility bound in units per hour: ``max_rate_per_hour``, else twice the plan."""
+        if self.max_rate_per_hour is not None:
+            return self.max_rate_per_hour
+        return DEFAULT_RATE_BOUND_FACTOR * self.rate_target
 
     @property
     def state_map(self) -> dict[int, LineState]:
@@ -460,6 +485,24 @@ class Config(_Model):
             for role, name, tag in line.points():
                 if tag.source == source_id:
                     yield line, role, name, tag
+
+    def point_identity(self, tag: TagConfig, *, counter: bool = True) -> str:
+        """The identity of a point: its source's endpoint and its address or node.
+
+        A stored counter baseline belongs to exactly this identity (CONTRACT.md, "Counter
+        identity"); for a counter it includes the modulus, since a baseline is not a value
+        of a counter with another range.
+        """
+        src = self.source(tag.source)
+        if isinstance(tag, ModbusTag):
+            assert isinstance(src, ModbusSource)
+            unit = tag.unit_id if tag.unit_id is not None else src.unit_id
+            ident = (f"modbus://{src.host}:{src.port} unit {unit} {tag.table} {tag.address} "
+                     f"{tag.type} {tag.word_order}")
+            return f"{ident} modulus {tag.rollover or TYPE_MODULUS[tag.type]}" if counter else ident
+        assert isinstance(src, OpcUaSource)
+        ident = f"{src.endpoint} {tag.node}"
+        return f"{ident} modulus {tag.rollover or 'of its type'}" if counter else ident
 
     def source(self, source_id: str) -> ModbusSource | OpcUaSource:
         for s in self.sources:
@@ -515,12 +558,8 @@ def _check_counter(line: LineConfig, i: int) -> None:
         if tag.rollover is not None and tag.rollover > natural:
             raise ValueError(f"lines.{i}.counter.rollover: {tag.rollover} is wider than a {tag.type} "
                              f"can count (at most {natural})")
-        if tag.map is not None:
-            raise ValueError(f"lines.{i}.counter.map: only a state tag has a map")
-        if (tag.rollover or natural) <= 2**16 and line.max_rate_per_hour is None:
-            raise ValueError(f"lines.{i}.max_rate_per_hour: a {tag.type} counter wraps every "
-                             f"{tag.rollover or natural:,} units; give max_rate_per_hour so that a "
-                             "reset near the top is not taken for a rollover")
+    if tag.map is not None:
+        raise ValueError(f"lines.{i}.counter.map: only a state tag has a map")
 
 
 def _check_tag_overlap(cfg: Config) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from agent.config import Config, LineConfig
-from agent.core.tracker import LineTracker, WindowResult
+from agent.core.counter import CounterMemory
+from agent.core.tracker import DEFAULT_MODULUS, LineTracker, WindowResult
 from agent.payloads import LineStatePayload, SourceInfo, encode
 from agent.publisher import Publisher
 from agent.readings import Reading, SourceHealth
-from agent.store import StoredState
+from agent.store import LineState, StoredState
 
 __all__ = ["LineBoard"]
 
@@ -21,6 +23,61 @@ log = logging.getLogger("plantfloor.lines")
 
 def _sources_of(line: LineConfig) -> set[str]:
     return {t.source for t in (line.counter, line.state) if t is not None}
+
+
+def boot_id() -> str | None:
+    """This boot's id: monotonic times persisted under it can be compared with ours."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+class CounterClock:
+    """Converts a persisted instant (wall clock, and monotonic time of a boot) to ours and back.
+
+    On the same boot the monotonic time is used as it is, so a wall-clock step while the
+    agent was stopped changes nothing; after a reboot only the wall clock can tell how
+    long ago it was (never less than no time at all).
+    """
+
+    def __init__(self, wall: datetime, mono: float, boot: str | None) -> None:
+        self.wall, self.mono, self.boot = wall, mono, boot
+
+    def to_mono(self, wall: datetime | None, mono: float | None, boot: str | None) -> float | None:
+        if mono is not None and boot is not None and boot == self.boot:
+            return mono
+        if wall is None:
+            return None
+        return self.mono - max(0.0, (self.wall - wall).total_seconds())
+
+    def to_wall(self, mono: float | None) -> datetime | None:
+        return None if mono is None else self.wall - timedelta(seconds=self.mono - mono)
+
+
+def restore_counter(line_id: str, row: LineState | None, identity: str,
+                    clock: CounterClock) -> CounterMemory | None:
+    """The counter memory to resume from, or why the first reading must re-baseline."""
+    if row is None:
+        return None
+    modulus = row.modulus or DEFAULT_MODULUS
+    if row.identity is not None and row.identity != identity:
+        log.warning("line %s: the counter is now %s (the stored baseline belongs to %s): its "
+                    "first reading becomes the baseline and nothing is counted until then",
+                    line_id, identity, row.identity)
+        return CounterMemory(None, modulus, None, None,
+                             f"the counter changed from {row.identity} to {identity}")
+    if row.rebaseline is not None:
+        log.warning("line %s: re-baseline pending (%s): the first reading becomes the baseline",
+                    line_id, row.rebaseline)
+        return CounterMemory(None, modulus, None, None, row.rebaseline)
+    if row.baseline is None:
+        return None
+    anchor = clock.to_mono(row.anchor_wall, row.anchor_mono, row.boot_id)
+    last = clock.to_mono(row.last_wall, row.last_mono, row.boot_id)
+    if anchor is None:
+        return CounterMemory(None, modulus, None, None, "the stored baseline has no time")
+    return CounterMemory(row.baseline, modulus, anchor, last)
 
 
 class LineBoard:
@@ -37,16 +94,25 @@ class LineBoard:
             for s in cfg.sources}
         self.last_ok_wall: dict[str, datetime | None] = {s.id: None for s in cfg.sources}
         self.trackers: dict[str, LineTracker] = {}
+        self.mono = mono
+        self.boot = boot_id()
         now_mono = mono()
+        clock = CounterClock(wall(), now_mono, self.boot)
+        self.identity = {line.id: cfg.point_identity(line.counter) for line in cfg.lines}
+        self.state_identity = {line.id: cfg.point_identity(line.state, counter=False)
+                               for line in cfg.lines if line.state is not None}
         for line in cfg.lines:
             row = stored.lines.get(line.id)
+            state_ident = self.state_identity.get(line.id)
+            if row is not None and row.state_identity not in (None, state_ident):
+                log.warning("line %s: the state is now read from %s (it was %s)",
+                            line.id, state_ident, row.state_identity)
             self.trackers[line.id] = LineTracker(
                 line_id=line.id, configured_modulus=line.counter.rollover,
-                max_rate_per_hour=line.max_rate_per_hour, state_map=line.state_map,
-                has_state_tag=line.state is not None, baseline=row.counter if row else None,
-                # the time since the baseline is unknown after a restart: no rate bound on the
-                # first delta (the wall clock must never decide what counts)
-                baseline_mono=None, start_mono=now_mono, tag_names=list(line.tags))
+                max_rate_per_hour=line.rate_bound, state_map=line.state_map,
+                has_state_tag=line.state is not None, start_mono=now_mono,
+                tag_names=list(line.tags),
+                memory=restore_counter(line.id, row, self.identity[line.id], clock))
         self._lines_of: dict[str, list[str]] = {s.id: [] for s in cfg.sources}
         for line in cfg.lines:
             for src in _sources_of(line):
@@ -69,6 +135,8 @@ class LineBoard:
                 self._mark(r.line)
             if r.quality != "good" and problems.get(r.line) is None:
                 problems[r.line] = (r.error or str(r.quality), r.code)
+            elif r.role == "counter" and tracker.value_error is not None:
+                problems[r.line] = (tracker.value_error, None)
             else:
                 problems.setdefault(r.line, None)
         for line_id, problem in problems.items():
@@ -85,6 +153,19 @@ class LineBoard:
 
     def close_windows(self, mono: float) -> dict[str, WindowResult]:
         return {line_id: t.close_window(mono) for line_id, t in self.trackers.items()}
+
+    def line_state(self, line_id: str, memory: CounterMemory | None, totals_json: str,
+                   wall: datetime, mono: float) -> LineState:
+        """What the store keeps for a line after a window: totals and the counter's memory."""
+        if memory is None:
+            memory = self.trackers[line_id].engine.memory()
+        clock = CounterClock(wall, mono, self.boot)
+        return LineState(
+            line=line_id, totals_json=totals_json, identity=self.identity[line_id],
+            state_identity=self.state_identity.get(line_id), baseline=memory.baseline,
+            modulus=memory.modulus, anchor_wall=clock.to_wall(memory.anchor),
+            anchor_mono=memory.anchor, last_wall=clock.to_wall(memory.last),
+            last_mono=memory.last, boot_id=self.boot, rebaseline=memory.rebaseline)
 
     def _mark(self, line_id: str) -> None:
         self._dirty.add(line_id)

@@ -39,7 +39,11 @@ PLANT_SCHEMA: Final = "plantfloor.plant/1"
 Event = Literal[
     "rollover", "counter_reset", "implausible_jump", "source_unreachable", "gap_recovered",
     "invalid_value", "bad_quality", "uncertain_quality", "rebaselined", "clock_step", "agent_offline",
+    "new_epoch",
 ]
+EPOCH_DESCRIPTION = ("the state store's lifetime: changes only when the store is created afresh "
+                     "(first start, a lost, corrupt or replaced file); compare for equality. "
+                     "A window is identified by (line, epoch, seq)")
 
 
 def rfc3339(ts: datetime) -> str:
@@ -83,7 +87,8 @@ class LineOutput(_Payload):
     site: str
     line: str
     product: str
-    seq: int = Field(..., ge=1, description="per line, +1 per window, survives restarts")
+    epoch: int = Field(..., ge=0, description=EPOCH_DESCRIPTION)
+    seq: int = Field(..., ge=1, description="per line within an epoch: starts at 1, +1 per window, survives restarts")
     window_start: Timestamp
     window_end: Timestamp
     units: int = Field(..., ge=0, description="good units counted in this window")
@@ -95,7 +100,7 @@ class LineOutput(_Payload):
     state_seconds: StateSeconds
     quality: Literal["good", "uncertain", "bad"]
     events: list[Event]
-    counter: int | None = Field(None, description="the counter baseline at the window's end: the last good raw value read so far")
+    counter: int | None = Field(None, description="the counter baseline at the window's end: the last good raw value read so far (a signed counter as its two's complement)")
     tags: dict[str, int | float | None] = Field(
         default_factory=dict, description="the line's extra process values: last good value read in the window, null if none")
     historical: bool = Field(False, description="sent later than one window after window_end")
@@ -108,7 +113,8 @@ class PlantOutput(_Payload):
 
     schema_: Literal["plantfloor.plant/1"] = Field(PLANT_SCHEMA, alias="schema")
     site: str
-    seq: int = Field(..., ge=1)
+    epoch: int = Field(..., ge=0, description=EPOCH_DESCRIPTION)
+    seq: int = Field(..., ge=1, description="within an epoch: starts at 1, +1 per window")
     window_start: Timestamp
     window_end: Timestamp
     units: int = Field(..., ge=0)
@@ -162,6 +168,7 @@ class StatusPayload(_Payload):
     version: str
     started_at: Timestamp | None
     config_sha256: str
+    epoch: int | None = Field(None, description=EPOCH_DESCRIPTION + "; null before the store is open")
     backlog: int = Field(..., ge=0, description="window messages waiting in the outbox (one per line and one for the plant per window)")
     dropped: int = Field(..., ge=0, description="window messages dropped since start, oldest first (outbox full)")
     alarms: list[Alarm] = Field(default_factory=list)

@@ -57,6 +57,7 @@ class Agent:
         self.reporter = Reporter(cfg, self.calendar)
         self.root = cfg.topic_root
         self.store: Store | None = None
+        self.epoch: int | None = None
         self.publisher: Publisher | None = None
         self.forwarder: Forwarder | None = None
         self.board: LineBoard | None = None
@@ -78,7 +79,7 @@ class Agent:
         return encode(StatusPayload(
             state=state,
             agent=self.cfg.client_id, version=__version__,
-            started_at=self.started_at, config_sha256=self.sha,
+            started_at=self.started_at, config_sha256=self.sha, epoch=self.epoch,
             backlog=store.backlog if store else 0,
             dropped=(store.dropped if store else 0) + (self.closer.dropped_in_memory if self.closer else 0),
             alarms=self.alarms.active(), ts=self.wall(),
@@ -132,10 +133,13 @@ class Agent:
         cfg = self.cfg
         self.store = await Store.open(cfg.storage.path, max_bytes=int(cfg.storage.max_mb * 1_000_000))
         stored = await self.store.load()
+        self.epoch = stored.epoch
         if stored.recovered_from is not None:
             self.alarms.raise_("store_corrupt",
                                f"state database was unreadable and moved to {stored.recovered_from}; "
-                               "counters re-baselined without counting")
+                               f"a new epoch {stored.epoch} began, counters re-baselined without counting")
+        elif stored.created:
+            log.info("new state database %s: epoch %d", cfg.storage.path, stored.epoch)
         self.publisher = Publisher(
             cfg.mqtt, client_id=cfg.client_id, will_topic=f"{self.root}/status",
             will_payload=self.status_payload("offline"), password=cfg.mqtt.password(),

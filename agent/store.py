@@ -1,11 +1,14 @@
 """The durable outbox and the pipeline's persisted state (SQLite, stdlib ``sqlite3``).
 
-One database file holds three tables:
+One database file (schema, migrations, epoch and lock in :mod:`agent.statefile`) holds:
 
+- ``meta``: the file's ``epoch``;
 - ``outbox``: MQTT messages waiting for the broker's acknowledgement, in insertion order
   (``AUTOINCREMENT`` ids are never reused, so id order is commit order and, per line,
   ``seq`` order);
-- ``line_state``: per line the counter baseline and the pipeline's opaque totals JSON;
+- ``line_state``: per line the pipeline's opaque totals JSON and the counter's memory:
+  the baseline with the identity of the counter it belongs to, the times the next delta
+  is bounded from, and an operator's pending re-baseline;
 - ``plant_state``: the plant's opaque totals JSON.
 
 A window's outbox rows and the state they advance are written in one transaction
@@ -26,10 +29,9 @@ larger by the state tables, free pages and the WAL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.errors import StoreError
+from agent.statefile import StoreLock, connect, transaction
 
 __all__ = ["ROW_OVERHEAD", "LineState", "NewRecord", "OutboxRecord", "Store", "StoredState"]
 
@@ -44,31 +47,10 @@ log = logging.getLogger(__name__)
 
 #: bytes counted per outbox row on top of its payload and topic (see the module docstring)
 ROW_OVERHEAD = 64
-_SCHEMA_VERSION = 1
 #: ids per DELETE statement (well below SQLite's bound on host parameters)
 _DELETE_CHUNK = 500
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic      TEXT    NOT NULL,
-    payload    BLOB    NOT NULL,
-    qos        INTEGER NOT NULL,
-    retain     INTEGER NOT NULL,
-    line       TEXT,
-    seq        INTEGER,
-    window_end TEXT    NOT NULL,
-    cost       INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS line_state (
-    line        TEXT PRIMARY KEY,
-    counter     INTEGER,
-    totals_json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS plant_state (
-    id         INTEGER PRIMARY KEY CHECK (id = 1),
-    plant_json TEXT NOT NULL
-);
-"""
+_LINE_COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
+                 " anchor_mono, last_wall, last_mono, boot_id, rebaseline")
 
 T = TypeVar("T")
 
@@ -95,20 +77,80 @@ class OutboxRecord(NewRecord):
 
 @dataclass(frozen=True)
 class LineState:
-    """A line's persisted state: counter baseline and the pipeline's totals (opaque JSON)."""
+    """A line's persisted state: the pipeline's totals (opaque JSON) and the counter's memory.
+
+    ``baseline`` belongs to the counter named by ``identity`` and is bounded from
+    ``anchor`` (the wall-clock time, and the monotonic time on the boot ``boot_id``);
+    ``last_*`` is the last good reading; ``rebaseline`` is a pending re-baseline's reason.
+    """
 
     line: str
-    counter: int | None
     totals_json: str
+    identity: str | None = None
+    state_identity: str | None = None
+    baseline: int | None = None
+    modulus: int | None = None
+    anchor_wall: datetime | None = None
+    anchor_mono: float | None = None
+    last_wall: datetime | None = None
+    last_mono: float | None = None
+    boot_id: str | None = None
+    rebaseline: str | None = None
+
+    def row(self) -> tuple[object, ...]:
+        return (self.line, self.totals_json, self.identity, self.state_identity,
+                _text(self.baseline), _text(self.modulus), _opt_iso(self.anchor_wall),
+                self.anchor_mono, _opt_iso(self.last_wall), self.last_mono, self.boot_id,
+                self.rebaseline)
+
+    @classmethod
+    def from_row(cls, row: tuple[object, ...]) -> LineState:
+        (line, totals, identity, state_identity, baseline, modulus, anchor_wall, anchor_mono,
+         last_wall, last_mono, boot_id, rebaseline) = row
+        return cls(str(line), str(totals), _opt_str(identity), _opt_str(state_identity),
+                   _opt_int(baseline), _opt_int(modulus), _opt_dt(anchor_wall),
+                   _opt_float(anchor_mono), _opt_dt(last_wall), _opt_float(last_mono),
+                   _opt_str(boot_id), _opt_str(rebaseline))
 
 
 @dataclass(frozen=True)
 class StoredState:
-    """What :meth:`Store.load` found; ``recovered_from`` is where a corrupt file was moved."""
+    """What :meth:`Store.load` found.
+
+    ``epoch`` names the file's lifetime; ``created`` is true when the file was created by
+    this open (first start, or a lost or corrupt file); ``recovered_from`` is where a
+    corrupt file was moved.
+    """
 
     lines: dict[str, LineState]
     plant_json: str | None
     recovered_from: Path | None
+    epoch: int = 0
+    created: bool = False
+
+
+def _text(v: int | None) -> str | None:
+    return None if v is None else str(v)
+
+
+def _opt_iso(v: datetime | None) -> str | None:
+    return None if v is None else _iso(v)
+
+
+def _opt_str(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _opt_int(v: object) -> int | None:
+    return None if v is None else int(str(v))
+
+
+def _opt_float(v: object) -> float | None:
+    return None if v is None else float(str(v))
+
+
+def _opt_dt(v: object) -> datetime | None:
+    return None if v is None else datetime.fromisoformat(str(v))
 
 
 def _cost(topic: str, payload: bytes) -> int:
@@ -125,10 +167,13 @@ class Store:
     """The SQLite outbox and state. Create with :meth:`open`; all methods are coroutines."""
 
     def __init__(self, path: Path, *, max_bytes: int, executor: ThreadPoolExecutor,
-                 conn: sqlite3.Connection, recovered_from: Path | None) -> None:
+                 conn: sqlite3.Connection, recovered_from: Path | None, created: bool,
+                 lock: StoreLock | None) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.recovered_from = recovered_from
+        self.created = created
+        self._lock = lock
         self.backlog = 0
         self.dropped = 0
         self._outbox_bytes = 0
@@ -138,44 +183,47 @@ class Store:
     # --- opening ------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, path: Path, *, max_bytes: int) -> Store:
+    async def open(cls, path: Path, *, max_bytes: int, lock: bool = True) -> Store:
         """Open (or create) the database; a corrupt or unreadable file is moved aside.
 
         The moved file is ``<path>.corrupt-<UTC timestamp>`` (with its ``-wal``/``-shm``);
-        a fresh database is started and ``recovered_from`` names the moved file. Raises
-        :class:`StoreError` only when no database can be opened at all.
+        a fresh database (a new epoch) is started and ``recovered_from`` names the moved
+        file. With ``lock`` (the agent) the file's lock is held until :meth:`close`, and a
+        second agent on the same file is refused. Raises :class:`StoreError` when no
+        database can be opened at all.
         """
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plantfloor-store")
         loop = asyncio.get_running_loop()
         try:
-            conn, recovered = await loop.run_in_executor(executor, cls._open_sync, path)
+            conn, recovered, created, held = await loop.run_in_executor(
+                executor, cls._open_sync, path, lock)
         except BaseException:
             executor.shutdown(wait=False)
             raise
         store = cls(path, max_bytes=max_bytes, executor=executor, conn=conn,
-                    recovered_from=recovered)
+                    recovered_from=recovered, created=created, lock=held)
         store.backlog, store._outbox_bytes = await store._run(_outbox_totals)
         return store
 
     @staticmethod
-    def _open_sync(path: Path) -> tuple[sqlite3.Connection, Path | None]:
+    def _open_sync(path: Path, lock: bool) -> tuple[sqlite3.Connection, Path | None, bool,
+                                                     StoreLock | None]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the directory of {path}: {exc}") from exc
+        held = StoreLock(path) if lock else None
+        if held is not None:
+            held.acquire()
         try:
-            return _connect(path), None
-        except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):
-                # locked, full, read-only, I/O: the file may be fine; never discard it
-                raise StoreError(f"cannot open the state database {path}: {exc}") from exc
-            moved = _move_aside(path)
-            log.error("state database %s is unusable (%s); moved to %s, starting afresh",
-                      path, exc, moved)
-        try:
-            return _connect(path), moved
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+            conn, created = _open_or_recover(path)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+        if isinstance(created, Path):
+            return conn, created, True, held
+        return conn, None, created, held
 
     # --- worker thread ------------------------------------------------------------------
 
@@ -198,17 +246,16 @@ class Store:
     async def load(self) -> StoredState:
         """The persisted line and plant state."""
 
-        def read(conn: sqlite3.Connection) -> tuple[dict[str, LineState], str | None]:
-            lines = {
-                line: LineState(line, counter, totals)
-                for line, counter, totals in conn.execute(
-                    "SELECT line, counter, totals_json FROM line_state")
-            }
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, LineState], str | None, int]:
+            lines = {row[0]: LineState.from_row(row) for row in conn.execute(
+                f"SELECT {_LINE_COLUMNS} FROM line_state")}
             row = conn.execute("SELECT plant_json FROM plant_state WHERE id = 1").fetchone()
-            return lines, (row[0] if row else None)
+            epoch = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+            return lines, (row[0] if row else None), int(epoch)
 
-        lines, plant = await self._run(read)
-        return StoredState(lines=lines, plant_json=plant, recovered_from=self.recovered_from)
+        lines, plant, epoch = await self._run(read)
+        return StoredState(lines=lines, plant_json=plant, recovered_from=self.recovered_from,
+                           epoch=epoch, created=self.created)
 
     async def commit_window(self, records: Sequence[NewRecord], lines: Sequence[LineState],
                             plant_json: str | None) -> int:
@@ -223,20 +270,19 @@ class Store:
              _cost(r.topic, r.payload))
             for r in records
         ]
-        states = [(s.line, s.counter, s.totals_json) for s in lines]
+        states = [s.row() for s in lines]
         added = sum(row[7] for row in rows)
         limit = self.max_bytes
         current = self._outbox_bytes
 
         def write(conn: sqlite3.Connection) -> tuple[int, int]:
-            with _transaction(conn):
+            with transaction(conn):
                 conn.executemany(
                     "INSERT INTO outbox (topic, payload, qos, retain, line, seq, window_end,"
                     " cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 conn.executemany(
-                    "INSERT INTO line_state (line, counter, totals_json) VALUES (?, ?, ?)"
-                    " ON CONFLICT(line) DO UPDATE SET counter = excluded.counter,"
-                    " totals_json = excluded.totals_json", states)
+                    f"INSERT OR REPLACE INTO line_state ({_LINE_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", states)
                 if plant_json is not None:
                     conn.execute(
                         "INSERT INTO plant_state (id, plant_json) VALUES (1, ?)"
@@ -279,15 +325,16 @@ class Store:
         def delete(conn: sqlite3.Connection) -> tuple[int, int]:
             freed = 0
             removed = 0
-            with _transaction(conn):
+            with transaction(conn):
                 for start in range(0, len(unique), _DELETE_CHUNK):
                     chunk = unique[start:start + _DELETE_CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    costs = conn.execute(
-                        f"DELETE FROM outbox WHERE id IN ({marks}) RETURNING cost", chunk
-                    ).fetchall()
-                    removed += len(costs)
-                    freed += sum(c for (c,) in costs)
+                    count, cost = conn.execute(
+                        f"SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM outbox WHERE id IN ({marks})",
+                        chunk).fetchone()
+                    conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+                    removed += int(count)
+                    freed += int(cost)
             return removed, freed
 
         removed, freed = await self._run(delete)
@@ -304,32 +351,27 @@ class Store:
             await loop.run_in_executor(self._executor, conn.close)
         finally:
             self._executor.shutdown(wait=False)
+            if self._lock is not None:
+                self._lock.release()
 
 
 # --- helpers run on the worker thread -----------------------------------------------------
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+def _open_or_recover(path: Path) -> tuple[sqlite3.Connection, bool | Path]:
+    """The connection, and True (created now), False (opened) or where a corrupt file went."""
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
-        conn.execute("PRAGMA synchronous=FULL")
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"quick_check: {check}")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            raise sqlite3.DatabaseError(f"unknown schema version {version}")
-        with _transaction(conn):
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+        return connect(path)
+    except sqlite3.DatabaseError as exc:
+        if not _is_corruption(exc):
+            # locked, full, read-only, I/O: the file may be fine; never discard it
+            raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+        moved = _move_aside(path)
+        log.error("state database %s is unusable (%s); moved to %s, starting afresh",
+                  path, exc, moved)
+    try:
+        return connect(path)[0], moved
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the state database {path}: {exc}") from exc
 
 
 def _move_aside(path: Path) -> Path:
@@ -346,18 +388,6 @@ def _move_aside(path: Path) -> Path:
         raise StoreError(f"state database {path} is unusable and cannot be moved aside: {exc}") \
             from exc
     return target
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _outbox_totals(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -70,21 +70,22 @@ class LineView:
     line: str
     latest: LineOutput | None = None
     state: LineStatePayload | None = None
-    seqs: set[int] = field(default_factory=set)
+    seqs: set[tuple[int, int]] = field(default_factory=set)
     total: int = 0
     duplicates: int = 0
     historical: int = 0
     events: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT_EVENTS))
 
     def add(self, out: LineOutput) -> bool:
-        """Count a window once; False for a repeat of a ``seq`` already seen."""
-        if out.seq in self.seqs:
+        """Count a window once; False for a repeat of an (``epoch``, ``seq``) already seen."""
+        key = (out.epoch, out.seq)
+        if key in self.seqs:
             self.duplicates += 1
             return False
-        self.seqs.add(out.seq)
+        self.seqs.add(key)
         self.total += out.units
         self.historical += out.historical
-        if self.latest is None or out.seq > self.latest.seq:
+        if self.latest is None or out.window_end >= self.latest.window_end:
             self.latest = out
         for event in out.events:
             self.events.append((out.seq, event))
@@ -92,10 +93,8 @@ class LineView:
 
     @property
     def missing(self) -> int:
-        """Windows between the first and last ``seq`` seen that have not arrived."""
-        if not self.seqs:
-            return 0
-        return max(self.seqs) - min(self.seqs) + 1 - len(self.seqs)
+        """Windows between the first and last ``seq`` seen of each epoch that have not arrived."""
+        return _missing(self.seqs)
 
 
 @dataclass
@@ -103,20 +102,28 @@ class PlantView:
     """The plant's windows, kept once per ``seq``."""
 
     latest: PlantOutput | None = None
-    seqs: set[int] = field(default_factory=set)
+    seqs: set[tuple[int, int]] = field(default_factory=set)
     total: int = 0
     duplicates: int = 0
 
     def add(self, out: PlantOutput) -> bool:
-        """Count a window once; False for a repeat."""
-        if out.seq in self.seqs:
+        """Count a window once; False for a repeat of an (``epoch``, ``seq``)."""
+        key = (out.epoch, out.seq)
+        if key in self.seqs:
             self.duplicates += 1
             return False
-        self.seqs.add(out.seq)
+        self.seqs.add(key)
         self.total += out.units
-        if self.latest is None or out.seq > self.latest.seq:
+        if self.latest is None or out.window_end >= self.latest.window_end:
             self.latest = out
         return True
+
+
+def _missing(keys: set[tuple[int, int]]) -> int:
+    by_epoch: dict[int, list[int]] = {}
+    for epoch, seq in keys:
+        by_epoch.setdefault(epoch, []).append(seq)
+    return sum(max(s) - min(s) + 1 - len(s) for s in by_epoch.values())
 
 
 @dataclass

@@ -1,8 +1,20 @@
 """Closing windows on wall-clock boundaries and committing them to the outbox.
 
-A window's outbox records, the counter baselines and the ``seq`` advance go to the store
-in one transaction. If the store fails (disk full), windows wait in memory in order and
+Windows tile time: each starts where the previous one ended, through restarts, crashes
+and a change of ``publish.interval_s``. At start the agent resumes from the end of the
+last committed window: windows that closed while it was not counting are filled
+(``agent_offline``), a window interrupted by a stop is continued from where it stopped,
+and a wall clock behind the last window (no RTC at boot) never sends the windows back:
+they go on from the last one at the monotonic clock's pace until the wall clock catches
+up. Every window ends on the grid (a multiple of the interval from local midnight) or at
+the moment of a stop.
+
+A window's outbox records, the counter memory and the ``seq`` advance go to the store in
+one transaction. If the store fails (disk full), windows wait in memory in order, up to
+:data:`MAX_PENDING_RECORDS` records (the oldest are dropped beyond, and counted), and
 are committed when it recovers; counting goes on from the cumulative PLC counter.
+Filling a long gap is done a window at a time, committed in chunks, yielding to the
+event loop between windows, so polling and publishing go on meanwhile.
 """
 
 from __future__ import annotations
@@ -28,9 +40,10 @@ __all__ = ["WindowCloser"]
 
 log = logging.getLogger("plantfloor.windows")
 
-MAX_GAP_WINDOWS = 10_000    # windows filled in one go after the agent was down
-MAX_PENDING = 10_000        # windows held in memory while the store cannot commit
-TICK_S = 5.0                # the heartbeat of the window task while it waits
+MAX_GAP_WINDOWS = 100_000       # windows filled after the agent was down; one spans the rest
+MAX_PENDING_RECORDS = 50_000    # records held in memory while the store cannot commit
+COMMIT_RECORDS = 5_000          # records per commit while filling a gap
+TICK_S = 5.0                    # the heartbeat of the window task while it waits
 
 
 @dataclass
@@ -58,6 +71,7 @@ class WindowCloser:
         self.interval = cfg.publish.interval_s
         self._line_cfg = {line.id: line for line in cfg.lines}
         self.root = cfg.topic_root
+        self.epoch = stored.epoch
         self.totals: dict[str, LineTotals] = {}
         for line in cfg.lines:
             row = stored.lines.get(line.id)
@@ -65,6 +79,7 @@ class WindowCloser:
                                     if row and row.totals_json else LineTotals())
         self.plant = PlantTotals.from_json(stored.plant_json) if stored.plant_json else PlantTotals()
         self._pending: list[_Pending] = []
+        self._pending_records = 0
         self.dropped_in_memory = 0
         self._stop = asyncio.Event()
         self.windows_closed = 0
@@ -74,32 +89,47 @@ class WindowCloser:
         """Ask ``run`` to finish the current window early and return (SIGTERM)."""
         self._stop.set()
 
+    def resume_point(self) -> datetime | None:
+        """The end of the last committed window (None on a new store)."""
+        ends = [t.last_window_end for t in self.totals.values() if t.last_window_end]
+        if self.plant.last_window_end is not None:
+            ends.append(self.plant.last_window_end)
+        return max(ends, default=None)
+
     async def run(self) -> None:
         """Close every window on its boundary until :meth:`stop`; then close the open one early."""
-        start, end = self.calendar.window_bounds(self.wall(), self.interval)
-        await self.fill_gap(start)
+        start = self.calendar.window_bounds(self.wall(), self.interval)[0]
+        last = self.resume_point()
+        if last is not None:
+            if start > last:
+                await self.fill_gap(last, start)
+            else:
+                # a window cut short by a stop, or a wall clock behind the last window
+                start = last
         while True:
-            if not await self._sleep_until(end):
-                now = self.wall()
-                if now > start:
+            end = self.calendar.window_bounds(start, self.interval)[1]
+            if not await self._sleep_until(start, end):
+                stop_at = min(self.wall(), end)
+                if stop_at > start:
                     # the window in progress ends now: its units are published before exit
-                    await self.close(start, min(now, end))
+                    await self.close(start, stop_at)
                 return
             await self.close(start, end)
-            start, end = self.calendar.window_bounds(end, self.interval)
+            start = end
             behind = self.calendar.window_bounds(self.wall(), self.interval)[0]
             if behind > start:
                 # the loop or the wall clock jumped: the units so far went to the last window
-                await self.fill_gap(behind, event="clock_step")
-                start, end = self.calendar.window_bounds(behind, self.interval)
+                await self.fill_gap(start, behind, event="clock_step")
+                start = behind
 
-    async def _sleep_until(self, end: datetime) -> bool:
+    async def _sleep_until(self, start: datetime, end: datetime) -> bool:
         """Wait for the window's end; False when asked to stop first.
 
-        The wait is also bounded by the monotonic clock: a wall clock stepped back never
-        holds a window open longer than its length.
+        The wait is also bounded by the monotonic clock: a wall clock stepped back (or
+        behind the window at boot) never holds a window open longer than its length.
         """
-        deadline = self.mono() + max(0.0, (end - self.wall()).total_seconds())
+        now_wall = self.wall()
+        deadline = self.mono() + max(0.0, (end - max(start, now_wall)).total_seconds())
         while True:
             self.last_tick_mono = now = self.mono()
             delay = min((end - self.wall()).total_seconds(), deadline - now)
@@ -114,13 +144,15 @@ class WindowCloser:
     def _line_record(self, line_id: str, result: WindowResult, start: datetime, end: datetime,
                      out_list: list[NewRecord], lines: list[LineState], outputs: list[LineOutput]) -> None:
         line = self._line_cfg[line_id]
-        out, totals = self.reporter.line_output(line, result, start, end, self.totals[line_id])
+        out, totals = self.reporter.line_output(line, result, start, end, self.totals[line_id],
+                                                epoch=self.epoch)
         self.totals[line_id] = totals
         outputs.append(out)
         out_list.append(NewRecord(topic=f"{self.root}/lines/{line_id}/output", payload=encode(out),
                                   qos=self.cfg.mqtt.qos, retain=False, line=line_id, seq=out.seq,
                                   window_end=end))
-        lines.append(LineState(line=line_id, counter=result.counter, totals_json=totals.to_json()))
+        lines.append(self.board.line_state(line_id, result.memory, totals.to_json(),
+                                           self.wall(), self.mono()))
 
     def _window(self, results: dict[str, WindowResult], start: datetime, end: datetime) -> _Pending:
         records: list[NewRecord] = []
@@ -128,51 +160,62 @@ class WindowCloser:
         outputs: list[LineOutput] = []
         for line in self.cfg.lines:
             self._line_record(line.id, results[line.id], start, end, records, lines, outputs)
-        plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant)
+        plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant,
+                                                           epoch=self.epoch)
         records.append(NewRecord(topic=f"{self.root}/plant/output", payload=encode(plant_out),
                                  qos=self.cfg.mqtt.qos, retain=False, line=None, seq=plant_out.seq,
                                  window_end=end))
         self.windows_closed += 1
         return _Pending(records, lines, self.plant.to_json())
 
+    def _hold(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+        self._pending_records += len(pending.records)
+        while self._pending_records > MAX_PENDING_RECORDS and len(self._pending) > 1:
+            lost = self._pending.pop(0)
+            self._pending_records -= len(lost.records)
+            self.dropped_in_memory += len(lost.records)
+            log.error("store unavailable: a window of %s dropped from memory (oldest first)",
+                      lost.records[0].window_end.isoformat())
+
     async def close(self, start: datetime, end: datetime) -> None:
         """Close the window [start, end) for every line and commit it."""
         results = self.board.close_windows(self.mono())
-        self._pending.append(self._window(results, start, end))
+        self._hold(self._window(results, start, end))
         await self._commit()
 
-    async def fill_gap(self, until: datetime, *, event: str = "agent_offline") -> None:
-        """Windows that closed while nothing was counting: units 0, quality bad, never skipped."""
-        last = max((t.last_window_end for t in self.totals.values() if t.last_window_end), default=None)
-        if last is None or last >= until:
-            return
-        start = last
-        count = 0
+    async def fill_gap(self, start: datetime, until: datetime, *,
+                       event: str = "agent_offline") -> None:
+        """Windows [start, until) that closed while nothing was counting: units 0, quality bad.
+
+        Never skipped: one window per grid interval (past :data:`MAX_GAP_WINDOWS`, one last
+        window spans the rest). Built one at a time and committed in chunks, yielding to
+        the event loop between windows, so memory stays bounded and polling goes on.
+        """
+        first, count = start, 0
         while start < until:
-            _, end = self.calendar.window_bounds(start, self.interval)
+            end = min(self.calendar.window_bounds(start, self.interval)[1], until)
             if count == MAX_GAP_WINDOWS - 1:
-                end = until  # one last window spans the rest rather than thousands more
-            end = min(end, until)
-            results = {}
-            for line_id, tracker in self.board.trackers.items():
-                secs = (end - start).total_seconds()
-                results[line_id] = WindowResult(
+                end = until
+            secs = (end - start).total_seconds()
+            results = {
+                line_id: WindowResult(
                     line=line_id, units=0, events=(event,), quality="bad",
                     state_seconds={"running": 0.0, "stopped": 0.0, "faulted": 0.0, "unknown": secs},
-                    counter=tracker.engine.baseline, state="unknown")
-            self._pending.append(self._window(results, start, end))
+                    counter=tracker.engine.baseline, state="unknown", memory=tracker.engine.memory())
+                for line_id, tracker in self.board.trackers.items()}
+            self._hold(self._window(results, start, end))
             start = end
             count += 1
+            self.last_tick_mono = self.mono()
+            if self._pending_records >= COMMIT_RECORDS:
+                await self._commit()
+            await asyncio.sleep(0)
         log.warning("%d window(s) from %s to %s closed while the agent was not counting; "
-                    "published with quality bad", count, last.isoformat(), until.isoformat())
+                    "published with quality bad", count, first.isoformat(), until.isoformat())
         await self._commit()
 
     async def _commit(self) -> None:
-        if len(self._pending) > MAX_PENDING:
-            lost = len(self._pending) - MAX_PENDING
-            del self._pending[:lost]
-            self.dropped_in_memory += lost * (len(self.cfg.lines) + 1)
-            log.error("store unavailable: %d window(s) dropped from memory, oldest first", lost)
         while self._pending:
             batch = self._pending[:200]
             records = [r for p in batch for r in p.records]
@@ -189,6 +232,7 @@ class WindowCloser:
             self.alarms.clear("disk_full")
             self.alarms.clear("store_error")
             del self._pending[:len(batch)]
+            self._pending_records -= len(records)
             if dropped:
                 self.alarms.raise_("outbox_full", f"outbox over {self.cfg.storage.max_mb:g} MB: "
                                    f"{self.store.dropped} window record(s) dropped, oldest first")

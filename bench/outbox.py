@@ -37,7 +37,7 @@ _BATCH_WINDOWS = 10
 def _line_payload(line: str, seq: int, start: datetime, end: datetime, rng: random.Random) -> bytes:
     units = rng.choice((0, 0, 1, 1, 1, 2))
     return encode(LineOutput(
-        site="bench", line=line, product="Sakura", seq=seq, window_start=start, window_end=end,
+        site="bench", line=line, product="Sakura", epoch=1, seq=seq, window_start=start, window_end=end,
         units=units, rate_per_hour=units * 3600.0, target_per_hour=1800.0, attainment=units / 0.5,
         shift=ShiftTotals(name="a", units=400 + seq, target=21600.0, projected=21000.5, downtime_s=312.4),
         day=DayTotals(date=end.date(), units=800 + seq, target=43200.0),
@@ -48,7 +48,7 @@ def _line_payload(line: str, seq: int, start: datetime, end: datetime, rng: rand
 def _plant_payload(lines: list[str], seq: int, start: datetime, end: datetime) -> bytes:
     per_line = dict.fromkeys(lines, 1)
     return encode(PlantOutput(
-        site="bench", seq=seq, window_start=start, window_end=end, units=len(lines), units_today=10 * seq,
+        site="bench", epoch=1, seq=seq, window_start=start, window_end=end, units=len(lines), units_today=10 * seq,
         units_year_to_date=100_000 + seq, target_today=500_000.0, capacity_per_year=500_000,
         planned_utilization=0.8, utilization=0.91, projected_year=455_000.0, lines=per_line, quality="good"))
 
@@ -74,7 +74,7 @@ async def fill_backlog(path: Path, lines: list[str], seconds: int, *, end: datet
                                          retain=False, line=None, seq=seq, window_end=w_end))
             last = min(seconds, first + _BATCH_WINDOWS)
             # live windows continue the backlog's seq; no last_window_end: no gap to fill
-            states = [LineState(ln, None, LineTotals(seq=last).to_json()) for ln in lines]
+            states = [LineState(ln, LineTotals(seq=last).to_json()) for ln in lines]
             await store.commit_window(records, states, PlantTotals(seq=last).to_json())
         backlog = store.backlog
     finally:

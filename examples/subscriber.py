@@ -1,7 +1,9 @@
 """A minimal plantfloor subscriber: a correct running total of units per line.
 
 Delivery is at least once, so the same window can arrive more than once: keep one
-message per (line, seq) and the sum of ``units`` is exact. Nothing is persisted: the
+message per (line, epoch, seq) and the sum of ``units`` is exact. ``epoch`` changes when
+the agent's state store is created afresh (and ``seq`` starts again at 1), so a key
+without it would drop the new windows. Nothing is persisted: the
 totals count the windows received since this program started.
 
     python examples/subscriber.py --broker mqtt://127.0.0.1:1883 --root plantfloor/kyushu
@@ -21,7 +23,7 @@ parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
 parser.add_argument("--root", default="plantfloor/kyushu")
 args = parser.parse_args()
 
-seen: set[tuple[str, int]] = set()  # (line, seq) of every window already counted
+seen: set[tuple[str, int, int]] = set()  # (line, epoch, seq) of every window already counted
 totals: dict[str, int] = {}
 
 
@@ -35,13 +37,13 @@ def on_subscribe(client: mqtt.Client, userdata: object, mid: int, reasons: objec
 
 def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
     window = json.loads(msg.payload)
-    key = (window["line"], window["seq"])
+    key = (window["line"], window["epoch"], window["seq"])
     if key in seen:  # a redelivery of a window already counted
         return
     seen.add(key)
     totals[window["line"]] = totals.get(window["line"], 0) + window["units"]
     late = " (historical)" if window.get("historical") else ""
-    print(f"{window['line']} seq={window['seq']} units={window['units']} "
+    print(f"{window['line']} epoch={window['epoch']} seq={window['seq']} units={window['units']} "
           f"total={totals[window['line']]}{late}", flush=True)
 
 

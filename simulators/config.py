@@ -102,6 +102,16 @@ class _LineBase(_Model):
     takt_s: float = Field(3.0, gt=0, description="mean cycle time of one unit while running")
     production: ProductionConfig = Field(default_factory=ProductionConfig,
                                          description="stops, breakdowns and cycle-time jitter")
+    counter_update_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description=(
+            "refresh the served counter (Modbus registers, OPC UA node) only every this many "
+            "seconds of the simulator clock, counted from when the simulator started, as a PLC "
+            "with a slow scan or copy task does: each refresh shows the true count of that "
+            "moment, and units built between refreshes (and resets, jumps) show at the next "
+            "one. Production and the ledger are unaffected. Default: every unit shows as it "
+            "is built"),
+    )
 
 
 class SimLineConfig(_LineBase):

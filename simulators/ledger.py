@@ -1,7 +1,9 @@
 """The ledger: the simulators' ground truth as JSON, for tests, the demo and people.
 
-Per line it records what was built (``produced``), what the PLC shows (``counter``,
-``modulus``, ``state``), the counter faults (``resets``, ``frozen_units``, ``jumped``) and
+Per line it records what was built (``produced``), the PLC's counter (``counter``,
+``modulus``, ``state``), what it serves (``served_counter``: ``counter`` itself unless the
+line has ``counter_update_s``, then its value at the latest refresh), the counter faults
+(``resets``, ``frozen_units``, ``jumped``) and
 ``expected_units`` = ``produced - frozen_units``: the total a correct agent reports
 (jumps are not production; units built between a last read and a counter reset are the
 only ones an agent may miss, and it flags those windows).
@@ -37,6 +39,7 @@ class Ledger:
                     "produced": line.produced,
                     "expected_units": line.expected_units,
                     "counter": line.counter,
+                    "served_counter": line.served_counter,
                     "modulus": line.modulus,
                     "state": line.state,
                     "resets": line.resets,

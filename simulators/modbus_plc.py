@@ -1,7 +1,8 @@
 """A software Modbus TCP PLC (pymodbus 3.16 server); the only simulator module importing pymodbus.
 
-Registers are read through: every read request copies the current counter and state of
-its :class:`SimLine`\\ s into the served registers, so a change is visible on the next read.
+Registers are read through: every read request copies the current served counter and state
+of its :class:`SimLine`\\ s into the served registers, so a change is visible on the next read
+(with ``counter_update_s``, a counter change on the first read after the next refresh).
 Every holding and input register from 0 up to well past the highest one used is readable
 (unused ones read 0), as on a real PLC, so an agent may coalesce reads across gaps.
 Writes of any kind are refused with ILLEGAL_FUNCTION and counted: the agent must never
@@ -101,6 +102,7 @@ class ModbusPlc(SoftPlc):
         """Listen on ``host:port``; sets ``port`` to the bound port and ``ready``."""
         if self._server is not None:
             raise RuntimeError(f"modbus PLC {self.id} is already started")
+        self._start_clocks()
         self._stopping = asyncio.Event()
         server = ModbusTcpServer(
             self._devices(),
@@ -225,7 +227,7 @@ class ModbusPlc(SoftPlc):
             if role == "state":
                 out[address] = STATE_CODES[line.state]
             else:
-                words = counter_words(line.counter, cfg.counter.width, cfg.counter.word_order)
+                words = counter_words(line.served_counter, cfg.counter.width, cfg.counter.word_order)
                 out.update({address + i: w for i, w in enumerate(words)})
         return out
 

@@ -1,9 +1,11 @@
 """A software OPC UA PLC (asyncua server) serving each line's counter and state node.
 
 The simulator's namespace is registered first, so its nodes are ``ns=2;s=<name>``. A
-refresh task copies the :class:`SimLine`\\ s into the nodes every 20 ms (through the
-address space, so subscriptions see the change); ``set_status`` makes a node's DataValue
-carry an Uncertain or Bad status. Writes are refused (the nodes are read-only) and counted.
+refresh task copies the :class:`SimLine`\\ s' served counter and state into the nodes every
+20 ms (through the address space, so subscriptions see the change; with ``counter_update_s``
+a counter node changes only after a refresh of the served counter); ``set_status`` makes a
+node's DataValue carry an Uncertain or Bad status. Writes are refused (the nodes are
+read-only) and counted.
 
 asyncua builds its standard address space in about 2 s of CPU; the first server of a
 user saves it as a shelf under ``$XDG_CACHE_HOME/plantfloor`` and later ones load it
@@ -119,6 +121,7 @@ class OpcUaPlc(SoftPlc):
         """Build the address space and listen; sets ``port`` to the bound port and ``ready``."""
         if self._server is not None:
             raise RuntimeError(f"OPC UA PLC {self.id} is already started")
+        self._start_clocks()
         self._stopping = asyncio.Event()
         server = await _new_server()
         # the clock task sleeps 1 s between ticks and would make every stop wait for it
@@ -209,7 +212,7 @@ class OpcUaPlc(SoftPlc):
 
     def _value(self, line_id: str, role: str) -> int:
         line = self.lines[line_id]
-        return line.counter if role == "counter" else STATE_CODES[line.state]
+        return line.served_counter if role == "counter" else STATE_CODES[line.state]
 
     async def _refresh_loop(self) -> None:
         failing = False

@@ -32,12 +32,22 @@ class SoftPlc:
         raise NotImplementedError
 
     async def restart(self, *, reset_counters: bool = False) -> None:
-        """Stop, optionally reset every counter to 0 (a power cycle), and start on the same port."""
+        """Stop, optionally reset every counter to 0 (a power cycle), and start on the same port.
+
+        The refresh schedule of lines with ``counter_update_s`` goes on (it is the
+        simulator's clock): their served counters show the reset at the next refresh, and
+        until then the value served before the restart.
+        """
         await self.stop()
         if reset_counters:
             for line in self.lines.values():
                 line.reset_counter(0)
         await self.start()
+
+    def _start_clocks(self) -> None:
+        """Start the refresh schedule of every line that has none yet (see ``SimLine.start_clock``)."""
+        for line in self.lines.values():
+            line.start_clock()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -1,17 +1,27 @@
 """The production model: one simulated line's ground truth and counter (pure, seeded, no I/O).
 
-A :class:`SimLine` is shared by both PLC kinds: the servers only show its ``counter`` and
-``state``. Faults of the counter tag (reset, freeze, jump) change what is shown without
+A :class:`SimLine` is shared by both PLC kinds: the servers only show its ``served_counter``
+and ``state``. Faults of the counter tag (reset, freeze, jump) change what is shown without
 changing what was built, and the line keeps the books a correct agent is judged against:
 it must report ``produced - frozen_units`` units (jumps are not production).
+
+A PLC whose counter reaches its communication image only every few seconds (a slow scan
+or copy task) is a line with ``counter_update_s``: its ``counter`` moves unit by unit and
+with every fault, but the ``served_counter`` takes the counter's value only at the
+refreshes, every ``counter_update_s`` seconds of the simulator clock from when the
+simulator started (:meth:`SimLine.start_clock`). Nothing else changes: not the units
+built, not the books, not ``expected_units`` (a reset between two refreshes hides the
+units built since the refresh before it, as one between two reads does).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta, tzinfo
+from time import monotonic
 from typing import Literal, get_args
 
 from agent.config import Shift
@@ -69,13 +79,20 @@ def _minutes_between(day: date, start: time, local: datetime) -> float:
 
 
 class SimLine:
-    """One simulated line: what it built (ground truth) and the counter its PLC shows.
+    """One simulated line: what it built (ground truth), its PLC's counter and what the PLC serves.
 
     Attributes:
-        counter: raw counter value as served, always in ``0 .. modulus - 1``.
+        counter: the PLC's own counter, always in ``0 .. modulus - 1``: it moves with every
+            unit built (unless frozen) and with resets and jumps, at once.
+        served_counter: what the PLC serves (registers, node); ``counter`` itself unless
+            ``counter_update_s`` is set, see :attr:`served_counter`.
         produced: units built since the simulator started.
-        state: ``"stopped"``, ``"running"`` or ``"faulted"``.
+        state: ``"stopped"``, ``"running"`` or ``"faulted"`` (served as it is, never late).
         resets / frozen_units / jumped: the books of the counter faults.
+        counter_update_s: seconds between refreshes of the served counter, or None.
+
+    ``clock_s`` is the simulator clock of the refreshes, in seconds (default ``time.monotonic``,
+    the event loop's clock); ``clock`` is the wall clock of the shift calendar.
     """
 
     def __init__(
@@ -91,11 +108,15 @@ class SimLine:
         clock: Callable[[], datetime] | None = None,
         plc: str = "",
         state: LineStateName = "running",
+        counter_update_s: float | None = None,
+        clock_s: Callable[[], float] | None = None,
     ) -> None:
         if modulus < 2:
             raise ValueError("modulus must be at least 2")
         if takt_s <= 0:
             raise ValueError("takt_s must be positive")
+        if counter_update_s is not None and not (0 < counter_update_s < math.inf):
+            raise ValueError("counter_update_s must be positive and finite")
         self.id = id
         self.plc = plc
         self.modulus = modulus
@@ -110,6 +131,12 @@ class SimLine:
         self.params = production or ProductionConfig()
         self.calendar = calendar
         self._clock = clock or (lambda: datetime.now().astimezone())
+        self.counter_update_s = counter_update_s
+        self._clock_s = clock_s or monotonic
+        # the refresh schedule: refresh k is at _epoch + k * counter_update_s (None: not started)
+        self._epoch: float | None = None
+        self._refreshes = 0
+        self._served = self.counter
         self._rng = random.Random(seed)
         # a state set by hand (set_state) holds until set_state("running") hands back to the model
         self._held = state != "running"
@@ -120,7 +147,8 @@ class SimLine:
         self._to_breakdown = self._draw_interval(self.params.breakdown_rate_per_hour)
 
     def __repr__(self) -> str:
-        return (f"SimLine({self.id!r}, counter={self.counter}, produced={self.produced}, "
+        served = "" if self.counter_update_s is None else f", served_counter={self.served_counter}"
+        return (f"SimLine({self.id!r}, counter={self.counter}{served}, produced={self.produced}, "
                 f"state={self.state!r})")
 
     @property
@@ -128,12 +156,104 @@ class SimLine:
         """What a correct agent reports in total: units built while the counter was visible."""
         return self.produced - self.frozen_units
 
+    # --- what the PLC serves -----------------------------------------------------------
+
+    @property
+    def served_counter(self) -> int:
+        """The counter value the PLC serves now.
+
+        Without ``counter_update_s``: ``counter``. With it: the value ``counter`` had at the
+        latest refresh (:attr:`refreshed_at`), so constant between refreshes; until the
+        clock starts (the simulator is not serving yet) it follows ``counter``.
+        """
+        if self.counter_update_s is None or self._epoch is None:
+            return self.counter
+        self._sync(self._clock_s())
+        return self._served
+
+    @property
+    def refreshes(self) -> int:
+        """Refreshes of the served counter since the clock started, not counting the one at
+        the start; 0 without ``counter_update_s``. A test that sees it unchanged across some
+        reads knows no refresh happened in between."""
+        if self.counter_update_s is None or self._epoch is None:
+            return 0
+        self._sync(self._clock_s())
+        return self._refreshes
+
+    @property
+    def refreshed_at(self) -> float | None:
+        """When the served counter was last refreshed, on the simulator clock (``clock_s``,
+        ``time.monotonic`` by default); None without ``counter_update_s`` or before the
+        clock starts."""
+        if self.counter_update_s is None or self._epoch is None:
+            return None
+        self._sync(self._clock_s())
+        return self._epoch + self._refreshes * self.counter_update_s
+
+    @property
+    def next_refresh_at(self) -> float | None:
+        """When the next refresh comes, on the simulator clock; None as for :attr:`refreshed_at`."""
+        last = self.refreshed_at
+        return None if last is None or self.counter_update_s is None else last + self.counter_update_s
+
+    def start_clock(self, at_s: float | None = None) -> None:
+        """Start the refresh schedule at ``at_s`` (default: now on ``clock_s``), with a first
+        refresh; later refreshes follow every ``counter_update_s`` from then. Later calls do
+        nothing: a PLC restart keeps the schedule.
+
+        The PLCs call it when they start (:class:`~simulators.runner.SimulatorSet` once for
+        all its lines, so they refresh together).
+        """
+        if self._epoch is not None:
+            return
+        self._epoch = self._clock_s() if at_s is None else at_s
+        self._refreshes = 0
+        self._served = self.counter
+
+    async def wait_refresh(self) -> int:
+        """Wait for the next refresh of the served counter and return the value it shows.
+
+        Returns once the simulator clock is past the first refresh after the call (Modbus
+        reads from then on see the value; an OPC UA node takes it within its 20 ms copy
+        period). Raises RuntimeError without ``counter_update_s`` or before the clock has
+        started, when no refresh would come. Needs a running ``clock_s`` (the default).
+        """
+        if self.counter_update_s is None:
+            raise RuntimeError(f"line {self.id} has no counter_update_s: its counter shows every unit")
+        if self._epoch is None:
+            raise RuntimeError(f"line {self.id}: the refresh clock has not started (start the PLC first)")
+        target = self.refreshes + 1
+        while True:
+            now = self._clock_s()
+            self._sync(now)
+            if self._refreshes >= target:
+                return self._served
+            await asyncio.sleep(max(self._epoch + target * self.counter_update_s - now, 0.001))
+
+    def _sync(self, now: float) -> None:
+        """Apply the refreshes due by ``now``; called before every change of ``counter``, so a
+        refresh shows the counter of its own instant."""
+        if self.counter_update_s is None or self._epoch is None:
+            return
+        due = math.floor((now - self._epoch) / self.counter_update_s)
+        if due > self._refreshes:
+            self._refreshes = due
+            self._served = self.counter
+
+    def _counter_changes(self) -> None:
+        """Bring the served counter up to date before ``counter`` changes."""
+        if self.counter_update_s is not None:
+            self._sync(self._clock_s())
+
     # --- what a test (or the model) does to the line -----------------------------------
 
     def produce(self, n: int = 1) -> None:
-        """Build ``n`` units now; the counter moves unless it is frozen."""
+        """Build ``n`` units now; the counter moves unless it is frozen (with
+        ``counter_update_s`` the served counter shows them at the next refresh)."""
         if n < 0:
             raise ValueError("cannot build a negative number of units")
+        self._counter_changes()
         self.produced += n
         if self.frozen:
             self.frozen_units += n
@@ -141,16 +261,30 @@ class SimLine:
             self.counter = (self.counter + n) % self.modulus
 
     def reset_counter(self, value: int = 0) -> None:
-        """The PLC's counter restarts from ``value`` (a power cycle or an operator reset)."""
+        """The PLC's counter restarts from ``value`` (a power cycle or an operator reset).
+
+        With ``counter_update_s`` the served counter shows the reset at the next refresh,
+        with the units built since; units built between the previous refresh and the reset
+        are never shown (they still count in ``expected_units``, as units built between an
+        agent's last read and a reset do).
+        """
+        self._counter_changes()
         self.counter = value % self.modulus
         self.resets += 1
 
     def freeze(self, on: bool = True) -> None:
-        """Stop the counter tag while production goes on (those units are never visible)."""
+        """Stop the counter tag while production goes on (those units are never visible).
+
+        The counter itself stops, so with ``counter_update_s`` the refreshes go on showing
+        it: units built before the freeze still show at the next refresh, those built while
+        frozen never do.
+        """
         self.frozen = on
 
     def jump(self, by: int) -> None:
-        """Move the counter by ``by`` without building anything (a glitch or a mis-set preset)."""
+        """Move the counter by ``by`` without building anything (a glitch or a mis-set preset);
+        with ``counter_update_s`` the served counter shows it at the next refresh."""
+        self._counter_changes()
         self.counter = (self.counter + by) % self.modulus
         self.jumped += by
 
@@ -171,7 +305,8 @@ class SimLine:
         Cycle times jitter around ``takt_s``; short stops (state stopped) and breakdowns
         (state faulted for the repair time) arrive at random; outside planned production
         time of the shift calendar (``now``, default the injected clock) the line is stopped.
-        The same seed and the same sequence of ``dt_s`` give the same events.
+        The same seed and the same sequence of ``dt_s`` give the same events. The units are
+        built (:meth:`produce`) at the end of the step, at the current ``clock_s``.
         """
         if dt_s <= 0 or self._held:
             return 0
@@ -225,6 +360,7 @@ def lines_from_config(
     first_index: int = 0,
     calendar: ShiftCalendar | None = None,
     clock: Callable[[], datetime] | None = None,
+    clock_s: Callable[[], float] | None = None,
 ) -> dict[str, SimLine]:
     """The SimLines of one PLC; line i of the whole file draws from ``random.Random(seed + i)``."""
     lines: dict[str, SimLine] = {}
@@ -233,6 +369,6 @@ def lines_from_config(
         lines[cfg.id] = SimLine(
             cfg.id, modulus=cfg.modulus, start=cfg.counter.start, takt_s=cfg.takt_s,
             production=cfg.production, seed=seed + first_index + i, calendar=calendar,
-            clock=clock, plc=plc.id,
+            clock=clock, plc=plc.id, counter_update_s=cfg.counter_update_s, clock_s=clock_s,
         )
     return lines

@@ -58,7 +58,14 @@ class SimulatorSet:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Start every PLC, write the ledger once, then start production (when ``auto``)."""
+        """Start every PLC, write the ledger once, then start production (when ``auto``).
+
+        Lines with ``counter_update_s`` refresh their served counters every so many seconds
+        from now, all together.
+        """
+        now = time.monotonic()
+        for line in self.lines.values():
+            line.start_clock(now)
         started: list[ModbusPlc | OpcUaPlc] = []
         try:
             for plc in self.plcs.values():

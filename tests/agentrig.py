@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from pathlib import Path
@@ -63,7 +64,7 @@ def agent_config_dict(tmp_path: Path, broker_url: str, sims: SimulatorSet, *, ke
              "counter": {"source": "plc-m", "address": 100, "type": kei_type},
              "state": {"source": "plc-m", "address": 110, "type": "uint16"},
              "tags": {"buffer": {"source": "plc-m", "address": 112, "type": "uint16"}}},
-            {"id": "rogue", "product": "Rogue", "target_per_hour": 3600,
+            {"id": "rogue", "product": "Rogue", "target_per_hour": 3600, "max_rate_per_hour": 3_600_000,
              "counter": {"source": "plc-u", "node": "ns=2;s=Rogue.GoodCount", "rollover": 2**31},
              "state": {"source": "plc-u", "node": "ns=2;s=Rogue.State"}},
         ],
@@ -77,33 +78,51 @@ def write_yaml(path: Path, data: dict[str, Any]) -> Path:
 
 
 class Windows:
-    """Deduplicated window outputs per line from a subscriber's messages."""
+    """Deduplicated window outputs per line (by epoch and seq) from a subscriber's messages."""
 
     def __init__(self, messages: list[Any]) -> None:
-        self.by_line: dict[str, dict[int, dict[str, Any]]] = {}
-        self.conflicts: list[tuple[str, int]] = []
-        self.plant: dict[int, dict[str, Any]] = {}
+        self.by_line: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+        self.conflicts: list[tuple[str, int, int]] = []
+        self.plant: dict[tuple[int, int], dict[str, Any]] = {}
         for m in messages:
             if m.topic.endswith("/output") and "/lines/" in m.topic:
                 p = m.json()
                 seen = self.by_line.setdefault(p["line"], {})
-                old = seen.get(p["seq"])
+                key = (p["epoch"], p["seq"])
+                old = seen.get(key)
                 if old is not None and _strip(old) != _strip(p):
-                    self.conflicts.append((p["line"], p["seq"]))
-                seen.setdefault(p["seq"], p)
+                    self.conflicts.append((p["line"], *key))
+                seen.setdefault(key, p)
             elif m.topic.endswith("/plant/output"):
                 p = m.json()
-                self.plant.setdefault(p["seq"], p)
+                self.plant.setdefault((p["epoch"], p["seq"]), p)
 
     def units(self, line: str) -> int:
         return sum(p["units"] for p in self.by_line.get(line, {}).values())
 
+    def windows(self, line: str) -> list[dict[str, Any]]:
+        """The line's distinct windows in time order."""
+        return sorted(self.by_line.get(line, {}).values(), key=lambda p: p["window_start"])
+
     def seqs(self, line: str) -> list[int]:
-        return sorted(self.by_line.get(line, {}))
+        return [seq for _, seq in sorted(self.by_line.get(line, {}))]
+
+    def epochs(self, line: str) -> list[int]:
+        return sorted({epoch for epoch, _ in self.by_line.get(line, {})})
 
     def contiguous(self, line: str) -> bool:
-        s = self.seqs(line)
-        return s == list(range(1, len(s) + 1))
+        """Within every epoch, seq runs 1, 2, 3, ... without a hole."""
+        keys = self.by_line.get(line, {})
+        for epoch in self.epochs(line):
+            s = sorted(seq for e, seq in keys if e == epoch)
+            if s != list(range(1, len(s) + 1)):
+                return False
+        return True
+
+    def tiles(self, line: str) -> bool:
+        """Each window starts where the previous one ended: no overlap, no hole."""
+        w = self.windows(line)
+        return all(a["window_end"] == b["window_start"] for a, b in itertools.pairwise(w))
 
     def events(self, line: str) -> set[str]:
         return {e for p in self.by_line.get(line, {}).values() for e in p["events"]}

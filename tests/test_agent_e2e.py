@@ -132,7 +132,7 @@ async def test_units_equal_the_ledger_through_plc_faults(
     assert statuses[0]["state"] == "online"
     assert statuses[-1]["state"] == "offline"
     plant = w.plant
-    assert sorted(plant) == list(range(1, len(plant) + 1))
+    assert sorted(seq for _, seq in plant) == list(range(1, len(plant) + 1))
     assert sum(p["units"] for p in plant.values()) == sum(w.units(line) for line in ("kei", "rogue"))
 
 

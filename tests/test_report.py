@@ -77,13 +77,20 @@ def test_window_in_planned_time() -> None:
     rep = reporter(cfg)
     totals = LineTotals()
     out, new = rep.line_output(cfg.lines[0], result(1, events=("rollover",)),
-                               tokyo(2025, 6, 9, 7, 0), tokyo(2025, 6, 9, 7, 1), totals)
-    assert (out.site, out.line, out.product, out.seq) == ("kyushu", "kei-ev", "Sakura", 1)
+                               tokyo(2025, 6, 9, 7, 0), tokyo(2025, 6, 9, 7, 1), totals,
+                               epoch=1_234_567)
+    assert (out.site, out.line, out.product, out.epoch, out.seq) == (
+        "kyushu", "kei-ev", "Sakura", 1_234_567, 1)
     assert out.units == 1
     assert out.rate_per_hour == 60.0
     assert out.target_per_hour == 30.0
     assert out.attainment == 2.0
-    assert out.events == ["rollover"]
+    # the first window of an epoch says so, and cannot vouch for what came before it
+    assert out.events == ["rollover", "new_epoch"]
+    assert out.quality == "uncertain"
+    second, _ = rep.line_output(cfg.lines[0], result(1, events=("rollover",)),
+                                tokyo(2025, 6, 9, 7, 1), tokyo(2025, 6, 9, 7, 2), new, epoch=1_234_567)
+    assert (second.seq, second.events, second.quality) == (2, ["rollover"], "good")
     assert out.counter == 1234
     assert out.historical is False
     assert out.shift.name == "day"
@@ -313,7 +320,7 @@ def test_plant_quality_is_the_worst_line_quality() -> None:
     rep = reporter(cfg)
     start, end = tokyo(2025, 6, 9, 7, 0), tokyo(2025, 6, 9, 7, 1)
     outs = [rep.line_output(cfg.lines[i], result(1, line=ln.id, quality=q), start, end,
-                            LineTotals())[0]
+                            LineTotals(seq=5))[0]
             for i, (ln, q) in enumerate(zip(cfg.lines, ("good", "bad"), strict=True))]
     assert rep.plant_output(outs, start, end, PlantTotals())[0].quality == "bad"
     assert rep.plant_output(outs[:1], start, end, PlantTotals())[0].quality == "good"
@@ -342,3 +349,19 @@ def test_plant_rates_count_only_the_planned_time_since_counting_began() -> None:
     assert out.utilization == pytest.approx(60 / (500_000 * counted / year_s), abs=1e-4)
     assert out.projected_year == pytest.approx(
         60 + 60 / counted * (year_s - cal.year_planned_elapsed(end)), rel=1e-6)
+
+
+def test_totals_never_go_back_with_the_date() -> None:
+    """A window dated before the last one (a clock behind) keeps adding to the later day."""
+    cfg = config()
+    rep = reporter(cfg)
+    line = cfg.lines[0]
+    start = tokyo(2025, 6, 10, 7, 0)
+    out, totals = rep.line_output(line, result(3), start, start + timedelta(minutes=1), LineTotals(seq=1))
+    _, ptotals = rep.plant_output([out], start, start + timedelta(minutes=1), PlantTotals(seq=1))
+    early = tokyo(2025, 6, 9, 7, 0)
+    out2, totals2 = rep.line_output(line, result(2), early, early + timedelta(minutes=1), totals)
+    plant2, _ = rep.plant_output([out2], early, early + timedelta(minutes=1), ptotals)
+    assert (out2.day.date, out2.day.units) == (date(2025, 6, 10), 5)
+    assert (plant2.units_today, plant2.units_year_to_date) == (5, 5)
+    assert totals2.day == date(2025, 6, 10)

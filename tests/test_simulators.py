@@ -249,7 +249,7 @@ async def test_ledger_matches_counters(modbus_plc, tmp_path):
     entry = json.loads((tmp_path / "ledger.json").read_text())["lines"]["line-a"]
     assert entry["counter"] == _decode(rr.registers, "big") == 11
     assert entry | {"plc": entry["plc"]} == {
-        "plc": "plc-test", "produced": 7, "expected_units": 3, "counter": 11, "modulus": 2**32,
+        "plc": "plc-test", "produced": 7, "expected_units": 3, "counter": 11, "served_counter": 11, "modulus": 2**32,
         "state": "running", "resets": 0, "frozen_units": 4, "jumped": 10,
     }
 
@@ -564,3 +564,294 @@ async def test_simulator_set_manual_production(simulator_set, tmp_path):
     assert sims.ledger.snapshot()["lines"]["m"]["plc"] == "plc-m"
     assert sims.lines["u"].produced == 0
     assert isinstance(cfg, SimConfig)
+
+
+# --- a PLC that refreshes its served counter only every counter_update_s ------------------------
+
+def _lagging(line, seconds: float):
+    """The line config with ``counter_update_s`` set (validated again)."""
+    return type(line).model_validate(line.model_dump() | {"counter_update_s": seconds})
+
+
+def _fake_clock(t: float = 100.0):
+    now = [t]
+    return now, (lambda: now[0])
+
+
+def test_served_counter_shows_the_counter_of_each_refresh_instant():
+    now, clock_s = _fake_clock()
+    line = SimLine("x", modulus=2**16, start=10, counter_update_s=2.0, clock_s=clock_s)
+    line.produce(1)  # before the clock starts nothing is served: it follows the counter
+    assert (line.served_counter, line.refreshes, line.refreshed_at, line.next_refresh_at) == (11, 0, None, None)
+    line.start_clock()
+    assert (line.served_counter, line.refreshed_at, line.next_refresh_at) == (11, 100.0, 102.0)
+    now[0] = 101.0
+    line.produce(3)
+    assert (line.counter, line.served_counter, line.produced, line.refreshes) == (14, 11, 4, 0)
+    now[0] = 101.999
+    assert line.served_counter == 11
+    now[0] = 102.0  # a unit built at the refresh instant shows at the next one
+    line.produce(1)
+    assert (line.served_counter, line.refreshes, line.refreshed_at, line.next_refresh_at) == (14, 1, 102.0, 104.0)
+    now[0] = 105.0  # refresh 2 at 104 showed 15 ...
+    line.produce(2)
+    assert (line.served_counter, line.refreshes) == (15, 2)
+    now[0] = 111.5  # ... and refreshes 3 to 5 all show 17
+    assert (line.served_counter, line.refreshes, line.refreshed_at) == (17, 5, 110.0)
+    line.start_clock(200.0)  # the schedule is kept (a PLC restart calls it again)
+    assert line.refreshed_at == 110.0
+    assert (line.produced, line.expected_units) == (7, 7)
+    assert "served_counter=17" in repr(line)
+
+
+def test_counter_faults_show_at_the_next_refresh():
+    now, clock_s = _fake_clock()
+    line = SimLine("x", modulus=100, start=95, counter_update_s=1.0, clock_s=clock_s)
+    line.start_clock()
+    line.produce(3)                        # 98, never shown: the reset comes before the refresh
+    line.reset_counter(0)
+    line.produce(2)
+    assert (line.counter, line.served_counter) == (2, 95)
+    now[0] = 101.0
+    assert (line.served_counter, line.resets) == (2, 1)
+    line.produce(1)
+    line.freeze()
+    line.produce(4)                        # built while frozen: never counted, never shown
+    now[0] = 102.0
+    assert line.served_counter == 3        # the unit before the freeze shows; the frozen ones never
+    line.freeze(False)
+    line.jump(98)                          # wraps: (3 + 98) % 100
+    line.produce(1)
+    assert line.served_counter == 3
+    now[0] = 103.0
+    assert (line.served_counter, line.counter, line.jumped) == (2, 2, 98)
+    assert (line.produced, line.frozen_units, line.expected_units) == (11, 4, 7)
+
+
+def test_advance_builds_at_the_clock_and_refreshes_follow():
+    now, clock_s = _fake_clock(0.0)
+    line = SimLine("x", modulus=2**32, takt_s=1.0, counter_update_s=5.0, clock_s=clock_s,
+                   production=ProductionConfig(takt_jitter=0, micro_stop_rate_per_hour=0, breakdown_rate_per_hour=0))
+    line.start_clock()
+    shown = []
+    for step in range(1, 121):             # 12 s in 0.1 s steps; a unit built at a refresh shows at the next
+        now[0] = step / 10
+        line.advance(0.1)
+        shown.append(line.served_counter)
+    assert line.produced == line.counter == 12
+    # constant between refreshes (at 5 s and 10 s), the true count at each
+    assert sorted(set(shown)) == [0, 4, 9]
+    assert shown.index(4) == 49
+    assert shown.index(9) == 99
+
+
+def test_without_counter_update_s_the_counter_is_served_as_built():
+    line = SimLine("x", modulus=2**16)
+    line.start_clock()
+    line.produce(3)
+    assert (line.served_counter, line.refreshes, line.refreshed_at, line.next_refresh_at) == (3, 0, None, None)
+    with pytest.raises(ValueError, match="counter_update_s"):
+        SimLine("x", modulus=2**16, counter_update_s=0)
+
+
+async def test_wait_refresh_needs_counter_update_s_and_a_started_clock():
+    with pytest.raises(RuntimeError, match="no counter_update_s"):
+        await SimLine("x", modulus=2**16).wait_refresh()
+    with pytest.raises(RuntimeError, match="not started"):
+        await SimLine("x", modulus=2**16, counter_update_s=1.0).wait_refresh()
+
+
+def test_counter_update_s_config():
+    sim = SimConfig.model_validate({"plcs": [
+        {"id": "m", "kind": "modbus", "lines": [{"id": "a", "counter_update_s": 2.5, "counter": {"address": 0}}]},
+        {"id": "u", "kind": "opcua", "lines": [{"id": "b", "counter": {"node": "B.Count"}}]},
+    ]})
+    assert [ln.counter_update_s for p in sim.plcs for ln in p.lines] == [2.5, None]
+    sims = SimulatorSet(sim, auto=False)
+    assert (sims.lines["a"].counter_update_s, sims.lines["b"].counter_update_s) == (2.5, None)
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="counter_update_s"):
+            _lagging(modbus_line(), bad)
+    field = SimConfig.model_json_schema()["$defs"]["SimLineConfig"]["properties"]["counter_update_s"]
+    assert "refresh the served counter" in field["description"]
+    ledger = Ledger(sims.lines).snapshot()["lines"]
+    assert ledger["a"]["served_counter"] == ledger["a"]["counter"] == 0
+
+
+async def _read_until(read, ok, what: str, within: float = 5.0) -> int:
+    """Poll ``read()`` until ``ok(value)``; AssertionError after ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await read()
+        if ok(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within} s: {what} (last read {value})")
+        await asyncio.sleep(0.02)
+
+
+async def _steady_between_refreshes(line: SimLine, read, build, reads: int = 3) -> tuple[int, list[int]]:
+    """Within one refresh period: see the served value on the wire, then ``build()`` and read
+    after each; retried when a refresh falls inside. Returns (served value, values read)."""
+    deadline = time.monotonic() + 20
+    while True:
+        gen = line.refreshes
+        await _read_until(read, lambda v: v == line.served_counter, "the served value on the wire")
+        shown = line.served_counter
+        values = []
+        for _ in range(reads):
+            await build()
+            values.append(await read())
+        if line.refreshes == gen:
+            return shown, values
+        assert time.monotonic() < deadline, "no refresh period long enough to watch"
+
+
+async def _manual_lag_scenario(line: SimLine, read) -> list[int]:
+    """Build 2 units three times between two refreshes, then wait for one; return the counts
+    the PLC's counter passed through that were never served."""
+    start = line.counter
+
+    async def build() -> None:
+        line.produce(2)
+
+    shown, values = await _steady_between_refreshes(line, read, build)
+    assert values == [shown] * 3, "the served value moved between refreshes"
+    assert line.counter == (shown + 6) % line.modulus  # the PLC's counter and the ledger moved on
+    assert line.served_counter == shown
+    assert Ledger({"x": line}).snapshot()["lines"]["x"]["served_counter"] == shown
+    before = line.refreshes
+    value = await line.wait_refresh()
+    assert line.refreshes > before
+    assert value == line.counter == (start + line.produced) % line.modulus  # the true count at the refresh
+    assert await _read_until(read, lambda v: v == value, "the refreshed value on the wire") == value
+    assert line.expected_units == line.produced
+    return [(shown + 2) % line.modulus, (shown + 4) % line.modulus]
+
+
+async def test_modbus_lagging_counter_manual(modbus_plc):
+    plc = await modbus_plc(make_modbus_cfg([_lagging(modbus_line(start=2**32 - 4), 0.5)]))
+    line = plc.lines["line-a"]
+    client = await _connected(plc.port)
+
+    async def read() -> int:
+        rr = await client.read_holding_registers(100, count=2, device_id=1)
+        return _decode(rr.registers, "big")
+
+    try:
+        await _manual_lag_scenario(line, read)
+        # a power cycle resets the counter; the served counter shows it at the next refresh
+        line.produce(3)
+        gen = line.refreshes
+        await plc.restart(reset_counters=True)
+        client.close()
+        client = await _connected(plc.port)
+        served = await read()
+        if line.refreshes == gen:
+            assert served != 0
+            assert served == line.served_counter
+        assert await line.wait_refresh() == 0
+        assert await read() == 0
+        assert (line.resets, line.expected_units) == (1, line.produced)
+    finally:
+        client.close()
+
+
+async def test_opcua_lagging_counter_manual(opcua_plc):
+    plc = await opcua_plc(make_opcua_cfg([_lagging(opcua_line(type="Int32", modulus=2**31, start=2**31 - 3), 0.5)]))
+    line = plc.lines["line-a"]
+    seen: list[int] = []
+
+    class Handler:
+        def datachange_notification(self, node: object, val: int, data: object) -> None:
+            seen.append(val)
+
+    async with Client(plc.endpoint, timeout=5) as client:
+        node = client.get_node(plc.node_id("line-a", "counter"))
+        sub = await client.create_subscription(20, Handler())
+        await sub.subscribe_data_change(node)
+
+        async def read() -> int:
+            return int(await node.read_value())
+
+        hidden = await _manual_lag_scenario(line, read)
+        await wait_until(lambda: seen[-1:] == [line.counter], what="the subscription sees the refreshed value")
+        # only refreshed values are ever served, not the counts between two refreshes
+        assert not set(hidden) & set(seen), (hidden, seen)
+        await sub.delete()
+
+
+@pytest.mark.parametrize("kind", ["modbus", "opcua"])
+async def test_unlagged_counter_shows_every_unit(modbus_plc, opcua_plc, kind):
+    if kind == "modbus":
+        plc = await modbus_plc()
+        client = await _connected(plc.port)
+
+        async def read() -> int:
+            return _decode((await client.read_holding_registers(100, count=2, device_id=1)).registers, "big")
+    else:
+        plc = await opcua_plc()
+        client = Client(plc.endpoint, timeout=5)
+        await client.connect()
+        node = client.get_node(plc.node_id("line-a", "counter"))
+
+        async def read() -> int:
+            return int(await node.read_value())
+    line = plc.lines["line-a"]
+    try:
+        for n in range(1, 4):
+            line.produce(1)
+            assert line.served_counter == line.counter == n
+            await _read_until(read, lambda v, n=n: v == n, f"unit {n} on the wire")
+        assert (line.refreshes, line.refreshed_at) == (0, None)
+    finally:
+        if kind == "modbus":
+            client.close()
+        else:
+            await client.disconnect()
+
+
+async def test_lagging_counters_with_automatic_production(simulator_set, tmp_path):
+    steady = {"takt_jitter": 0, "micro_stop_rate_per_hour": 0, "breakdown_rate_per_hour": 0}
+    cfg = SimConfig.model_validate({"plcs": [
+        {"id": "plc-m", "kind": "modbus", "port": 0, "lines": [
+            {"id": "m", "takt_s": 0.05, "counter_update_s": 0.6, "production": steady, "counter": {"address": 0}}]},
+        {"id": "plc-u", "kind": "opcua", "port": 0, "lines": [
+            {"id": "u", "takt_s": 0.05, "counter_update_s": 0.6, "production": steady,
+             "counter": {"node": "U.Count"}}]},
+    ]})
+    ledger_path = tmp_path / "ledger.json"
+    sims = await simulator_set(cfg, auto=True, ledger_path=ledger_path)
+    m, u = sims.lines["m"], sims.lines["u"]
+    assert m.refreshed_at == u.refreshed_at  # one schedule for the whole set
+    client = await _connected(sims.plcs["plc-m"].port)
+    ua_client = Client(sims.plcs["plc-u"].endpoint, timeout=5)
+    await ua_client.connect()
+    try:
+        node = ua_client.get_node(sims.plcs["plc-u"].node_id("u", "counter"))
+
+        async def read_m() -> int:
+            return _decode((await client.read_holding_registers(0, count=2, device_id=1)).registers, "big")
+
+        async def read_u() -> int:
+            return int(await node.read_value())
+
+        for line, read in ((m, read_m), (u, read_u)):
+            async def build(line: SimLine = line) -> None:
+                produced = line.produced
+                await wait_until(lambda: line.produced > produced, within=5, what="production")
+
+            shown, values = await _steady_between_refreshes(line, read, build, reads=2)
+            assert values == [shown, shown]
+            assert line.counter >= shown + 2
+            counter_before = line.counter
+            value = await line.wait_refresh()
+            assert counter_before <= value <= line.counter  # the count at the refresh instant
+            await _read_until(read, lambda v, line=line: v == line.served_counter, "the refreshed value")
+        await sims.write_ledger()
+        entry = json.loads(ledger_path.read_text())["lines"]["m"]
+        assert entry["expected_units"] == entry["produced"] > 0
+        assert "served_counter" in entry
+    finally:
+        client.close()
+        await ua_client.disconnect()

@@ -23,7 +23,13 @@ def rec(seq: int, *, line: str = "kei-ev", size: int = 100) -> NewRecord:
 
 
 def state(line: str, seq: int) -> LineState:
-    return LineState(line=line, counter=1000 + seq, totals_json=f'{{"seq":{seq}}}')
+    # a uint64 counter near its top: beyond SQLite's signed 64-bit integers
+    return LineState(line=line, totals_json=f'{{"seq":{seq}}}',
+                     identity=f"modbus://10.0.0.1:502 unit 1 holding 100 uint64 big modulus {2**64}",
+                     state_identity="modbus://10.0.0.1:502 unit 1 holding 110 uint16 big",
+                     baseline=2**64 - 1000 + seq, modulus=2**64, anchor_wall=T0,
+                     anchor_mono=12.5, last_wall=T0 + timedelta(seconds=1), last_mono=13.5,
+                     boot_id="b00t", rebaseline=None)
 
 
 @pytest.fixture
@@ -76,7 +82,7 @@ async def test_pending_paging_and_mark_sent(store: Store) -> None:
 
 async def test_failing_commit_changes_nothing(store: Store) -> None:
     await store.commit_window([rec(1)], [state("kei-ev", 1)], '{"p":1}')
-    bad = LineState(line="kei-ev", counter=5, totals_json=None)  # type: ignore[arg-type]
+    bad = LineState(line="kei-ev", totals_json=None)  # type: ignore[arg-type]
     with pytest.raises(StoreError):
         await store.commit_window([rec(2), rec(3)], [state("rogue", 1), bad], '{"p":2}')
     assert store.backlog == 1
@@ -233,3 +239,93 @@ async def test_a_locked_database_is_an_error_not_a_corruption(tmp_path: Path) ->
         holder.close()
     assert path.exists()
     assert not list(tmp_path.glob("state.db.corrupt-*"))  # noqa: ASYNC240 - the test's own check
+
+
+async def test_epoch_is_drawn_once_per_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    s = await Store.open(path, max_bytes=1_000_000)
+    first = await s.load()
+    await s.commit_window([rec(1)], [state("kei-ev", 1)], None)
+    await s.close()
+    assert first.created
+    assert first.epoch > 0
+    s = await Store.open(path, max_bytes=1_000_000)
+    again = await s.load()
+    await s.close()
+    assert (again.epoch, again.created) == (first.epoch, False)
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    s = await Store.open(path, max_bytes=1_000_000)
+    lost = await s.load()
+    await s.close()
+    assert lost.created
+    assert lost.epoch != first.epoch
+    assert lost.lines == {}
+
+
+async def test_a_second_agent_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    s = await Store.open(path, max_bytes=1_000_000)
+    try:
+        with pytest.raises(StoreError, match=r"agent is running on .*state\.db \(pid \d+\)"):
+            await Store.open(path, max_bytes=1_000_000)
+        reader = await Store.open(path, max_bytes=1_000_000, lock=False)
+        await reader.close()
+    finally:
+        await s.close()
+    s = await Store.open(path, max_bytes=1_000_000)   # released on close
+    await s.close()
+
+
+async def test_a_version_1_file_is_migrated_keeping_outbox_and_totals(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,
+            payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, line TEXT,
+            seq INTEGER, window_end TEXT NOT NULL, cost INTEGER NOT NULL);
+        CREATE TABLE line_state (line TEXT PRIMARY KEY, counter INTEGER, totals_json TEXT NOT NULL);
+        CREATE TABLE plant_state (id INTEGER PRIMARY KEY CHECK (id = 1), plant_json TEXT NOT NULL);
+        INSERT INTO outbox VALUES (1, 'p/lines/kei-ev/output', x'7b7d', 1, 0, 'kei-ev', 7,
+                                   '2028-04-03T06:31:00+00:00', 100);
+        INSERT INTO line_state VALUES ('kei-ev', 4294967000, '{"seq":7}');
+        INSERT INTO plant_state VALUES (1, '{"seq":7}');
+        PRAGMA user_version = 1;
+    """)
+    conn.close()
+    s = await Store.open(path, max_bytes=1_000_000)
+    try:
+        loaded = await s.load()
+        assert s.backlog == 1
+        assert loaded.epoch > 0
+        assert not loaded.created
+        row = loaded.lines["kei-ev"]
+        assert (row.totals_json, row.baseline, row.identity) == ('{"seq":7}', None, None)
+        assert row.rebaseline is not None
+        assert "0.1" in row.rebaseline
+        assert loaded.plant_json == '{"seq":7}'
+    finally:
+        await s.close()
+
+
+async def test_a_foreign_database_is_not_taken_over(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.close()
+    with pytest.raises(StoreError, match="not a plantfloor state database"):
+        await Store.open(path, max_bytes=1_000_000)
+    assert path.exists()
+
+
+def test_sqlite_older_than_the_floor_is_refused_in_one_sentence() -> None:
+    from agent.statefile import check_sqlite_version
+
+    check_sqlite_version("3.24.0")
+    check_sqlite_version("3.46.1")
+    with pytest.raises(StoreError, match=r"SQLite library is 3\.22\.0; .* needs SQLite 3\.24\.0"):
+        check_sqlite_version("3.22.0")

@@ -6,17 +6,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.core.counter import CounterMemory
 from agent.core.tracker import LineTracker
 from agent.readings import Quality, Reading
 
 STATE_MAP = {0: "stopped", 1: "running", 2: "faulted"}
 
 
-def tracker(*, modulus: int | None = None, rate: float | None = None, state_tag: bool = True,
-            baseline: int | None = None, start: float = 0.0) -> LineTracker:
+def tracker(*, modulus: int | None = None, rate: float = 3.6e9, state_tag: bool = True,
+            baseline: int | None = None, start: float = 0.0,
+            stored_modulus: int | None = None, rebaseline: str | None = None) -> LineTracker:
+    memory = None
+    if baseline is not None or rebaseline is not None:
+        memory = CounterMemory(baseline, stored_modulus or modulus or 2**32,
+                               None if baseline is None else start, None, rebaseline)
     return LineTracker(line_id="kei-ev", configured_modulus=modulus, max_rate_per_hour=rate,
-                       state_map=STATE_MAP, has_state_tag=state_tag, baseline=baseline,
-                       baseline_mono=None, start_mono=start)
+                       state_map=STATE_MAP, has_state_tag=state_tag, start_mono=start,
+                       memory=memory)
 
 
 def count(value: int | None, mono: float, quality: Quality = Quality.GOOD,
@@ -89,10 +95,58 @@ def test_events_are_unique_in_first_seen_order() -> None:
 
 
 def test_modulus_from_the_first_counter_reading() -> None:
-    t = tracker(baseline=2**31 - 1)
+    t = tracker(baseline=2**31 - 1, stored_modulus=2**31)
     t.on_reading(count(1, 1.0, modulus=2**31))
     assert t.engine.modulus == 2**31
     assert t.close_window(2.0).units == 2
+
+
+def test_a_counter_whose_type_changed_is_rebaselined() -> None:
+    # an OPC UA node re-downloaded as UInt16 where it was UInt32
+    t = tracker(baseline=70_000, stored_modulus=2**32)
+    t.on_reading(count(70_005, 1.0, modulus=2**32))
+    t.on_reading(count(12, 2.0, modulus=2**16))
+    t.on_reading(count(15, 3.0, modulus=2**16))
+    r = t.close_window(4.0)
+    assert r.units == 5 + 3
+    assert "rebaselined" in r.events
+    assert r.quality == "uncertain"
+
+
+def test_a_signed_counter_counts_through_its_negative_half() -> None:
+    # int16 (two's complement): 32766, 32767, -32768, -32767 are four consecutive counts
+    t = tracker()
+    for i, v in enumerate([32_766, 32_767, -32_768, -32_767]):
+        t.on_reading(count(v, float(i), modulus=2**16))
+    r = t.close_window(5.0)
+    assert (r.units, r.quality, r.counter) == (3, "good", 32_769)
+    t.on_reading(count(-1, 6.0, modulus=2**16))
+    t.on_reading(count(1, 7.0, modulus=2**16))
+    r = t.close_window(8.0)
+    assert (r.units, r.events) == (65_535 - 32_769 + 2, ("rollover",))
+
+
+def test_a_value_outside_the_counter_is_flagged_bad_never_counted() -> None:
+    t = tracker(modulus=2**31, baseline=100)
+    t.on_reading(count(-5, 1.0, modulus=2**32))   # 2**32 - 5: outside a DINT counter
+    r = t.close_window(2.0)
+    assert (r.units, r.quality, r.events) == (0, "bad", ("invalid_value",))
+    assert t.value_error is not None
+    assert "outside" in t.value_error
+    t.on_reading(count(104, 3.0, modulus=2**32))
+    r = t.close_window(4.0)
+    assert (r.units, r.events) == (4, ("gap_recovered",))
+    assert t.value_error is None
+
+
+def test_a_pending_rebaseline_applies_to_the_first_reading() -> None:
+    t = tracker(rebaseline="a line moved to another PLC")
+    t.on_reading(count(5_000_000, 1.0))
+    t.on_reading(count(5_000_002, 2.0))
+    r = t.close_window(3.0)
+    assert (r.units, r.events) == (2, ("rebaselined",))
+    assert r.memory is not None
+    assert r.memory.rebaseline is None
 
 
 def test_configured_modulus_wins_over_the_reading() -> None:
@@ -188,7 +242,7 @@ def test_discard_window_drops_the_accumulation() -> None:
 
 _ACTIONS = st.lists(st.tuples(
     st.sampled_from(["count", "state", "bad", "down", "close"]),
-    st.floats(0.0, 30.0), st.integers(0, 3)), max_size=80)
+    st.floats(0.01, 30.0), st.integers(0, 3)), max_size=80)
 
 
 @settings(max_examples=200, deadline=None)
@@ -251,9 +305,9 @@ def test_every_window_of_an_outage_says_source_unreachable() -> None:
 
 
 def test_tags_report_the_last_good_value_of_the_window() -> None:
-    t = LineTracker(line_id="kei-ev", configured_modulus=None, max_rate_per_hour=None,
-                    state_map=STATE_MAP, has_state_tag=True, baseline=None, baseline_mono=None,
-                    start_mono=0.0, tag_names=["buffer", "temp"])
+    t = LineTracker(line_id="kei-ev", configured_modulus=None, max_rate_per_hour=3600,
+                    state_map=STATE_MAP, has_state_tag=True, start_mono=0.0,
+                    tag_names=["buffer", "temp"])
     t.on_reading(Reading("kei-ev", "tag", 7, Quality.GOOD, 0.5, name="buffer"))
     t.on_reading(Reading("kei-ev", "tag", 9, Quality.GOOD, 0.7, name="buffer"))
     t.on_reading(Reading("kei-ev", "tag", 21.5, Quality.GOOD, 0.7, name="temp"))

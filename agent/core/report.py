@@ -146,9 +146,13 @@ class Reporter:
         return figures
 
     def line_output(self, line: LineConfig, result: WindowResult, start: datetime,
-                    end: datetime, totals: LineTotals, *,
+                    end: datetime, totals: LineTotals, *, epoch: int = 0,
                     historical: bool = False) -> tuple[LineOutput, LineTotals]:
-        """The ``R/lines/<line>/output`` payload and the line's new totals."""
+        """The ``R/lines/<line>/output`` payload and the line's new totals.
+
+        The first window of a line in an epoch carries ``new_epoch`` (and is at best
+        ``uncertain``: what was built before its first reading is not known).
+        """
         figures = self._calendar_of(start, end)
         rate = line.rate_target
         window_s = _seconds(start, end)
@@ -165,11 +169,17 @@ class Reporter:
         pace = shift_units / elapsed if elapsed > 0 else result.units / window_s
         projected = shift_units + pace * max(period_planned - elapsed, 0.0)
 
-        day = figures.day
+        # a production day never goes back (windows tile time; this guards the totals too)
+        day = figures.day if totals.day is None or figures.day >= totals.day else totals.day
         day_units = (0 if totals.day != day else totals.day_units) + result.units
+        events = list(result.events)
+        quality = result.quality
+        if totals.seq == 0:
+            events.append("new_epoch")
+            quality = "uncertain" if quality == "good" else quality
 
         out = LineOutput(
-            site=self.cfg.site, line=line.id, product=line.product, seq=totals.seq + 1,
+            site=self.cfg.site, line=line.id, product=line.product, epoch=epoch, seq=totals.seq + 1,
             window_start=start, window_end=end, units=result.units,
             rate_per_hour=_r(result.units * 3600.0 / window_s),
             target_per_hour=_r(target_units * 3600.0 / window_s),
@@ -180,8 +190,8 @@ class Reporter:
             day=DayTotals(date=day, units=day_units,
                           target=_r(rate * figures.day_planned / 3600.0)),
             state_seconds=StateSeconds(**{k: _r(v) for k, v in result.state_seconds.items()}),
-            quality=cast(QualityName, result.quality),
-            events=cast(Any, list(result.events)),
+            quality=cast(QualityName, quality),
+            events=cast(Any, events),
             counter=result.counter, tags=dict(result.tags), historical=historical,
         )
         new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
@@ -190,13 +200,15 @@ class Reporter:
         return out, new
 
     def plant_output(self, outputs: Sequence[LineOutput], start: datetime, end: datetime,
-                     totals: PlantTotals, *,
+                     totals: PlantTotals, *, epoch: int = 0,
                      historical: bool = False) -> tuple[PlantOutput, PlantTotals]:
         """The ``R/plant/output`` payload and the plant's new totals."""
         cal = self.calendar
         plant = self.cfg.plant
         units = sum(o.units for o in outputs)
         day = cal.production_date(start)
+        if totals.day is not None and day < totals.day:
+            day = totals.day  # the day and the year never go back
         today = (0 if totals.day != day else totals.day_units) + units
         new_year = totals.year != day.year
         ytd = (0 if new_year else totals.year_units) + units
@@ -214,7 +226,7 @@ class Reporter:
         quality = min((o.quality for o in outputs), key=_QUALITY_RANK.__getitem__, default="bad")
 
         out = PlantOutput(
-            site=self.cfg.site, seq=totals.seq + 1, window_start=start, window_end=end,
+            site=self.cfg.site, epoch=epoch, seq=totals.seq + 1, window_start=start, window_end=end,
             units=units, units_today=today, units_year_to_date=ytd,
             target_today=_r(sum(o.day.target for o in outputs)),
             capacity_per_year=plant.capacity_per_year,

@@ -14,13 +14,16 @@ invalid value, an implausible jump, a counter reset, units recovered after a gap
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agent.core.counter import CounterEngine
+from agent.core.counter import CounterEngine, CounterMemory
 from agent.readings import Quality, Reading
 
 __all__ = ["DEFAULT_MODULUS", "STATES", "LineTracker", "WindowResult"]
+
+log = logging.getLogger("plantfloor.counter")
 
 STATES = ("running", "stopped", "faulted", "unknown")
 #: counter modulus when neither the configuration nor the source says otherwise
@@ -28,7 +31,7 @@ DEFAULT_MODULUS = 2**32
 #: events that make a window with good counter readings "uncertain"
 _PROBLEMS = frozenset({
     "source_unreachable", "bad_quality", "uncertain_quality", "invalid_value",
-    "implausible_jump", "counter_reset", "gap_recovered", "rebaselined",
+    "implausible_jump", "counter_reset", "gap_recovered", "rebaselined", "new_epoch",
 })
 
 
@@ -44,27 +47,38 @@ class WindowResult:
     counter: int | None
     state: str
     tags: dict[str, int | float | None] = field(default_factory=dict)
+    #: the counter engine's state at the window's end (persisted with the window)
+    memory: CounterMemory | None = None
 
 
 class LineTracker:
     """Accumulates one line's current window; pure, driven by monotonic times."""
 
     def __init__(self, *, line_id: str, configured_modulus: int | None,
-                 max_rate_per_hour: float | None, state_map: Mapping[int, str],
-                 has_state_tag: bool, baseline: int | None, baseline_mono: float | None,
-                 start_mono: float, tag_names: Sequence[str] = ()) -> None:
+                 max_rate_per_hour: float, state_map: Mapping[int, str],
+                 has_state_tag: bool, start_mono: float, tag_names: Sequence[str] = (),
+                 memory: CounterMemory | None = None) -> None:
         self.line_id = line_id
         self.tag_names = tuple(tag_names)
         self.state_map = dict(state_map)
         self.has_state_tag = has_state_tag
-        self.engine = CounterEngine(modulus=configured_modulus or DEFAULT_MODULUS,
-                                    max_rate_per_hour=max_rate_per_hour,
-                                    baseline=baseline, baseline_mono=baseline_mono)
-        self._modulus_known = configured_modulus is not None
+        self.configured_modulus = configured_modulus
+        modulus = configured_modulus or (memory.modulus if memory else DEFAULT_MODULUS)
+        if memory is not None and memory.modulus == modulus:
+            self.engine = CounterEngine(modulus=modulus, max_rate_per_hour=max_rate_per_hour,
+                                        baseline=memory.baseline, anchor=memory.anchor,
+                                        last=memory.last, rebaseline=memory.rebaseline)
+        else:
+            self.engine = CounterEngine(modulus=modulus, max_rate_per_hour=max_rate_per_hour)
+            if memory is not None and (memory.baseline is not None or memory.rebaseline):
+                self.engine.rebaseline(memory.rebaseline or
+                                       f"the counter's range changed to {modulus}")
         #: current line state: running | stopped | faulted | unknown
         self.state = "unknown"
         #: the last reason the source was unreachable (None once it is back)
         self.last_error: str | None = None
+        #: why the last counter value was refused as a reading (None once one is accepted)
+        self.value_error: str | None = None
         self._mark = start_mono
         self._reset()
 
@@ -109,20 +123,33 @@ class LineTracker:
         return self._set_state(self.state_map.get(r.value, "unknown"))
 
     def _on_counter(self, r: Reading) -> None:
-        if r.quality is not Quality.GOOD or not isinstance(r.value, int):
+        value = r.value
+        if r.quality is not Quality.GOOD or not isinstance(value, int):
             self._events[_quality_event(r.quality)] = None
             # whatever is built meanwhile is counted at the next good reading, as a gap
             self.engine.mark_unreachable()
             return
         self.last_error = None
-        if not self._modulus_known:
+        if value < 0 and r.modulus is not None:
+            # a signed counter (int16, int32, Int64) counts on through its negative half:
+            # two's complement over the type's full width
+            value += r.modulus
+        if self.configured_modulus is None:
             self.engine.set_modulus(r.modulus or DEFAULT_MODULUS)
-            self._modulus_known = True
-        delta = self.engine.observe(r.value, r.mono)
+        delta = self.engine.observe(value, r.mono)
+        if "invalid_value" in delta.events:
+            # not a reading of this counter: flagged like a bad status, never counted
+            self._events["invalid_value"] = None
+            self.engine.mark_unreachable()
+            self.value_error = delta.note
+            return
+        self.value_error = None
         self._good += 1
         self._units += delta.units
         for e in delta.events:
             self._events[e] = None
+        if delta.note is not None:
+            log.warning("line %s: %s", self.line_id, delta.note)
 
     def on_source_down(self, mono: float, error: str) -> bool:
         """The line's source was lost: state unknown, ``source_unreachable``; True on change."""
@@ -144,7 +171,8 @@ class LineTracker:
             quality = "good"
         result = WindowResult(line=self.line_id, units=self._units, events=events,
                               quality=quality, state_seconds=dict(self._seconds),
-                              counter=self.engine.baseline, state=self.state, tags=self._tags)
+                              counter=self.engine.baseline, state=self.state, tags=self._tags,
+                              memory=self.engine.memory())
         self._reset()
         return result
 

@@ -35,12 +35,13 @@ __all__ = ["OpcUaClientSource", "OpcUaPoint", "parse_node_id", "status_name", "t
 
 _log = logging.getLogger(__name__)
 
-#: natural modulus of each integer variant type (signed types wrap at their positive range)
+#: natural modulus of each integer variant type; signed types count on through their
+#: negative half (two's complement), so they wrap at their full width
 _MODULUS: dict[ua.VariantType, int] = {
-    ua.VariantType.Byte: 2**8, ua.VariantType.SByte: 2**7,
-    ua.VariantType.UInt16: 2**16, ua.VariantType.Int16: 2**15,
-    ua.VariantType.UInt32: 2**32, ua.VariantType.Int32: 2**31,
-    ua.VariantType.UInt64: 2**64, ua.VariantType.Int64: 2**63,
+    ua.VariantType.Byte: 2**8, ua.VariantType.SByte: 2**8,
+    ua.VariantType.UInt16: 2**16, ua.VariantType.Int16: 2**16,
+    ua.VariantType.UInt32: 2**32, ua.VariantType.Int32: 2**32,
+    ua.VariantType.UInt64: 2**64, ua.VariantType.Int64: 2**64,
 }
 _SEVERITY = {0: Quality.GOOD, 1: Quality.UNCERTAIN, 2: Quality.BAD, 3: Quality.BAD}
 #: InfoType "DataValue" plus the Overflow bit: the server's item queue discarded values
@@ -91,7 +92,9 @@ def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
 
     Integers keep their sign; a counter carries the natural modulus of its variant type
     (a configured ``rollover`` is applied downstream). A value that is not an integer is
-    bad (BadTypeMismatch).
+    bad (BadTypeMismatch); a counter must be of an integer type: a Double, Boolean or
+    String served for a counter node (a bad download) is bad with the type in the reason,
+    never taken for a count.
     """
     code = int(dv.StatusCode.value) if dv.StatusCode is not None else 0
     quality = _SEVERITY[code >> 30]
@@ -101,6 +104,10 @@ def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
     raw: Any = variant.Value if variant is not None else None
     vtype = variant.VariantType if variant is not None else ua.VariantType.Null
     value: int | float | None = None
+    if point.role == "counter" and (vtype not in _MODULUS or not isinstance(raw, int)
+                                    or isinstance(raw, bool)):
+        return _bad(point, mono, f"the counter node holds {vtype.name} {raw!r}, not an integer count",
+                    StatusCodes.BadTypeMismatch)
     if point.role == "tag" and isinstance(raw, float):
         value = raw
     elif isinstance(raw, bool):

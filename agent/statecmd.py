@@ -1,0 +1,153 @@
+"""``plantfloor state show`` and ``plantfloor state rebaseline``: operators see and mend state.
+
+``show`` reads the state database without writing to it (a running agent is fine).
+``rebaseline`` takes the store's lock, so it is refused while an agent runs on the file;
+the next reading of the line's counter then becomes its baseline without counting, and
+that window carries ``rebaselined``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.core.report import LineTotals, PlantTotals
+from agent.errors import ConfigError, StoreError
+from agent.statefile import StoreLock, connect, transaction
+from agent.store import LineState
+
+__all__ = ["rebaseline", "show"]
+
+_COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
+            " anchor_mono, last_wall, last_mono, boot_id, rebaseline")
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    epoch: int | None
+    lines: dict[str, LineState]
+    plant: PlantTotals | None
+
+
+def _read(path: Path) -> _Snapshot:
+    if not path.exists():
+        raise StoreError(f"there is no state database at {path} (storage.path): the agent has "
+                         "not run with this config yet")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 2:
+            lines = {row[0]: LineState(row[0], row[2]) for row in conn.execute(
+                "SELECT line, counter, totals_json FROM line_state")}
+            epoch = None
+        else:
+            lines = {row[0]: LineState.from_row(row) for row in conn.execute(
+                f"SELECT {_COLUMNS} FROM line_state")}
+            found = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            epoch = int(found[0]) if found else None
+        row = conn.execute("SELECT plant_json FROM plant_state WHERE id = 1").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the state database {path}: {exc}") from exc
+    finally:
+        conn.close()
+    return _Snapshot(epoch, lines, PlantTotals.from_json(row[0]) if row else None)
+
+
+def _time(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat(timespec="seconds")
+
+
+def _line_view(cfg: Config, line_id: str, row: LineState | None) -> dict[str, Any]:
+    line = next((ln for ln in cfg.lines if ln.id == line_id), None)
+    configured = cfg.point_identity(line.counter) if line is not None else None
+    totals = LineTotals.from_json(row.totals_json) if row else LineTotals()
+    view: dict[str, Any] = {
+        "line": line_id,
+        "in_config": line is not None,
+        "seq": totals.seq,
+        "baseline": row.baseline if row else None,
+        "counter_identity": row.identity if row else None,
+        "identity_matches_config": (row.identity == configured) if row and row.identity else None,
+        "configured_identity": configured,
+        "last_reading": _time(row.last_wall) if row else None,
+        "rebaseline_pending": row.rebaseline if row else None,
+        "last_window_end": _time(totals.last_window_end),
+        "shift": {"key": totals.shift_key, "units": totals.shift_units},
+        "day": {"date": totals.day.isoformat() if totals.day else None, "units": totals.day_units},
+    }
+    return view
+
+
+def show(cfg: Config, *, fmt: str = "text") -> str:
+    """What the store holds, per line and for the plant, as text or JSON."""
+    snap = _read(cfg.storage.path)
+    ids = [ln.id for ln in cfg.lines] + sorted(set(snap.lines) - {ln.id for ln in cfg.lines})
+    lines = [_line_view(cfg, line_id, snap.lines.get(line_id)) for line_id in ids]
+    plant = snap.plant or PlantTotals()
+    p: dict[str, Any] = {
+        "seq": plant.seq, "day": plant.day.isoformat() if plant.day else None,
+        "units_today": plant.day_units, "year": plant.year,
+        "units_year_to_date": plant.year_units, "last_window_end": _time(plant.last_window_end)}
+    doc: dict[str, Any] = {"path": str(cfg.storage.path), "epoch": snap.epoch, "lines": lines,
+                           "plant": p}
+    if fmt == "json":
+        return json.dumps(doc, indent=2)
+    out = [f"state database {doc['path']}", f"epoch {snap.epoch}"]
+    for v in lines:
+        match = {True: "matches the config", False: "DIFFERS from the config: the next reading "
+                 "re-baselines", None: "none stored"}[v["identity_matches_config"]]
+        out += [
+            f"line {v['line']}{'' if v['in_config'] else ' (not in the config)'}",
+            f"  seq {v['seq']}, last window ended {v['last_window_end'] or '-'}",
+            f"  counter baseline {v['baseline'] if v['baseline'] is not None else '-'}, "
+            f"last good reading {v['last_reading'] or '-'}",
+            f"  counter identity {v['counter_identity'] or '-'} ({match})",
+            f"  shift {v['shift']['key'] or '-'}: {v['shift']['units']} units; "
+            f"day {v['day']['date'] or '-'}: {v['day']['units']} units",
+        ]
+        if v["rebaseline_pending"]:
+            out.append(f"  re-baseline pending: {v['rebaseline_pending']}")
+    out.append(f"plant seq {p['seq']}: {p['units_today']} units on {p['day'] or '-'}, "
+               f"{p['units_year_to_date']} in {p['year'] or '-'}")
+    return "\n".join(out)
+
+
+def rebaseline(cfg: Config, line_id: str, reason: str | None) -> str:
+    """Make the next reading of ``line_id``'s counter its baseline; refused while an agent runs."""
+    if line_id not in {ln.id for ln in cfg.lines}:
+        raise ConfigError(f"line {line_id!r} is not in the config "
+                          f"({', '.join(ln.id for ln in cfg.lines)})", key="lines")
+    path = cfg.storage.path
+    if not path.exists():
+        raise StoreError(f"there is no state database at {path} (storage.path): nothing to "
+                         "re-baseline; the first reading becomes the baseline anyway")
+    why = reason or "asked for by an operator"
+    lock = StoreLock(path)
+    lock.acquire()
+    try:
+        conn, _ = connect(path)
+        try:
+            with transaction(conn):
+                changed = conn.execute(
+                    "UPDATE line_state SET baseline = NULL, anchor_wall = NULL, anchor_mono = NULL,"
+                    " last_wall = NULL, last_mono = NULL, rebaseline = ? WHERE line = ?",
+                    (f"operator: {why}", line_id)).rowcount
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot write the state database {path}: {exc}") from exc
+    finally:
+        lock.release()
+    if not changed:
+        return (f"line {line_id} has no stored baseline yet: its first reading becomes the "
+                "baseline anyway")
+    return (f"line {line_id}: the next reading of its counter becomes the baseline without "
+            f"counting (event rebaselined; reason: {why})")

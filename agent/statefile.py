@@ -1,0 +1,191 @@
+"""The state database file: schema and migrations, epoch, the agent's lock, SQLite's floor.
+
+The file says what it is and which lifetime wrote it: ``PRAGMA application_id`` marks it
+as plantfloor's, ``PRAGMA user_version`` is its schema version, and the ``meta`` table
+holds its ``epoch``, an integer drawn when the file is created (its creation time in
+milliseconds times 1000, plus three random digits) and never changed afterwards. A lost,
+corrupt or replaced file therefore starts a new epoch, and subscribers that key windows
+by (line, epoch, seq) never mistake a new window for one they already have.
+
+One agent at a time: the agent holds an exclusive ``flock`` on ``<file>.lock`` while the
+store is open; ``plantfloor state rebaseline`` takes the same lock, so it is refused
+while an agent runs on the file.
+
+Migrations run at open in one transaction. Version 1 (0.1.x) kept counter baselines
+without their counter's identity: they are dropped on upgrade (the first reading of each
+line re-baselines with ``rebaselined``), the outbox, ``seq`` and the totals are kept, and
+the file gets its epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.errors import StoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "MIN_SQLITE",
+    "SCHEMA_VERSION",
+    "StoreLock",
+    "check_sqlite_version",
+    "connect",
+    "new_epoch",
+    "transaction",
+]
+
+#: ``PRAGMA application_id`` of a plantfloor state file ("plfl")
+APPLICATION_ID = 0x706C666C
+SCHEMA_VERSION = 2
+#: UPSERT (``INSERT ... ON CONFLICT DO UPDATE``) needs 3.24; nothing newer is used
+MIN_SQLITE = (3, 24, 0)
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic      TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    qos        INTEGER NOT NULL,
+    retain     INTEGER NOT NULL,
+    line       TEXT,
+    seq        INTEGER,
+    window_end TEXT    NOT NULL,
+    cost       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS line_state (
+    line           TEXT PRIMARY KEY,
+    totals_json    TEXT NOT NULL,
+    identity       TEXT,   -- the counter the baseline belongs to (endpoint, address, type, ...)
+    state_identity TEXT,   -- the state point read for the line
+    baseline       TEXT,   -- decimal: a uint64 counter exceeds SQLite's signed 64-bit integer
+    modulus        TEXT,
+    anchor_wall    TEXT,   -- since when the next delta is bounded (wall clock, UTC)
+    anchor_mono    REAL,   -- the same on the monotonic clock of boot_id
+    last_wall      TEXT,   -- the last good reading
+    last_mono      REAL,
+    boot_id        TEXT,
+    rebaseline     TEXT    -- reason of a pending re-baseline asked for by an operator
+);
+CREATE TABLE IF NOT EXISTS plant_state (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    plant_json TEXT NOT NULL
+);
+"""
+
+
+def check_sqlite_version(version: str = sqlite3.sqlite_version) -> None:
+    """Refuse an SQLite library older than what the store uses, in one sentence."""
+    try:
+        have = tuple(int(p) for p in version.split(".")[:3])
+    except ValueError:
+        return
+    if have < MIN_SQLITE:
+        need = ".".join(map(str, MIN_SQLITE))
+        raise StoreError(f"the SQLite library is {version}; plantfloor's state database needs "
+                         f"SQLite {need} or newer (upgrade the system's libsqlite3)")
+
+
+def new_epoch() -> int:
+    """A new epoch: milliseconds since 1970 times 1000 plus three random digits (< 2**53)."""
+    return int(time.time() * 1000) * 1000 + random.randrange(1000)
+
+
+def connect(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """Open (creating or migrating) the state file; True when it was created now."""
+    check_sqlite_version()
+    conn = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"cannot switch to WAL mode (got {mode})")
+        conn.execute("PRAGMA synchronous=FULL")
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        app = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app not in (0, APPLICATION_ID) or (app == 0 and tables and version == 0):
+            raise sqlite3.DatabaseError("not a plantfloor state database")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} has schema version {version}, newer than this plantfloor "
+                             f"understands ({SCHEMA_VERSION}): run the newer version")
+        created = not tables
+        with transaction(conn):
+            if version == 1:
+                _migrate_v1(conn)
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                         (str(new_epoch()),))
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn, created
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """0.1.x: baselines without identity are dropped; totals, seq and the outbox stay."""
+    conn.execute("ALTER TABLE line_state RENAME TO line_state_v1")
+    conn.execute(_TABLES.split(";")[2])
+    conn.execute("INSERT INTO line_state (line, totals_json, rebaseline) SELECT line, totals_json,"
+                 " 'the state file was written by plantfloor 0.1, which did not record the"
+                 " counter''s identity' FROM line_state_v1")
+    conn.execute("DROP TABLE line_state_v1")
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class StoreLock:
+    """An exclusive ``flock`` on ``<file>.lock``: one agent (or state command) per file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`StoreError` naming who holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot create the lock file {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"a plantfloor agent is running on {self.path.with_suffix('')} "
+                             f"(pid {holder}); stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
