@@ -82,6 +82,7 @@ def _line_view(cfg: Config, line_id: str, row: LineState | None) -> dict[str, An
         "last_window_end": _time(totals.last_window_end),
         "shift": {"key": totals.shift_key, "units": totals.shift_units},
         "day": {"date": totals.day.isoformat() if totals.day else None, "units": totals.day_units},
+        "year": {"year": totals.year, "units": totals.year_units},
     }
     return view
 
@@ -111,7 +112,8 @@ def show(cfg: Config, *, fmt: str = "text") -> str:
             f"last good reading {v['last_reading'] or '-'}",
             f"  counter identity {v['counter_identity'] or '-'} ({match})",
             f"  shift {v['shift']['key'] or '-'}: {v['shift']['units']} units; "
-            f"day {v['day']['date'] or '-'}: {v['day']['units']} units",
+            f"day {v['day']['date'] or '-'}: {v['day']['units']} units; "
+            f"year {v['year']['year'] or '-'}: {v['year']['units']} units",
         ]
         if v["rebaseline_pending"]:
             out.append(f"  re-baseline pending: {v['rebaseline_pending']}")

@@ -102,7 +102,8 @@ class WindowCloser:
         last = self.resume_point()
         if last is not None:
             if start > last:
-                await self.fill_gap(last, start)
+                if not await self.fill_gap(last, start):
+                    return
             else:
                 # a window cut short by a stop, or a wall clock behind the last window
                 start = last
@@ -119,7 +120,8 @@ class WindowCloser:
             behind = self.calendar.window_bounds(self.wall(), self.interval)[0]
             if behind > start:
                 # the loop or the wall clock jumped: the units so far went to the last window
-                await self.fill_gap(start, behind, event="clock_step")
+                if not await self.fill_gap(start, behind, event="clock_step"):
+                    return
                 start = behind
 
     async def _sleep_until(self, start: datetime, end: datetime) -> bool:
@@ -185,15 +187,22 @@ class WindowCloser:
         await self._commit()
 
     async def fill_gap(self, start: datetime, until: datetime, *,
-                       event: str = "agent_offline") -> None:
+                       event: str = "agent_offline") -> bool:
         """Windows [start, until) that closed while nothing was counting: units 0, quality bad.
 
         Never skipped: one window per grid interval (past :data:`MAX_GAP_WINDOWS`, one last
         window spans the rest). Built one at a time and committed in chunks, yielding to
-        the event loop between windows, so memory stays bounded and polling goes on.
+        the event loop between windows, so memory stays bounded and polling goes on. A stop
+        asked for meanwhile ends the filling after committing what was built (False): the
+        next start resumes from there.
         """
         first, count = start, 0
         while start < until:
+            if self._stop.is_set():
+                await self._commit()
+                log.warning("stopped while filling windows closed while the agent was not "
+                            "counting: %d filled, the rest follows at the next start", count)
+                return False
             end = min(self.calendar.window_bounds(start, self.interval)[1], until)
             if count == MAX_GAP_WINDOWS - 1:
                 end = until
@@ -214,6 +223,7 @@ class WindowCloser:
         log.warning("%d window(s) from %s to %s closed while the agent was not counting; "
                     "published with quality bad", count, first.isoformat(), until.isoformat())
         await self._commit()
+        return True
 
     async def _commit(self) -> None:
         while self._pending:

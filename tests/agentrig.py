@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.config import Config
+from agent.pipeline import Agent
 from simulators.config import (
     ModbusCounterTag,
     ModbusPlcConfig,
@@ -16,6 +20,7 @@ from simulators.config import (
     OpcUaLineConfig,
     OpcUaPlcConfig,
     OpcUaStateNode,
+    ProductionConfig,
     SimConfig,
     SimLineConfig,
 )
@@ -69,6 +74,70 @@ def agent_config_dict(tmp_path: Path, broker_url: str, sims: SimulatorSet, *, ke
              "state": {"source": "plc-u", "node": "ns=2;s=Rogue.State"}},
         ],
     }
+
+
+STEADY = ProductionConfig(takt_jitter=0, micro_stop_rate_per_hour=0, breakdown_rate_per_hour=0)
+
+
+def two_plcs(*, start_a: int = 1_000, start_b: int = 7_000_000, update_s: float | None = None,
+             takt_s: float = 1.0, type_: str = "uint32") -> SimConfig:
+    """One line's counter on each of two Modbus PLCs (the line can move from one to the other)."""
+    def plc(pid: str, line: str, start: int) -> ModbusPlcConfig:
+        return ModbusPlcConfig(id=pid, lines=(SimLineConfig(
+            id=line, takt_s=takt_s, production=STEADY, counter_update_s=update_s,
+            counter=ModbusCounterTag(address=100, type=type_, start=start)),))  # type: ignore[arg-type]
+    return SimConfig(plcs=(plc("plc-a", "line-a", start_a), plc("plc-b", "line-b", start_b)))
+
+
+def one_line_config(tmp_path: Path, broker_url: str, sims: Any, *, plc: str = "plc-a",
+                    interval_s: int = 1, target: float = 1800, max_rate: float | None = None,
+                    store: str = "state.db", type_: str = "uint32") -> Config:
+    """One line, ``kei``, counting on ``plc`` (of :func:`two_plcs`)."""
+    line: dict[str, Any] = {"id": "kei", "product": "Sakura", "target_per_hour": target,
+                            "counter": {"source": plc, "address": 100, "type": type_}}
+    if max_rate is not None:
+        line["max_rate_per_hour"] = max_rate
+    return Config.model_validate({
+        "site": "test", "timezone": "Asia/Tokyo",
+        "mqtt": {"url": broker_url, "topic_root": ROOT_TOPIC, "client_id": f"agent-{id(sims):x}", "qos": 1},
+        "publish": {"interval_s": interval_s, "status_interval_s": 5},
+        "storage": {"path": str(tmp_path / store), "max_mb": 16},
+        "plant": {"capacity_per_year": 500_000, "planned_utilization": 0.8},
+        "shifts": [{"name": "a", "start": "00:00", "end": "12:00", "days": ALL_DAYS},
+                   {"name": "b", "start": "12:00", "end": "00:00", "days": ALL_DAYS}],
+        "sources": [{"id": p, "kind": "modbus", "host": "127.0.0.1", "port": sims.plcs[p].port,
+                     "poll_interval_s": 0.2, "timeout_s": 0.2, "backoff_max_s": 1}
+                    for p in ("plc-a", "plc-b")],
+        "lines": [line],
+    })
+
+
+class Run:
+    """One agent run on a config: started, then stopped cleanly (SIGTERM's path)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop = asyncio.Event()
+        self.agent = Agent(cfg, config_sha256="0" * 64)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Run:
+        self.task = asyncio.create_task(self.agent.run(self.stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, timeout=15)
+
+
+async def windows_after(sub: Any, n: int, *, within: float = 15.0,
+                        where: Callable[[dict[str, Any]], bool] = lambda p: True) -> None:
+    """Wait until ``n`` more distinct windows of the line (matching ``where``) have arrived."""
+    def count() -> int:
+        return sum(1 for p in Windows(sub.messages).windows("kei") if where(p))
+    target = count() + n
+    await wait_until(lambda: count() >= target, within, f"{n} more window(s)")
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
@@ -132,4 +201,5 @@ def _strip(p: dict[str, Any]) -> dict[str, Any]:
     """A window's identity without the delivery flag (a resend later may say historical)."""
     return {k: v for k, v in p.items() if k != "historical"}
 
-__all__ = ["ROOT_TOPIC", "Windows", "agent_config_dict", "sim_config", "wait_until", "write_yaml"]
+__all__ = ["ROOT_TOPIC", "Run", "Windows", "agent_config_dict", "one_line_config", "sim_config",
+           "two_plcs", "wait_until", "windows_after", "write_yaml"]

@@ -87,7 +87,7 @@ def test_schema_payloads(capsys: pytest.CaptureFixture[str]) -> None:
     schemas = json.loads(capsys.readouterr().out)
     assert set(schemas) == {"R/status", "R/lines/<line>/output", "R/lines/<line>/state", "R/plant/output"}
     out = schemas["R/lines/<line>/output"]["properties"]
-    for field in ("schema", "site", "line", "product", "seq", "window_start", "window_end", "units",
+    for field in ("schema", "site", "line", "product", "epoch", "seq", "window_start", "window_end", "units",
                   "rate_per_hour", "target_per_hour", "attainment", "shift", "day", "state_seconds",
                   "quality", "events", "historical"):
         assert field in out, field
@@ -143,6 +143,41 @@ def test_line_tags_are_checked_like_counters() -> None:
     base["lines"][0]["tags"] = {"buffer": {"source": "plc-rogue", "address": 5}}
     with pytest.raises(ValidationError, match=r"lines\.0\.tags\.buffer: source 'plc-rogue' is opcua"):
         Config.model_validate(base)
+
+
+def test_every_line_has_a_plausibility_bound_and_check_prints_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = load_config(ROOT / "config" / "kyushu.yaml").config.model_dump(mode="json", exclude_none=True)
+    del base["lines"][0]["max_rate_per_hour"]
+    base["lines"][0]["counter"]["type"] = "uint16"    # a 16-bit counter needs no explicit bound
+    base["mqtt"]["version"] = "3.1.1"
+    path = tmp_path / "plant.yaml"
+    path.write_text(json.dumps(base))
+    cfg = load_config(path).config
+    assert cfg.lines[0].rate_bound == 2 * cfg.lines[0].rate_target
+    assert cfg.lines[1].rate_bound == cfg.lines[1].max_rate_per_hour
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"plausibility bound {2 * cfg.lines[0].rate_target:,.1f} /h (default: 2 x the target)" in out
+    assert f"plausibility bound {cfg.lines[1].max_rate_per_hour:,.1f} /h (max_rate_per_hour)" in out
+    assert "warning: mqtt: version 3.1.1 cannot report a refused publish" in out
+
+
+def test_point_identity_names_every_part_of_the_counter() -> None:
+    cfg = load_config(ROOT / "config" / "kyushu.yaml").config
+    kei, rogue = cfg.lines
+    ident = cfg.point_identity(kei.counter)
+    assert ident.startswith("modbus://")
+    moved = cfg.model_copy(update={"sources": tuple(
+        s.model_copy(update={"port": 5021}) if s.kind == "modbus" else s for s in cfg.sources)})
+    assert moved.point_identity(kei.counter) != ident
+    for change in ({"word_order": "little"}, {"address": 200}, {"type": "uint64"}, {"unit_id": 2},
+                   {"table": "input"}, {"rollover": 1_000_000}):
+        other = kei.counter.model_copy(update=change)
+        assert cfg.point_identity(other) != ident, change
+    assert "ns=2;s=Rogue.GoodCount" in cfg.point_identity(rogue.counter)
+    assert cfg.point_identity(rogue.counter) != cfg.point_identity(
+        rogue.counter.model_copy(update={"rollover": None}))
 
 
 def test_global_options_work_before_and_after_the_command() -> None:

@@ -9,83 +9,20 @@ more units than the line could build, and windows tile time.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config
-from agent.pipeline import Agent
-from simulators.config import (
-    ModbusCounterTag,
-    ModbusPlcConfig,
-    ProductionConfig,
-    SimConfig,
-    SimLineConfig,
+from tests.agentrig import (
+    ROOT_TOPIC,
+    Run,
+    Windows,
+    one_line_config,
+    two_plcs,
+    wait_until,
+    windows_after,
 )
-from tests.agentrig import ALL_DAYS, ROOT_TOPIC, Windows, wait_until
-
-STEADY = ProductionConfig(takt_jitter=0, micro_stop_rate_per_hour=0, breakdown_rate_per_hour=0)
-
-
-def two_plcs(*, start_a: int = 1_000, start_b: int = 7_000_000, update_s: float | None = None,
-             takt_s: float = 1.0) -> SimConfig:
-    """One line's counter on each of two Modbus PLCs (the line can move from one to the other)."""
-    def plc(pid: str, line: str, start: int) -> ModbusPlcConfig:
-        return ModbusPlcConfig(id=pid, lines=(SimLineConfig(
-            id=line, takt_s=takt_s, production=STEADY, counter_update_s=update_s,
-            counter=ModbusCounterTag(address=100, type="uint32", start=start)),))
-    return SimConfig(plcs=(plc("plc-a", "line-a", start_a), plc("plc-b", "line-b", start_b)))
-
-
-def config(tmp_path: Path, broker_url: str, sims: Any, *, plc: str = "plc-a", interval_s: int = 1,
-           target: float = 1800, max_rate: float | None = None, store: str = "state.db") -> Config:
-    line: dict[str, Any] = {"id": "kei", "product": "Sakura", "target_per_hour": target,
-                            "counter": {"source": plc, "address": 100, "type": "uint32"}}
-    if max_rate is not None:
-        line["max_rate_per_hour"] = max_rate
-    return Config.model_validate({
-        "site": "test", "timezone": "Asia/Tokyo",
-        "mqtt": {"url": broker_url, "topic_root": ROOT_TOPIC, "client_id": f"agent-{id(sims):x}", "qos": 1},
-        "publish": {"interval_s": interval_s, "status_interval_s": 5},
-        "storage": {"path": str(tmp_path / store), "max_mb": 16},
-        "plant": {"capacity_per_year": 500_000, "planned_utilization": 0.8},
-        "shifts": [{"name": "a", "start": "00:00", "end": "12:00", "days": ALL_DAYS},
-                   {"name": "b", "start": "12:00", "end": "00:00", "days": ALL_DAYS}],
-        "sources": [{"id": p, "kind": "modbus", "host": "127.0.0.1", "port": sims.plcs[p].port,
-                     "poll_interval_s": 0.2, "timeout_s": 0.2, "backoff_max_s": 1}
-                    for p in ("plc-a", "plc-b")],
-        "lines": [line],
-    })
-
-
-class Run:
-    """One agent run on a config: started, then stopped cleanly (SIGTERM's path)."""
-
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
-        self.stop = asyncio.Event()
-        self.agent = Agent(cfg, config_sha256="0" * 64)
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Run:
-        self.task = asyncio.create_task(self.agent.run(self.stop))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.stop.set()
-        assert self.task is not None
-        await asyncio.wait_for(self.task, timeout=15)
-
-
-async def windows_after(sub: Any, n: int, *, within: float = 15.0,
-                        where: Callable[[dict[str, Any]], bool] = lambda p: True) -> None:
-    """Wait until ``n`` more distinct windows of the line (matching ``where``) have arrived."""
-    def count() -> int:
-        return sum(1 for p in Windows(sub.messages).windows("kei") if where(p))
-    target = count() + n
-    await wait_until(lambda: count() >= target, within, f"{n} more window(s)")
 
 
 async def test_a_line_re_pointed_to_another_plc_counts_no_phantom_units(
@@ -94,14 +31,14 @@ async def test_a_line_re_pointed_to_another_plc_counts_no_phantom_units(
     sims = await simulator_set(two_plcs(), auto=False)
     sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
     a, b = sims.lines["line-a"], sims.lines["line-b"]
-    async with Run(config(tmp_path, mosquitto.url, sims, plc="plc-a")):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims, plc="plc-a")):
         await windows_after(sub, 2)
         a.produce(3)
         await wait_until(lambda: Windows(sub.messages).units("kei") == 3, 10, "3 units from plc-a")
     first = Windows(sub.messages)
     # the line moves to plc-b, whose counter stands at 7,000,000: none of it is production
     b.produce(4)
-    async with Run(config(tmp_path, mosquitto.url, sims, plc="plc-b")):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims, plc="plc-b")):
         await windows_after(sub, 1, where=lambda p: "rebaselined" in p["events"])
         b.produce(5)
         await wait_until(lambda: Windows(sub.messages).units("kei") == 3 + 5, 10, "5 more from plc-b")
@@ -123,7 +60,7 @@ async def test_a_lost_state_file_starts_a_new_epoch_that_no_subscriber_drops(
     sims = await simulator_set(two_plcs(), auto=False)
     sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
     a = sims.lines["line-a"]
-    async with Run(config(tmp_path, mosquitto.url, sims)):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims)):
         await windows_after(sub, 2)
         a.produce(4)
         await wait_until(lambda: Windows(sub.messages).units("kei") == 4, 10, "4 units")
@@ -131,7 +68,7 @@ async def test_a_lost_state_file_starts_a_new_epoch_that_no_subscriber_drops(
     first = Windows(sub.messages)
     for f in tmp_path.glob("state.db*"):  # noqa: ASYNC240 - the test's own files
         f.unlink()
-    async with Run(config(tmp_path, mosquitto.url, sims)):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims)):
         await windows_after(sub, 1, where=lambda p: p["epoch"] != first.epochs("kei")[0])
         a.produce(6)
         await wait_until(lambda: Windows(sub.messages).units("kei") == 4 + 6, 10, "6 more units")
@@ -158,7 +95,7 @@ async def test_a_stop_half_way_through_a_window_resumes_without_overlap(
     sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
     a = sims.lines["line-a"]
     # units are made by hand, faster than any real line: a bound that does not get in the way
-    cfg = config(tmp_path, mosquitto.url, sims, interval_s=4, max_rate=3_600_000)
+    cfg = one_line_config(tmp_path, mosquitto.url, sims, interval_s=4, max_rate=3_600_000)
     async with Run(cfg):
         await windows_after(sub, 1)
         a.produce(2)
@@ -190,7 +127,7 @@ async def test_a_plc_showing_its_counter_every_5_s_at_the_top_rate_is_counted_ex
     sims = await simulator_set(two_plcs(update_s=5.0), auto=False)
     sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
     a = sims.lines["line-a"]
-    async with Run(config(tmp_path, mosquitto.url, sims, max_rate=3600)):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims, max_rate=3600)):
         await windows_after(sub, 2)
         before = a.expected_units
         for _ in range(4):
@@ -214,7 +151,7 @@ async def test_plcs_restarted_with_fresh_counters_while_the_agent_was_stopped(
     sims = await simulator_set(two_plcs(start_a=near_top), auto=False)
     sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
     a = sims.lines["line-a"]
-    async with Run(config(tmp_path, mosquitto.url, sims)):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims)):
         await windows_after(sub, 2)
         a.produce(5)                               # through the rollover
         await wait_until(lambda: Windows(sub.messages).units("kei") == 5, 10, "5 units")
@@ -223,7 +160,7 @@ async def test_plcs_restarted_with_fresh_counters_while_the_agent_was_stopped(
     await plc.stop()
     a.reset_counter(near_top)
     await plc.start()
-    async with Run(config(tmp_path, mosquitto.url, sims)):
+    async with Run(one_line_config(tmp_path, mosquitto.url, sims)):
         await windows_after(sub, 1, where=lambda p: "implausible_jump" in p["events"])
         a.produce(2)
         await wait_until(lambda: Windows(sub.messages).units("kei") == 5 + 2, 10, "2 more")
@@ -236,3 +173,24 @@ async def test_plcs_restarted_with_fresh_counters_while_the_agent_was_stopped(
     assert plant == 7
     assert max(p["units_year_to_date"] for p in w.plant.values()) == 7
     assert w.tiles("kei")
+
+
+async def test_a_uint64_counter_above_2_63_is_stored_and_published_exactly(
+        tmp_path: Path, mosquitto: Any, mqtt_subscriber: Callable[..., Any],
+        simulator_set: Callable[..., Any]) -> None:
+    start = 2**63 + 5            # beyond SQLite's signed 64-bit integers
+    sims = await simulator_set(two_plcs(start_a=start, type_="uint64"), auto=False)
+    sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")
+    a = sims.lines["line-a"]
+    cfg = one_line_config(tmp_path, mosquitto.url, sims, type_="uint64", max_rate=3_600_000)
+    for n in (3, 2):             # two runs: the second restores the baseline from the store
+        async with Run(cfg):
+            await windows_after(sub, 2)
+            total = Windows(sub.messages).units("kei") + n
+            a.produce(n)
+            await wait_until(lambda t=total: Windows(sub.messages).units("kei") == t, 10, f"{n} units")
+    w = Windows(sub.messages)
+    assert w.units("kei") == 5
+    assert w.windows("kei")[-1]["counter"] == start + 5
+    assert w.contiguous("kei")
+    assert {"implausible_jump", "rebaselined", "counter_reset"}.isdisjoint(w.events("kei"))

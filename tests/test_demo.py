@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,46 @@ async def test_demo_shows_both_lines_and_the_plant_moving_within_15_s(tmp_path: 
     assert last_total("plant") > 0
     assert "state=online" in text
     assert (tmp_path / "state" / "plantfloor-demo.db").exists()
+
+
+async def test_the_demo_run_again_and_again_never_shows_phantom_units(
+        tmp_path: Path, mosquitto: Any, mqtt_subscriber: Any) -> None:
+    """The second, third ``plantfloor demo`` on one state folder: the simulators start their
+    counters afresh, near the top, while the store remembers where the last run ended."""
+    from tests.agentrig import Windows
+
+    agent_cfg, sim_cfg = _demo_configs(tmp_path)
+    sim = json.loads(sim_cfg.read_text())
+    sim["plcs"][0]["lines"][0]["counter"]["start"] = 2**32 - 2   # kei-ev wraps in the first run
+    sim["plcs"][1]["lines"][0]["counter"]["start"] = 2**31 - 2   # rogue too (PackML DINT)
+    sim_cfg.write_text(json.dumps(sim))
+    cfg = load_config(agent_cfg).config
+    sub = mqtt_subscriber(mosquitto, f"{cfg.topic_root}/#")
+    for _ in range(3):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "demo", "--plain", "--duration", "11",
+            "--broker", mosquitto.url, "--config", str(agent_cfg), "--sim-config", str(sim_cfg),
+            "--state-dir", str(tmp_path / "state"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    w = Windows(sub.messages)
+    for line in cfg.lines:
+        windows = w.windows(line.id)
+        assert len(windows) >= 3 * 2, f"{line.id}: windows from every run"
+        # a window can hold what the line builds at its bound, plus the unit in progress
+        for p in windows:
+            length = (datetime.fromisoformat(p["window_end"]) -
+                      datetime.fromisoformat(p["window_start"])).total_seconds()
+            assert p["units"] <= line.rate_bound * length / 3600 + 2, p
+        assert w.tiles(line.id)
+        assert w.contiguous(line.id)
+        assert len(w.epochs(line.id)) == 1
+        assert "rollover" in w.events(line.id)
+        assert {"implausible_jump", "counter_reset"} & w.events(line.id)
+        assert w.units(line.id) < 40, "three short runs at a takt of 2-3 s"
+    ytd = max(p["units_year_to_date"] for p in w.plant.values())
+    assert ytd == sum(w.units(line.id) for line in cfg.lines)
 
 
 def _listening(port: int) -> list[str]:

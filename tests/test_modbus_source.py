@@ -169,7 +169,7 @@ async def test_from_config_reads_every_type_order_table_and_unit(stub_plc: Any) 
         ("b", "counter"): (70_000, Quality.GOOD, 2**32),
         ("b", "state"): (2, Quality.GOOD, None),
         ("c", "counter"): (2**40 + 5, Quality.GOOD, 2**64),
-        ("d", "counter"): (-7, Quality.GOOD, 2**31),
+        ("d", "counter"): (-7, Quality.GOOD, 2**32),  # a signed counter wraps at its full width
         ("d", "state"): (-2, Quality.GOOD, None),
     }
     assert all(t0 <= r.mono <= time.monotonic() for r in got.values())

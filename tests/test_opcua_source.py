@@ -201,6 +201,19 @@ def test_to_reading_decides_on_the_status_code() -> None:
     assert (state.value, state.modulus) == (1, None)
 
 
+@pytest.mark.parametrize(("value", "vtype"), [
+    (1234.0, ua.VariantType.Double), (12.0, ua.VariantType.Float), (True, ua.VariantType.Boolean),
+    ("1234", ua.VariantType.String), (None, ua.VariantType.Null)])
+def test_a_counter_node_that_is_not_an_integer_is_bad_with_its_type(value: object,
+                                                                      vtype: ua.VariantType) -> None:
+    """A bad download serves the counter as Double or Boolean: never taken for a count."""
+    r = to_reading(OpcUaPoint("l", "counter", "ns=2;s=X"), ua.DataValue(ua.Variant(value, vtype)), 1.0)
+    assert (r.value, r.quality, r.code) == (None, Quality.BAD, ua.StatusCodes.BadTypeMismatch)
+    assert r.error is not None
+    assert vtype.name in r.error
+    assert "not an integer count" in r.error
+
+
 def test_parse_node_id_resolves_namespace_uris() -> None:
     assert parse_node_id("ns=2;s=A.B") == ua.NodeId("A.B", 2)
     assert parse_node_id("ns=3;i=1001") == ua.NodeId(1001, 3)
@@ -225,9 +238,10 @@ async def test_reads_every_integer_type_with_its_modulus(mini: PlcThread, mode: 
         assert (got["rogue", "state"].value, got["rogue", "state"].modulus) == (1, None)
         assert (got["kei", "counter"].value, got["kei", "counter"].modulus) == (65_000, 2**16)
         assert (got["leaf", "counter"].value, got["leaf", "counter"].modulus) == (2**40, 2**64)
-        assert (got["note", "counter"].value, got["note", "counter"].modulus) == (-5, 2**31)
-        assert (got["ariya", "counter"].value, got["ariya", "counter"].modulus) == (-(2**40), 2**63)
-        assert (got["packml", "counter"].value, got["packml", "counter"].modulus) == (7, 2**31)
+        # signed counters count on through their negative half: the full width is the modulus
+        assert (got["note", "counter"].value, got["note", "counter"].modulus) == (-5, 2**32)
+        assert (got["ariya", "counter"].value, got["ariya", "counter"].modulus) == (-(2**40), 2**64)
+        assert (got["packml", "counter"].value, got["packml", "counter"].modulus) == (7, 2**32)
 
         await mini.call(mini.plc.set("Rogue.GoodCount", 4_000_000_005))
 

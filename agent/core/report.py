@@ -66,6 +66,8 @@ class LineTotals:
     day: date | None = None
     day_units: int = 0
     last_window_end: datetime | None = None
+    year: int | None = None
+    year_units: int = 0
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""
@@ -194,9 +196,10 @@ class Reporter:
             events=cast(Any, events),
             counter=result.counter, tags=dict(result.tags), historical=historical,
         )
+        year_units = (0 if totals.year != day.year else totals.year_units) + result.units
         new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
                       shift_downtime_s=downtime, day=day, day_units=day_units,
-                      last_window_end=end)
+                      last_window_end=end, year=day.year, year_units=year_units)
         return out, new
 
     def plant_output(self, outputs: Sequence[LineOutput], start: datetime, end: datetime,
