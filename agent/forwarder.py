@@ -12,9 +12,9 @@ Publishes are pipelined: a whole batch is handed to the publisher at once, which
 up to its in-flight cap outstanding and awaits the acknowledgements concurrently; the
 acknowledged ids are marked sent in one store transaction per batch.
 
-A record sent later than one window after its ``window_end`` is flagged historical by
-rewriting the payload's final ``"historical":false}`` into ``"historical":true}`` (the
-stored JSON is never re-serialised).
+A record sent later than one window after its ``window_end`` is sent as historical: the
+record's output format gives the bytes (:meth:`agent.outputs.base.OutputFormat.wire`; the
+JSON format rewrites the payload's final ``"historical":false}``, never re-serialising).
 
 A refusal (:class:`PublishRefused`, e.g. a topic the broker's ACL denies) keeps the
 record and parks its topic: the topic's records are held back while the others flow, and
@@ -31,32 +31,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
 from agent.errors import PublishError, PublishRefused, StoreError
+from agent.outputs.base import OutputFormat
+from agent.outputs.json import JsonFormat
 from agent.publisher import Publisher
 from agent.store import OutboxRecord, Store
 
-__all__ = ["HISTORICAL_FALSE", "HISTORICAL_TRUE", "Forwarder", "mark_historical"]
+__all__ = ["Forwarder"]
 
 log = logging.getLogger(__name__)
-
-HISTORICAL_FALSE = b'"historical":false}'
-HISTORICAL_TRUE = b'"historical":true}'
 #: pause after a publish failure while the publisher still reports a connection
 _ERROR_PAUSE_S = 1.0
 #: first pause before a refused topic is probed again (doubles up to one window)
 _FIRST_PROBE_S = 0.5
 
-
-def mark_historical(payload: bytes) -> bytes:
-    """The payload with its trailing ``"historical":false}`` turned true (else unchanged)."""
-    if payload.endswith(HISTORICAL_FALSE):
-        return payload[: -len(HISTORICAL_FALSE)] + HISTORICAL_TRUE
-    return payload
 
 
 @dataclass
@@ -79,8 +72,10 @@ class Forwarder:
     def __init__(self, store: Store, publisher: Publisher, *, interval_s: float,
                  on_alarm: Callable[[str, str], None],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 batch: int = 500, publish_timeout_s: float = 30.0) -> None:
+                 batch: int = 500, publish_timeout_s: float = 30.0,
+                 formats: Mapping[str, OutputFormat] | None = None) -> None:
         self._store = store
+        self._formats: Mapping[str, OutputFormat] = formats or {"json": JsonFormat()}
         self._publisher = publisher
         self._interval = timedelta(seconds=interval_s)
         self._interval_s = interval_s
@@ -218,9 +213,11 @@ class Forwarder:
         return True
 
     async def _publish(self, row: OutboxRecord, now: datetime) -> int:
-        payload = row.payload
-        if now - row.window_end > self._interval:
-            payload = mark_historical(payload)
+        fmt = self._formats.get(row.format)
+        if fmt is None:
+            # records of a format no longer configured stay, parked and alarmed, never dropped
+            raise PublishRefused(row.topic, 0x80, f"output format {row.format!r} is not configured")
+        payload = fmt.wire(row, historical=now - row.window_end > self._interval)
         return await self._publisher.publish(row.topic, payload, qos=row.qos, retain=row.retain,
                                              timeout=self._publish_timeout_s)
 

@@ -22,6 +22,7 @@ from agent.forwarder import Forwarder
 from agent.lines import LineBoard
 from agent.metrics import Metrics
 from agent.notify import Notifier
+from agent.outputs import make_formats
 from agent.payloads import StatusPayload, encode
 from agent.publisher import Publisher
 from agent.readings import Reading, SourceHealth
@@ -145,11 +146,12 @@ class Agent:
             will_payload=self.status_payload("offline"), password=cfg.mqtt.password(),
             on_connect=self._on_connect)
         self.board = LineBoard(cfg, self.publisher, stored, mono=self.mono, wall=self.wall)
+        formats = make_formats(cfg)
         self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
-                                   on_alarm=self.alarms.on_alarm, clock=self.wall)
+                                   on_alarm=self.alarms.on_alarm, clock=self.wall, formats=formats)
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
                                    stored, wall=self.wall, mono=self.mono, alarms=self.alarms,
-                                   on_committed=self._on_committed)
+                                   on_committed=self._on_committed, formats=formats)
         for src_cfg in cfg.sources:
             self.supervisor_of[src_cfg.id] = SourceSupervisor(
                 make_source(cfg, src_cfg), poll_interval_s=src_cfg.poll_interval_s,

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     line       TEXT,
     seq        INTEGER,
     window_end TEXT    NOT NULL,
-    cost       INTEGER NOT NULL
+    cost       INTEGER NOT NULL,
+    format     TEXT    NOT NULL DEFAULT 'json'   -- the output format (agent/outputs) that encoded it
 );
 CREATE TABLE IF NOT EXISTS line_state (
     line           TEXT PRIMARY KEY,
@@ -140,8 +141,9 @@ def connect(path: Path) -> tuple[sqlite3.Connection, bool]:
 
 def _migrate_v1(conn: sqlite3.Connection) -> None:
     """0.1.x: baselines without identity are dropped; totals, seq and the outbox stay."""
+    conn.execute("ALTER TABLE outbox ADD COLUMN format TEXT NOT NULL DEFAULT 'json'")
     conn.execute("ALTER TABLE line_state RENAME TO line_state_v1")
-    conn.execute(_TABLES.split(";")[2])
+    conn.execute(_TABLES.split(";")[2])  # line_state
     conn.execute("INSERT INTO line_state (line, totals_json, rebaseline) SELECT line, totals_json,"
                  " 'the state file was written by plantfloor 0.1, which did not record the"
                  " counter''s identity' FROM line_state_v1")

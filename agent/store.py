@@ -66,9 +66,11 @@ class NewRecord:
     line: str | None
     seq: int | None
     window_end: datetime
+    #: the output format that encoded it (agent.outputs), which also gives its wire bytes
+    format: str = "json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OutboxRecord(NewRecord):
     """A record as stored, with its outbox id (ascending in commit order)."""
 
@@ -267,7 +269,7 @@ class Store:
         """
         rows = [
             (r.topic, r.payload, r.qos, int(r.retain), r.line, r.seq, _iso(r.window_end),
-             _cost(r.topic, r.payload))
+             _cost(r.topic, r.payload), r.format)
             for r in records
         ]
         states = [s.row() for s in lines]
@@ -279,7 +281,7 @@ class Store:
             with transaction(conn):
                 conn.executemany(
                     "INSERT INTO outbox (topic, payload, qos, retain, line, seq, window_end,"
-                    " cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    " cost, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 conn.executemany(
                     f"INSERT OR REPLACE INTO line_state ({_LINE_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", states)
@@ -306,12 +308,12 @@ class Store:
 
         def read(conn: sqlite3.Connection) -> list[OutboxRecord]:
             cur = conn.execute(
-                "SELECT id, topic, payload, qos, retain, line, seq, window_end FROM outbox"
+                "SELECT id, topic, payload, qos, retain, line, seq, window_end, format FROM outbox"
                 f" WHERE id > ? ORDER BY id {order} LIMIT ?", (after, limit))
             return [
                 OutboxRecord(id=i, topic=t, payload=bytes(p), qos=q, retain=bool(r), line=ln,
-                             seq=s, window_end=datetime.fromisoformat(w))
-                for i, t, p, q, r, ln, s, w in cur
+                             seq=s, window_end=datetime.fromisoformat(w), format=f)
+                for i, t, p, q, r, ln, s, w, f in cur
             ]
 
         return await self._run(read)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,7 +32,8 @@ from agent.core.report import LineTotals, PlantTotals, Reporter
 from agent.core.tracker import WindowResult
 from agent.errors import StoreError
 from agent.lines import LineBoard
-from agent.payloads import LineOutput, encode
+from agent.outputs import OutputFormat, WindowOutputs, make_formats
+from agent.payloads import LineOutput
 from agent.status import Alarms
 from agent.store import LineState, NewRecord, Store, StoredState
 
@@ -58,8 +59,10 @@ class WindowCloser:
 
     def __init__(self, cfg: Config, calendar: ShiftCalendar, reporter: Reporter, board: LineBoard,
                  store: Store, stored: StoredState, *, wall: Callable[[], datetime],
-                 mono: Callable[[], float], alarms: Alarms, on_committed: Callable[[], None]) -> None:
+                 mono: Callable[[], float], alarms: Alarms, on_committed: Callable[[], None],
+                 formats: Mapping[str, OutputFormat] | None = None) -> None:
         self.cfg = cfg
+        self.formats = formats if formats is not None else make_formats(cfg)
         self.calendar = calendar
         self.reporter = reporter
         self.board = board
@@ -70,7 +73,6 @@ class WindowCloser:
         self.on_committed = on_committed
         self.interval = cfg.publish.interval_s
         self._line_cfg = {line.id: line for line in cfg.lines}
-        self.root = cfg.topic_root
         self.epoch = stored.epoch
         self.totals: dict[str, LineTotals] = {}
         for line in cfg.lines:
@@ -143,30 +145,22 @@ class WindowCloser:
             if self._stop.is_set():
                 return False
 
-    def _line_record(self, line_id: str, result: WindowResult, start: datetime, end: datetime,
-                     out_list: list[NewRecord], lines: list[LineState], outputs: list[LineOutput]) -> None:
-        line = self._line_cfg[line_id]
-        out, totals = self.reporter.line_output(line, result, start, end, self.totals[line_id],
-                                                epoch=self.epoch)
-        self.totals[line_id] = totals
-        outputs.append(out)
-        out_list.append(NewRecord(topic=f"{self.root}/lines/{line_id}/output", payload=encode(out),
-                                  qos=self.cfg.mqtt.qos, retain=False, line=line_id, seq=out.seq,
-                                  window_end=end))
-        lines.append(self.board.line_state(line_id, result.memory, totals.to_json(),
-                                           self.wall(), self.mono()))
-
     def _window(self, results: dict[str, WindowResult], start: datetime, end: datetime) -> _Pending:
-        records: list[NewRecord] = []
+        """Build the window's payloads once, then every output format's records."""
         lines: list[LineState] = []
         outputs: list[LineOutput] = []
+        wall, mono = self.wall(), self.mono()
         for line in self.cfg.lines:
-            self._line_record(line.id, results[line.id], start, end, records, lines, outputs)
+            result = results[line.id]
+            out, totals = self.reporter.line_output(line, result, start, end, self.totals[line.id],
+                                                    epoch=self.epoch)
+            self.totals[line.id] = totals
+            outputs.append(out)
+            lines.append(self.board.line_state(line.id, result.memory, totals.to_json(), wall, mono))
         plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant,
                                                            epoch=self.epoch)
-        records.append(NewRecord(topic=f"{self.root}/plant/output", payload=encode(plant_out),
-                                 qos=self.cfg.mqtt.qos, retain=False, line=None, seq=plant_out.seq,
-                                 window_end=end))
+        window = WindowOutputs(start, end, outputs, plant_out)
+        records = [r for fmt in self.formats.values() for r in fmt.records(window)]
         self.windows_closed += 1
         return _Pending(records, lines, self.plant.to_json())
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.fixtures.mosquitto import MosquittoBroker
-from tests.test_watch import ROOT, line_output, plant_output, publish
+from tests.test_watch import EPOCH, ROOT, line_output, plant_output, publish
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "subscriber.py"
 
@@ -40,8 +40,10 @@ async def test_example_totals_survive_duplicates(mosquitto: MosquittoBroker) -> 
             line_output("kei-ev", 4, 1),
             line_output("kei-ev", 3, 6, historical=True), line_output("kei-ev", 3, 6, historical=True),
             line_output("rogue", 2, 2),
+            # the agent's store was lost: a new epoch, whose seq 1 is not a repeat
+            line_output("rogue", 1, 9, epoch=EPOCH + 1, minute=3),
         ])
-        await _read_until(proc.stdout, "rogue seq=2", seen)
+        await _read_until(proc.stdout, f"rogue epoch={EPOCH + 1} seq=1", seen)
         proc.send_signal(signal.SIGINT)
         await _read_until(proc.stdout, "totals:", seen)
     finally:
@@ -49,6 +51,6 @@ async def test_example_totals_survive_duplicates(mosquitto: MosquittoBroker) -> 
             proc.kill()
         await proc.wait()
     counted = [line for line in seen if " seq=" in line]
-    assert len(counted) == 6  # one line per distinct (line, seq)
-    assert "kei-ev seq=3 units=6 total=14 (historical)" in counted
-    assert seen[-1] == "totals: kei-ev=14, rogue=7"
+    assert len(counted) == 7  # one line per distinct (line, epoch, seq)
+    assert f"kei-ev epoch={EPOCH} seq=3 units=6 total=14 (historical)" in counted
+    assert seen[-1] == "totals: kei-ev=14, rogue=16"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import MqttConfig
-from agent.forwarder import Forwarder, mark_historical
+from agent.forwarder import Forwarder
+from agent.outputs.json import mark_historical
 from agent.publisher import Publisher
 from agent.store import NewRecord, Store
 from tests.fixtures.mosquitto import MosquittoBroker, MqttSubscriber, ReceivedMessage

@@ -44,11 +44,15 @@ T0 = datetime(2028, 4, 3, 0, 0, tzinfo=UTC)
 Message = tuple[str, bytes, bool]  # topic, payload, retain
 
 
+EPOCH = 1_838_930_400_000_417
+
+
 def line_output(line: str, seq: int, units: int, *, historical: bool = False,
-                events: Sequence[str] = (), quality: str = "good") -> Message:
-    start = T0 + timedelta(minutes=seq - 1)
+                events: Sequence[str] = (), quality: str = "good", epoch: int = EPOCH,
+                minute: int | None = None) -> Message:
+    start = T0 + timedelta(minutes=(seq if minute is None else minute) - 1)
     out = LineOutput.model_validate({
-        "site": "test", "line": line, "product": line.title(), "seq": seq,
+        "site": "test", "line": line, "product": line.title(), "epoch": epoch, "seq": seq,
         "window_start": start, "window_end": start + timedelta(minutes=1),
         "units": units, "rate_per_hour": units * 60.0, "target_per_hour": 120.0,
         "attainment": units / 2.0,
@@ -61,10 +65,10 @@ def line_output(line: str, seq: int, units: int, *, historical: bool = False,
     return f"{ROOT}/lines/{line}/output", encode(out), False
 
 
-def plant_output(seq: int, units: int) -> Message:
+def plant_output(seq: int, units: int, epoch: int = EPOCH) -> Message:
     start = T0 + timedelta(minutes=seq - 1)
     out = PlantOutput(
-        site="test", seq=seq, window_start=start, window_end=start + timedelta(minutes=1),
+        site="test", epoch=epoch, seq=seq, window_start=start, window_end=start + timedelta(minutes=1),
         units=units, units_today=100 + units, units_year_to_date=5000, target_today=3600.0,
         capacity_per_year=500000, planned_utilization=0.8, utilization=0.75,
         projected_year=401234.4, lines={"kei-ev": units}, quality="good")
@@ -146,6 +150,25 @@ def test_model_counts_each_window_once_and_keeps_the_newest() -> None:
     assert view.latest is not None
     assert view.latest.seq == 5  # a late window does not replace the newest
     assert list(view.events) == [(3, "gap_recovered")]
+
+
+def test_model_keeps_the_windows_of_a_new_epoch_apart() -> None:
+    """A lost state store: seq starts again at 1 in a new epoch; nothing is dropped as a repeat."""
+    model = WatchModel()
+    _apply(model, [
+        line_output("kei-ev", 1, 3), line_output("kei-ev", 2, 4),
+        line_output("kei-ev", 1, 5, epoch=EPOCH + 1, minute=3),
+        line_output("kei-ev", 2, 6, epoch=EPOCH + 1, minute=4),
+        line_output("kei-ev", 2, 6, epoch=EPOCH + 1, minute=4),
+        plant_output(1, 7), plant_output(1, 11, epoch=EPOCH + 1),
+    ])
+    view = model.lines["kei-ev"]
+    assert view.total == 3 + 4 + 5 + 6
+    assert view.duplicates == 1
+    assert view.missing == 0
+    assert view.latest is not None
+    assert (view.latest.epoch, view.latest.seq) == (EPOCH + 1, 2)
+    assert model.plant.total == 7 + 11
 
 
 def test_model_accepts_added_fields_and_counts_invalid_payloads() -> None:

@@ -1,0 +1,22 @@
+"""The output side: a window is built once, then each configured format encodes it.
+
+A format (:class:`~agent.outputs.base.OutputFormat`) turns a closed window's payload models
+into outbox records (:meth:`records`, at commit) and gives the bytes to send for a stored
+record (:meth:`wire`, when the forwarder publishes it: a record sent late is marked
+historical there). One outbox and one publisher carry every format's records; a record
+names its format, so the forwarder asks the right one. A new format is one module here
+and one entry in :func:`make_formats`.
+"""
+
+from __future__ import annotations
+
+from agent.config import Config
+from agent.outputs.base import OutputFormat, WindowOutputs
+from agent.outputs.json import JsonFormat
+
+__all__ = ["JsonFormat", "OutputFormat", "WindowOutputs", "make_formats"]
+
+
+def make_formats(cfg: Config) -> dict[str, OutputFormat]:
+    """The formats the config asks for, by name (the explicit factory; no registration)."""
+    return {"json": JsonFormat.from_config(cfg)}
