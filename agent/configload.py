@@ -7,10 +7,10 @@ Loading is bounded, so that a hostile or broken file is refused in milliseconds 
 than keeping ``plantfloor check`` or the agent busy (a "billion laughs" file, nine nested
 aliases of nine, used to take over a minute and ~1 GB):
 
-* a file larger than :data:`MAX_CONFIG_BYTES` (1 MiB) is refused before it is parsed;
+* a file larger than :data:`MAX_CONFIG_BYTES` (8 MiB) is refused before it is parsed;
 * anchors and aliases are allowed (``<<: *defaults`` merge keys, a shared shift), but a
   document that, with every alias expanded, would hold more than :data:`MAX_CONFIG_NODES`
-  (50,000) nodes, or that uses more than :data:`MAX_CONFIG_ALIASES` (1,000) aliases, or an
+  (2,000,000) nodes, or that uses more than :data:`MAX_CONFIG_ALIASES` (10,000) aliases, or an
   alias inside the node it names (a recursive structure), is refused at the offending alias.
 
 The bounds are checked on the YAML event stream before anything is constructed: each
@@ -60,12 +60,14 @@ __all__ = [
     "with_broker",
 ]
 
-#: A configuration file larger than this (1 MiB) is refused before it is parsed.
-MAX_CONFIG_BYTES = 1 << 20
-#: A document that, with every YAML alias expanded, holds more nodes than this is refused.
-MAX_CONFIG_NODES = 50_000
+#: A configuration file larger than this (8 MiB) is refused before it is parsed; a gateway
+#: polling 500 PLCs with 30 tags each has a config of about 1.5 MB.
+MAX_CONFIG_BYTES = 8 << 20
+#: A document that, with every YAML alias expanded, holds more nodes than this is refused
+#: (500 PLCs with 30 tags each: about 200,000 nodes).
+MAX_CONFIG_NODES = 2_000_000
 #: A document with more YAML aliases (``*name``, including ``<<: *name``) than this is refused.
-MAX_CONFIG_ALIASES = 1_000
+MAX_CONFIG_ALIASES = 10_000
 
 M = TypeVar("M", bound=BaseModel)
 _PATH_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[A-Za-z0-9_-]+)*): (.*)$", re.S)

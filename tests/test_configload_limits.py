@@ -65,8 +65,8 @@ def test_billion_laughs_is_refused_naming_the_bound(tmp_path: Path) -> None:
         load_config(f)
     err = info.value
     assert err.file == str(f)
-    # a4 holds 66,430 nodes expanded: an alias on its line (7) crosses the bound
-    assert (err.line, err.key) == (7, "a4.5"), "the line and key of the offending alias"
+    # a6 expands to millions of nodes: an alias on its line (9) crosses the bound
+    assert (err.line, err.key) == (9, "a6.2"), "the line and key of the offending alias"
     assert f"{MAX_CONFIG_NODES:,} YAML nodes" in str(err)
     assert str(err).startswith(f"{f}:{err.line}: ")
     assert "\n" not in str(err)
@@ -75,7 +75,7 @@ def test_billion_laughs_is_refused_naming_the_bound(tmp_path: Path) -> None:
 def test_wider_and_deeper_laughs_are_refused_too(tmp_path: Path) -> None:
     f = tmp_path / "laughs.yaml"
     f.write_text(_billion_laughs(levels=30, width=30))
-    with pytest.raises(ConfigError, match="bound of 50,000 YAML nodes"):
+    with pytest.raises(ConfigError, match=f"bound of {MAX_CONFIG_NODES:,} YAML nodes"):
         parse_yaml(f)
 
 
@@ -97,11 +97,12 @@ def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
     assert (info.value.line, info.value.key) == (3, "loop.0")
 
 
-def test_too_many_plain_nodes_are_refused(tmp_path: Path) -> None:
+def test_too_many_plain_nodes_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same rule at a smaller bound, so the test stays quick
+    monkeypatch.setattr("agent.configload.MAX_CONFIG_NODES", 50_000)
     f = tmp_path / "wide.yaml"
-    f.write_text("site: kyushu\nx: [" + ", ".join(["1"] * (MAX_CONFIG_NODES + 10)) + "]\n")
-    assert f.stat().st_size < MAX_CONFIG_BYTES
-    with pytest.raises(ConfigError, match=f"bound of {MAX_CONFIG_NODES:,} YAML nodes"):
+    f.write_text("site: kyushu\nx: [" + ", ".join(["1"] * (50_000 + 10)) + "]\n")
+    with pytest.raises(ConfigError, match="bound of 50,000 YAML nodes"):
         parse_yaml(f)
 
 
@@ -115,20 +116,23 @@ def test_an_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
         load_config(f)
     msg = str(info.value)
     assert msg == (f"{f}: the file is {MAX_CONFIG_BYTES + 1:,} bytes, larger than the bound of "
-                   f"{MAX_CONFIG_BYTES:,} bytes (1 MiB) on a configuration file")
+                   f"{MAX_CONFIG_BYTES:,} bytes (8 MiB) on a configuration file")
 
 
-def test_a_file_at_the_size_bound_still_loads(tmp_path: Path) -> None:
+def test_a_file_at_the_size_bound_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same rule at a smaller bound, so the test stays quick
+    bound = 1 << 20
+    monkeypatch.setattr("agent.configload.MAX_CONFIG_BYTES", bound)
     f = tmp_path / "full.yaml"
-    pad = MAX_CONFIG_BYTES - len(KYUSHU.read_bytes())
+    pad = bound - len(KYUSHU.read_bytes())
     f.write_bytes(KYUSHU.read_bytes() + (b"#" * 99 + b"\n") * (pad // 100) + b"#" * (pad % 100))
-    assert f.stat().st_size == MAX_CONFIG_BYTES
+    assert f.stat().st_size == bound
     assert load_config(f).config.site == "kyushu"
 
 
 @pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
 def test_an_endless_stream_is_refused_by_size() -> None:
-    with pytest.raises(ConfigError, match=r"larger than the bound of 1,048,576 bytes \(1 MiB\)"):
+    with pytest.raises(ConfigError, match=r"larger than the bound of 8,388,608 bytes \(8 MiB\)"):
         load_config("/dev/zero")
 
 
@@ -198,4 +202,4 @@ def test_check_exits_2_with_one_line(tmp_path: Path, shape: str) -> None:
     assert "\n" not in err
     assert "Traceback" not in err
     assert err.startswith(f"plantfloor: {f}:")
-    assert ("50,000 YAML nodes" if shape == "laughs" else "1,048,576 bytes (1 MiB)") in err
+    assert (f"{MAX_CONFIG_NODES:,} YAML nodes" if shape == "laughs" else "8,388,608 bytes (8 MiB)") in err
