@@ -1,5 +1,5 @@
 # The two entry points: `make demo` and `make test`. Both set everything up first.
-.PHONY: demo test lint bench venv
+.PHONY: demo test test-systemd lint bench venv
 
 venv:
 	@scripts/bootstrap.sh
@@ -10,6 +10,12 @@ demo: venv
 test:
 	@scripts/bootstrap.sh --test
 	.venv/bin/python -m pytest -q
+
+# deploy/plantfloor.service under a real systemd: boots Debian in a container (root,
+# systemd-nspawn; about 2 minutes, the first run also debootstraps). CI runs it.
+test-systemd:
+	@scripts/bootstrap.sh --test
+	PLANTFLOOR_SYSTEMD_TEST=$${PLANTFLOOR_SYSTEMD_TEST:-1} .venv/bin/python -m pytest -q -rs -m systemd tests/test_systemd_unit.py
 
 lint: venv
 	.venv/bin/ruff check agent simulators tests bench examples

@@ -47,6 +47,20 @@ def test_unit_directives() -> None:
     assert "IPAddressDeny" not in s  # PLC networks differ per site: never guessed here
 
 
+def test_drain_bound_agrees_with_the_unit_and_the_image() -> None:
+    from agent.pipeline import DRAIN_S
+
+    unit = re.search(r"drains for at most (\d+) s", UNIT.read_text())
+    image = re.search(r"drains for up to (\d+) s", (REPO / "deploy" / "Dockerfile").read_text())
+    assert unit is not None
+    assert image is not None
+    assert float(unit.group(1)) == DRAIN_S
+    assert float(image.group(1)) == DRAIN_S
+    # the drain, then at most 3 s for the offline status and 1 s for the disconnect
+    # (Publisher.stop), all before systemd's SIGKILL
+    assert int(unit_settings()["TimeoutStopSec"][0]) > DRAIN_S + 3 + 1
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_unit_exposure_at_most_2() -> None:
     proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(UNIT)],
