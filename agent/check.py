@@ -20,6 +20,7 @@ from agent.config import (
 from agent.configload import load_config, with_broker
 from agent.core.calendar import ShiftCalendar
 from agent.errors import PlantfloorError
+from agent.outputs.sparkplug import checks as sparkplug_checks
 
 __all__ = ["check_command", "summary", "warnings"]
 
@@ -73,6 +74,9 @@ def summary(cfg: Config, *, year: int | None = None) -> str:
     share = total_year / plan * 100 if plan else 0.0
     out.append(f"plant target for the year: {plan:,.0f}; the lines' targets add up to "
                f"{total_year:,.0f} in {year} ({share:.1f} % of the plan)")
+    node = sparkplug_checks.describe(cfg)
+    if node is not None:
+        out.append(node)
     return "\n".join(out)
 
 
@@ -105,6 +109,7 @@ def warnings(cfg: Config) -> list[str]:
     if cfg.mqtt.version == "3.1.1":
         out.append("mqtt: version 3.1.1 cannot report a refused publish (an ACL denial is "
                    "acknowledged as success): a refused window leaves the outbox unseen; use 5")
+    out.extend(sparkplug_checks.warnings(cfg))
     return out
 
 
@@ -154,8 +159,16 @@ async def _check_broker(cfg: Config) -> tuple[str, bool, str]:
     from agent.publisher import Publisher
 
     name = f"broker {cfg.mqtt.url}"
+    try:
+        password = cfg.mqtt.password()
+    except OSError as exc:
+        # outside systemd a credential name (password_file: mqtt-password) is not found unless
+        # CREDENTIALS_DIRECTORY names the folder that holds it (docs/operations.md)
+        return name, False, (f"cannot read the password file {cfg.mqtt.password_file} "
+                             f"(mqtt.password_file): {exc.strerror}; outside systemd set "
+                             "CREDENTIALS_DIRECTORY to the folder of the credentials")
     pub = Publisher(cfg.mqtt, client_id=f"{cfg.client_id}-check", will_topic=f"{cfg.topic_root}/check",
-                    will_payload=b"", password=cfg.mqtt.password(), backoff_max_s=1.0)
+                    will_payload=b"", password=password, backoff_max_s=1.0)
     try:
         await pub.start()
         try:

@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--state-dir", type=Path, help="folder for the demo's state database")
     demo.add_argument("--plain", action="store_true", help="plain text view instead of the live table")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--output", choices=["json", "sparkplug", "both"],
+                      help="window output (default: the config's); sparkplug shows the Sparkplug node in the view")
 
     state = sub.add_parser("state", help="see and mend the state store (counter baselines, totals)")
     state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
@@ -82,10 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     rebase.add_argument("line")
     rebase.add_argument("--reason", help="why (kept in the log and the state store)")
 
+    rep = sub.add_parser("report", help="the shift reports of a production day from the state store: "
+                         "units, targets, OEE and its parts, downtime by reason")
+    rep.add_argument("config", type=Path)
+    rep.add_argument("--date", help="production date YYYY-MM-DD (default: today in the site's time zone)")
+    rep.add_argument("--shift", help="only this shift (by name)")
+    rep.add_argument("--format", choices=["text", "csv", "json"], default="text")
+    rep.add_argument("--database", metavar="URL",
+                     help="read the site's reports from the roll-up's PostgreSQL (postgresql://...) "
+                          "instead of the state store")
+
+    rollup = sub.add_parser("rollup", help="the site-wide service for several gateways: every line window "
+                            "exactly once into PostgreSQL, one plant figure for the site")
+    rollup.add_argument("rollupconfig", type=Path)
+    rollup.add_argument("--replica", help="this replica's name (default: replica in the file, else the host name)")
+    rollup.add_argument("--broker", help="broker URL overriding mqtt.url")
+    rollup.add_argument("--check", action="store_true", help="validate the config and print a summary; do not run")
+    rollup.add_argument("--connect", action="store_true", help="with --check: also reach the database and the broker once")
+
     watch = sub.add_parser("watch", help="live terminal view of every line and the plant (an MQTT subscriber)")
     watch.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     watch.add_argument("--root", default="plantfloor/kyushu", help="topic root R")
     watch.add_argument("--plain", action="store_true", help="plain periodic lines even on a terminal")
+    watch.add_argument("--sparkplug", metavar="GROUP/NODE",
+                       help="show this Sparkplug B edge node's lines instead of the JSON topics")
     return p
 
 
@@ -150,6 +172,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print(statecmd.rebaseline(cfg, args.line, args.reason))
         return 0
+    if args.command == "report":
+        from agent.configload import load_config
+        from agent.reportcmd import report
+
+        cfg = load_config(args.config).config
+        if args.database:
+            from agent.rollup.reports import report_from_database
+
+            print(report_from_database(cfg, args.database, day=args.date, shift=args.shift, fmt=args.format))
+            return 0
+        print(report(cfg, day=args.date, shift=args.shift, fmt=args.format))
+        return 0
     if args.command == "simulate":
         from simulators.runner import run_simulators
 
@@ -162,15 +196,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         stop = asyncio.Event()
         return _run_until_signal(lambda: run_watch(broker_url=args.broker, root=args.root,
-                                                   plain=True if args.plain else None, stop=stop),
+                                                   plain=True if args.plain else None, stop=stop,
+                                                   sparkplug=args.sparkplug),
                                  stop=stop)
+    if args.command == "rollup":
+        from agent.rollup.command import rollup_command
+
+        return rollup_command(args.rollupconfig, replica=args.replica, broker=args.broker, check=args.check,
+                              connect=args.connect, debug=args.debug, log_format=args.log_format,
+                              run_until_signal=_run_until_signal)
     if args.command == "demo":
         from agent.demo import run_demo
 
         stop = asyncio.Event()
         return _run_until_signal(lambda: run_demo(broker=args.broker, config=args.config,
                                                   sim_config=args.sim_config, state_dir=args.state_dir,
-                                                  plain=args.plain, duration=args.duration, stop=stop),
+                                                  plain=args.plain, duration=args.duration, stop=stop,
+                                                  output=args.output),
                                  stop=stop)
     raise AssertionError(args.command)
 

@@ -31,9 +31,11 @@ from pydantic import (
 __all__ = [
     "DEFAULT_RATE_BOUND_FACTOR",
     "DEPRECATED_OPCUA_POLICIES",
+    "ROLE_KEYS",
     "TYPE_WIDTH",
     "Break",
     "Config",
+    "DowntimeConfig",
     "LineConfig",
     "ModbusSource",
     "ModbusTag",
@@ -43,8 +45,10 @@ __all__ = [
     "OpcUaTag",
     "PlantConfig",
     "PublishConfig",
+    "ReasonConfig",
     "Shift",
     "SourceConfig",
+    "SparkplugConfig",
     "StorageConfig",
     "TagConfig",
     "TimeZoneName",
@@ -65,6 +69,19 @@ ModbusTable = Literal["holding", "input"]
 ModbusType = Literal["uint16", "int16", "uint32", "int32", "uint64", "float32"]
 WordOrder = Literal["big", "little"]
 LineState = Literal["running", "stopped", "faulted", "unknown"]
+#: what a state tag's map may name: running, unknown, or a reason (checked against downtime.reasons)
+StateName = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+          description="running, unknown, or a reason of downtime.reasons (stopped and faulted are built in)"),
+]
+ReasonCategory = Literal["planned", "unplanned", "idle"]
+#: the roles of a line's counters: good units, and the optional second counter of all units or rejects
+CounterRole = Literal["counter", "total", "rejects"]
+COUNTER_ROLES: frozenset[str] = frozenset({"counter", "total", "rejects"})
+#: the configuration key of each point role of a line
+ROLE_KEYS: dict[str, str] = {"counter": "counter", "total": "total_counter",
+                             "rejects": "reject_counter", "state": "state"}
 
 #: registers per Modbus value type
 TYPE_WIDTH: dict[str, int] = {
@@ -273,6 +290,54 @@ class Shift(_Model):
             self.offset_minutes(b.end) - self.offset_minutes(b.start) for b in self.breaks)
 
 
+# --- downtime reasons -------------------------------------------------------------------
+
+class ReasonConfig(_Model):
+    """Why a line is not running: the reason's OEE category and the line state it reports."""
+
+    category: ReasonCategory = Field(
+        ..., description="planned: a planned stop (changeover, maintenance), not part of planned "
+                         "busy time; unplanned: downtime that lowers availability (fault, blocked, "
+                         "starved); idle: the line could run but has nothing to do (no orders), "
+                         "downtime too")
+    state: Literal["stopped", "faulted"] = Field(
+        "stopped", description="the line state reported while in this reason (state topic, "
+                               "state_seconds): stopped or faulted")
+
+
+#: reasons every configuration has; downtime.reasons may redefine their category
+BUILTIN_REASONS: dict[str, ReasonConfig] = {
+    "stopped": ReasonConfig(category="unplanned", state="stopped"),
+    "faulted": ReasonConfig(category="unplanned", state="faulted"),
+}
+
+
+class DowntimeConfig(_Model):
+    """Reason codes of stops and the minor-stop threshold (docs/mqtt.md, "The time model")."""
+
+    minor_stop_s: float = Field(
+        60.0, ge=0, le=3600,
+        description="a stop shorter than this is a minor stop (a performance loss), not downtime "
+                    "of its reason; a stop reaching it is downtime of its reason from its start; "
+                    "0 makes every stop downtime")
+    reasons: dict[Identifier, ReasonConfig] = Field(
+        default_factory=dict,
+        description="reasons a state map may name besides the built-in stopped and faulted "
+                    "(both unplanned), e.g. changeover: {category: planned}")
+
+    @field_validator("reasons")
+    @classmethod
+    def _not_states(cls, v: dict[str, ReasonConfig]) -> dict[str, ReasonConfig]:
+        for name in v:
+            if name in ("running", "unknown"):
+                raise ValueError(f"{name!r} is a line state, not a reason of a stop")
+        return v
+
+    def all_reasons(self) -> dict[str, ReasonConfig]:
+        """The built-in reasons and the configured ones."""
+        return {**BUILTIN_REASONS, **self.reasons}
+
+
 # --- sources -----------------------------------------------------------------------------
 
 class ModbusSource(_Model):
@@ -357,7 +422,9 @@ class ModbusTag(_Model):
     word_order: WordOrder = Field("big", description="big: the first register holds the most significant word")
     unit_id: int | None = Field(None, ge=0, le=255, description="default: the source's unit_id")
     rollover: int | None = Field(None, ge=2, description="counter modulus where it is not the type's")
-    map: dict[int, LineState] | None = Field(None, description="state tag: raw value to line state")
+    map: dict[int, StateName] | None = Field(
+        None, description="state tag: raw value to running, a downtime reason (downtime.reasons; "
+                          "stopped and faulted are built in) or unknown; an unmapped value reads unknown")
 
     @property
     def width(self) -> int:
@@ -374,7 +441,9 @@ class OpcUaTag(_Model):
     source: Identifier
     node: str = Field(..., description='node id, e.g. "ns=2;s=Rogue.GoodCount" or "nsu=urn:...;i=1001"')
     rollover: int | None = Field(None, ge=2, description="counter modulus (PackML DINT counters: 2147483648)")
-    map: dict[int, LineState] | None = Field(None, description="state tag: raw value to line state")
+    map: dict[int, StateName] | None = Field(
+        None, description="state tag: raw value to running, a downtime reason (downtime.reasons; "
+                          "stopped and faulted are built in) or unknown; an unmapped value reads unknown")
 
     @field_validator("node")
     @classmethod
@@ -394,7 +463,7 @@ TagConfig = Annotated[
     Annotated[ModbusTag, Tag("modbus")] | Annotated[OpcUaTag, Tag("opcua")],
     Discriminator(_tag_kind),
 ]
-DEFAULT_STATE_MAP: dict[int, LineState] = {0: "stopped", 1: "running", 2: "faulted"}
+DEFAULT_STATE_MAP: dict[int, str] = {0: "stopped", 1: "running", 2: "faulted"}
 
 
 class LineConfig(_Model):
@@ -403,7 +472,20 @@ class LineConfig(_Model):
     target_per_hour: float | None = Field(None, gt=0, description="planned rate during planned production time")
     takt_s: float | None = Field(None, gt=0, description="planned takt time; target_per_hour = 3600 / takt_s")
     counter: TagConfig = Field(..., description="the good-unit counter")
-    state: TagConfig | None = Field(None, description="line state tag; map raw values to running/stopped/faulted")
+    total_counter: TagConfig | None = Field(
+        None, description="optional counter of every unit built, good or not (OEE quality = good / "
+                          "total); counted like counter, with the line's plausibility bound; at most "
+                          "one of total_counter and reject_counter")
+    reject_counter: TagConfig | None = Field(
+        None, description="optional counter of rejected units (scrap, rework): total = good + "
+                          "rejects; counted like counter, with the line's plausibility bound")
+    ideal_cycle_s: float | None = Field(
+        None, gt=0, description="ideal cycle time of one unit, for OEE performance (ideal_cycle_s x "
+                                "total / run time); default the planned takt (takt_s, or 3600 / "
+                                "target_per_hour)")
+    state: TagConfig | None = Field(
+        None, description="line state tag; its map names running, a downtime reason or unknown "
+                          "for each raw value (default 0 stopped, 1 running, 2 faulted)")
     max_rate_per_hour: float | None = Field(
         None, gt=0,
         description="plausibility bound on the counter's rate: a jump faster than this since the "
@@ -414,9 +496,13 @@ class LineConfig(_Model):
         description="extra process values read with the counter (e.g. buffer level, andon); "
                     "the last good value of each is reported in every window")
 
-    def points(self) -> Iterator[tuple[Literal["counter", "state", "tag"], str | None, TagConfig]]:
+    def points(self) -> Iterator[tuple[Literal["counter", "total", "rejects", "state", "tag"],
+                                       str | None, TagConfig]]:
         """Every point the line reads: (role, tag name, tag)."""
         yield "counter", None, self.counter
+        second = self.second_counter
+        if second is not None:
+            yield second[0], None, second[1]
         if self.state is not None:
             yield "state", None, self.state
         for name, tag in self.tags.items():
@@ -426,7 +512,25 @@ class LineConfig(_Model):
     def _check(self) -> LineConfig:
         if (self.target_per_hour is None) == (self.takt_s is None):
             raise ValueError("give exactly one of target_per_hour and takt_s")
+        if self.total_counter is not None and self.reject_counter is not None:
+            raise ValueError("give at most one of total_counter and reject_counter")
         return self
+
+    @property
+    def second_counter(self) -> tuple[Literal["total", "rejects"], TagConfig] | None:
+        """The counter that measures quality: (``total`` or ``rejects``, its tag), or None."""
+        if self.total_counter is not None:
+            return "total", self.total_counter
+        if self.reject_counter is not None:
+            return "rejects", self.reject_counter
+        return None
+
+    @property
+    def ideal_cycle(self) -> float:
+        """Ideal seconds per unit: ``ideal_cycle_s``, else the planned takt."""
+        if self.ideal_cycle_s is not None:
+            return self.ideal_cycle_s
+        return 3600.0 / self.rate_target
 
     @property
     def rate_target(self) -> float:
@@ -444,10 +548,39 @@ class LineConfig(_Model):
         return DEFAULT_RATE_BOUND_FACTOR * self.rate_target
 
     @property
-    def state_map(self) -> dict[int, LineState]:
+    def state_map(self) -> dict[int, str]:
         if self.state is not None and self.state.map is not None:
             return dict(self.state.map)
         return dict(DEFAULT_STATE_MAP)
+
+
+# --- Sparkplug B ----------------------------------------------------------------------
+
+#: what a Sparkplug id may not contain: the topic separator and wildcards (Sparkplug 3.0,
+#: 4.1.1), and the NUL and control characters MQTT forbids or advises against in topics
+_SPARKPLUG_FORBIDDEN = re.compile(r"[+/#\x00-\x1f\x7f-\x9f]")
+
+
+def _sparkplug_id(value: str) -> str:
+    bad = _SPARKPLUG_FORBIDDEN.search(value)
+    if bad is not None:
+        raise ValueError(f"{value!r} contains {bad.group(0)!r}: a Sparkplug id is a UTF-8 "
+                         "string without '+', '/', '#' and control characters")
+    if len(value.encode()) > 1024:
+        raise ValueError("a Sparkplug id longer than 1024 bytes makes unwieldy topics")
+    return value
+
+
+SparkplugId = Annotated[str, Field(min_length=1), AfterValidator(_sparkplug_id)]
+
+
+class SparkplugConfig(_Model):
+    """The agent as a Sparkplug B 3.0 edge node (docs/sparkplug.md); each line is a device."""
+
+    group_id: SparkplugId = Field(..., description="Sparkplug Group ID (e.g. the plant); no '+', '/', '#'")
+    edge_node_id: SparkplugId = Field(..., description="Sparkplug Edge Node ID: unique per gateway within the group (two gateways with one id make host applications demand rebirths from both, endlessly)")
+    primary_host_id: SparkplugId | None = Field(None, description="when set, births wait for this host application's STATE online, and the node disconnects and starts over when the host goes offline")
+    client_id: str | None = Field(None, min_length=1, description="MQTT client id of the edge node's own connection; default <mqtt client id>-sparkplug")
 
 
 # --- the file -------------------------------------------------------------------------
@@ -462,9 +595,19 @@ class Config(_Model):
     storage: StorageConfig = Field(StorageConfig(), description="durable outbox and counter state")
     plant: PlantConfig = Field(..., description="capacity and planned utilisation")
     shifts: tuple[Shift, ...] = Field(..., min_length=1, description="the shift calendar (planned production time)")
+    downtime: DowntimeConfig = Field(DowntimeConfig(), description="reason codes of stops (what a state map may name) and the minor-stop threshold")
     sources: tuple[SourceConfig, ...] = Field(..., min_length=1, description="PLC endpoints")
     lines: tuple[LineConfig, ...] = Field(..., min_length=1, description="production lines: counter, state and target")
     metrics: MetricsConfig | None = Field(None, description="optional Prometheus endpoint (off when absent)")
+    output: Literal["json", "sparkplug", "both"] = Field("json", description="window output: the JSON topics (docs/mqtt.md), Sparkplug B (docs/sparkplug.md) or both")
+    sparkplug: SparkplugConfig | None = Field(None, description="Sparkplug B edge node identity; required when output is sparkplug or both")
+
+    @model_validator(mode="after")
+    def _output(self) -> Config:
+        if self.output != "json" and self.sparkplug is None:
+            raise ValueError(f"output: {self.output} needs the sparkplug section "
+                             "(group_id and edge_node_id)")
+        return self
 
     @property
     def tz(self) -> ZoneInfo:
@@ -479,7 +622,8 @@ class Config(_Model):
         return self.mqtt.client_id or f"plantfloor-{self.site}"
 
     def points_of(self, source_id: str) -> Iterator[
-            tuple[LineConfig, Literal["counter", "state", "tag"], str | None, TagConfig]]:
+            tuple[LineConfig, Literal["counter", "total", "rejects", "state", "tag"], str | None,
+                  TagConfig]]:
         """Every point (line, role, tag name, tag) that a source serves."""
         for line in self.lines:
             for role, name, tag in line.points():
@@ -518,7 +662,7 @@ class Config(_Model):
         by_id = {s.id: s for s in self.sources}
         for i, line in enumerate(self.lines):
             for role, name, tag in line.points():
-                key = f"tags.{name}" if name else role
+                key = f"tags.{name}" if name else ROLE_KEYS[role]
                 where = f"lines.{i}.{key}.source"
                 src = by_id.get(tag.source)
                 if src is None:
@@ -528,9 +672,14 @@ class Config(_Model):
                 if not isinstance(tag, want):
                     raise ValueError(f"lines.{i}.{key}: source {src.id!r} is {src.kind}; "
                                      f"give {'address/table/type' if src.kind == 'modbus' else 'node'}")
-            _check_counter(line, i)
+            _check_counter(line.counter, f"lines.{i}.counter")
+            second = line.second_counter
+            if second is not None:
+                _check_counter(second[1], f"lines.{i}.{ROLE_KEYS[second[0]]}")
+            _check_state_map(line, i, self.downtime)
         _check_tag_overlap(self)
         _check_shift_overlap(self.shifts)
+        _check_window_grid(self.shifts, self.publish.interval_s)
         return self
 
 
@@ -549,17 +698,42 @@ def _unique(what: str, ids: list[str]) -> None:
         seen.add(x)
 
 
-def _check_counter(line: LineConfig, i: int) -> None:
-    tag = line.counter
+def _check_counter(tag: TagConfig, where: str) -> None:
     if isinstance(tag, ModbusTag):
         natural = TYPE_MODULUS[tag.type]
         if natural is None:
-            raise ValueError(f"lines.{i}.counter.type: a counter must be an integer type, not {tag.type}")
+            raise ValueError(f"{where}.type: a counter must be an integer type, not {tag.type}")
         if tag.rollover is not None and tag.rollover > natural:
-            raise ValueError(f"lines.{i}.counter.rollover: {tag.rollover} is wider than a {tag.type} "
+            raise ValueError(f"{where}.rollover: {tag.rollover} is wider than a {tag.type} "
                              f"can count (at most {natural})")
     if tag.map is not None:
-        raise ValueError(f"lines.{i}.counter.map: only a state tag has a map")
+        raise ValueError(f"{where}.map: only a state tag has a map")
+
+
+def _check_state_map(line: LineConfig, i: int, downtime: DowntimeConfig) -> None:
+    """Every name in a state map is running, unknown or a reason of ``downtime.reasons``."""
+    if line.state is None or line.state.map is None:
+        return
+    reasons = downtime.all_reasons()
+    for raw, name in line.state.map.items():
+        if name not in ("running", "unknown") and name not in reasons:
+            raise ValueError(f"lines.{i}.state.map.{raw}: {name!r} is not running, unknown or a "
+                             f"reason of downtime.reasons ({', '.join(sorted(reasons))})")
+
+
+def _check_window_grid(shifts: tuple[Shift, ...], interval_s: int) -> None:
+    """Shift and break times on the window grid: no window straddles a shift or a break, so
+    each window is wholly planned or unplanned and belongs to one shift instance."""
+    for i, s in enumerate(shifts):
+        times = [("start", s.start), ("end", s.end)]
+        times += [(f"breaks.{j}.{k}", getattr(b, k)) for j, b in enumerate(s.breaks)
+                  for k in ("start", "end")]
+        for key, hhmm in times:
+            t = _to_time(hhmm)
+            if ((t.hour * 60 + t.minute) * 60) % interval_s:
+                raise ValueError(f"shifts.{i}.{key}: {hhmm} is not on the grid of the "
+                                 f"{interval_s} s windows (publish.interval_s), so a window would "
+                                 "straddle it; shift and break times must be multiples of it")
 
 
 def _check_tag_overlap(cfg: Config) -> None:
@@ -567,7 +741,7 @@ def _check_tag_overlap(cfg: Config) -> None:
     nodes: dict[tuple[str, str], str] = {}
     for i, line in enumerate(cfg.lines):
         for role, tag_name, tag in line.points():
-            name = f"lines.{i}.{'tags.' + tag_name if tag_name else role}"
+            name = f"lines.{i}.{'tags.' + tag_name if tag_name else ROLE_KEYS[role]}"
             if isinstance(tag, ModbusTag):
                 src = cfg.source(tag.source)
                 assert isinstance(src, ModbusSource)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent.config import Config
+from agent.config import Config, SparkplugConfig
 from agent.configload import load_config, with_broker
 from agent.errors import ConfigError, PlantfloorError
 
@@ -120,17 +120,27 @@ def _demo_state_dir(state_dir: Path | None) -> Path:
     return state_dir
 
 
-def _demo_config(cfg: Config, state_dir: Path, broker: str, version: str | None) -> Config:
+def _demo_config(cfg: Config, state_dir: Path, broker: str, version: str | None,
+                 output: str | None = None) -> Config:
     cfg = with_broker(cfg, broker)
     storage = cfg.storage.model_copy(update={"path": state_dir / cfg.storage.path.name})
     mqtt = cfg.mqtt.model_copy(update={"version": version}) if version else cfg.mqtt
-    return cfg.model_copy(update={"storage": storage, "mqtt": mqtt})
+    update: dict[str, object] = {"storage": storage, "mqtt": mqtt}
+    if output is not None:
+        update["output"] = output
+        if output != "json" and cfg.sparkplug is None:
+            update["sparkplug"] = SparkplugConfig(group_id=cfg.site, edge_node_id=f"{cfg.site}-demo")
+    return cfg.model_copy(update=update)
 
 
 async def run_demo(*, broker: str | None = None, config: Path | None = None, sim_config: Path | None = None,
                    state_dir: Path | None = None, plain: bool = False, duration: float | None = None,
-                   stop: asyncio.Event | None = None) -> int:
-    """Run the whole demo until ``stop`` is set (Ctrl-C) or ``duration`` has passed."""
+                   stop: asyncio.Event | None = None, output: str | None = None) -> int:
+    """Run the whole demo until ``stop`` is set (Ctrl-C) or ``duration`` has passed.
+
+    ``output`` overrides the config's (json, sparkplug, both); with ``sparkplug`` the view
+    shows the Sparkplug edge node's lines.
+    """
     from agent.pipeline import Agent
     from agent.watch import run_watch
     from simulators.config import load_sim_config
@@ -149,7 +159,9 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
             else:
                 version = await stack.enter_async_context(embedded_broker(state))
                 broker = DEFAULT_BROKER
-        cfg = _demo_config(loaded.config, state, broker, version)
+        cfg = _demo_config(loaded.config, state, broker, version, output)
+        spb = cfg.sparkplug
+        node = f"{spb.group_id}/{spb.edge_node_id}" if spb and cfg.output == "sparkplug" else None
         sims = SimulatorSet(sim_cfg)
         try:
             await stack.enter_async_context(sims)
@@ -160,7 +172,8 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
         async with asyncio.TaskGroup() as tg:
             agent_task = tg.create_task(agent.run(agent_stop), name="agent")
             watch_task = tg.create_task(run_watch(broker_url=broker, root=cfg.topic_root,
-                                                  plain=True if plain else None, stop=stop),
+                                                  plain=True if plain else None, stop=stop,
+                                                  sparkplug=node),
                                         name="watch")
             # the view ending (it could not reach the broker) ends the demo
             watch_task.add_done_callback(lambda _: stop.set())

@@ -1,5 +1,8 @@
 """Store and forward: drains the durable outbox into the MQTT publisher.
 
+One forwarder runs per channel (:class:`Channel`): the JSON publisher, and the Sparkplug
+edge node when that output is on, each draining the records of its own formats.
+
 A record leaves the outbox only after the broker acknowledged it with a success reason
 code. Order of service on each pass:
 
@@ -35,14 +38,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Protocol
 
 from agent.errors import PublishError, PublishRefused, StoreError
 from agent.outputs.base import OutputFormat
 from agent.outputs.json import JsonFormat
-from agent.publisher import Publisher
 from agent.store import OutboxRecord, Store
 
-__all__ = ["Forwarder"]
+__all__ = ["Channel", "Forwarder"]
 
 log = logging.getLogger(__name__)
 #: pause after a publish failure while the publisher still reports a connection
@@ -60,6 +63,18 @@ class _Parked:
     pause: float
 
 
+class Channel(Protocol):
+    """Where records go: the publisher, or a session on top of it (the Sparkplug edge node)."""
+
+    #: set while records may be sent
+    connected: asyncio.Event
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool = False,
+                      timeout: float = 10.0) -> int:  # noqa: ASYNC109 - the publisher's contract
+        """Send and return once the broker acknowledged it (the reason code)."""
+        ...
+
+
 class _Outcome(Enum):
     EMPTY = "empty"
     REFUSED = "refused"
@@ -69,12 +84,16 @@ class _Outcome(Enum):
 class Forwarder:
     """Publishes outbox records until cancelled. No I/O in the constructor."""
 
-    def __init__(self, store: Store, publisher: Publisher, *, interval_s: float,
+    def __init__(self, store: Store, publisher: Channel, *, interval_s: float,
                  on_alarm: Callable[[str, str], None],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  batch: int = 500, publish_timeout_s: float = 30.0,
-                 formats: Mapping[str, OutputFormat] | None = None) -> None:
+                 formats: Mapping[str, OutputFormat] | None = None,
+                 only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
         self._store = store
+        # the records of the formats this forwarder serves (one forwarder per channel)
+        self._only = only
+        self._exclude = exclude
         self._formats: Mapping[str, OutputFormat] = formats or {"json": JsonFormat()}
         self._publisher = publisher
         self._interval = timedelta(seconds=interval_s)
@@ -135,7 +154,8 @@ class Forwarder:
             live = await self._live(skip)
             if live and not await self._send(live, skip):
                 return _Outcome.ERROR
-            raw = await self._store.pending(self._batch, newer_than_id=cursor)
+            raw = await self._store.pending(self._batch, newer_than_id=cursor, only=self._only,
+                                             exclude=self._exclude)
             if not raw:
                 break
             cursor = raw[-1].id
@@ -151,7 +171,8 @@ class Forwarder:
         return _Outcome.EMPTY
 
     async def _live(self, skip: set[int]) -> list[OutboxRecord]:
-        newest = await self._store.pending(self._batch, oldest_first=False)
+        newest = await self._store.pending(self._batch, oldest_first=False, only=self._only,
+                                             exclude=self._exclude)
         now = self._clock()
         live = [r for r in newest if r.id not in skip and now - r.window_end <= self._interval]
         live.reverse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,9 @@ log = logging.getLogger("plantfloor.lines")
 
 
 def _sources_of(line: LineConfig) -> set[str]:
-    return {t.source for t in (line.counter, line.state) if t is not None}
+    second = line.second_counter
+    return {t.source for t in (line.counter, line.state, second[1] if second else None)
+            if t is not None}
 
 
 def boot_id() -> str | None:
@@ -80,6 +83,41 @@ def restore_counter(line_id: str, row: LineState | None, identity: str,
     return CounterMemory(row.baseline, modulus, anchor, last)
 
 
+def second_json(role: str, identity: str, memory: CounterMemory, clock: CounterClock) -> str:
+    """The second counter's memory as stored in ``line_state.second_json`` (its own
+    identity and baseline; the boot id is the line's)."""
+    return json.dumps({
+        "role": role, "identity": identity,
+        "baseline": None if memory.baseline is None else str(memory.baseline),
+        "modulus": str(memory.modulus), "rebaseline": memory.rebaseline,
+        "anchor_wall": _iso(clock.to_wall(memory.anchor)), "anchor_mono": memory.anchor,
+        "last_wall": _iso(clock.to_wall(memory.last)), "last_mono": memory.last,
+    }, sort_keys=True)
+
+
+def second_row(row: LineState | None) -> LineState | None:
+    """The second counter's stored memory as a row :func:`restore_counter` reads, or None."""
+    if row is None or not row.second_json:
+        return None
+    raw = json.loads(row.second_json)
+
+    def dt(key: str) -> datetime | None:
+        return None if raw.get(key) is None else datetime.fromisoformat(raw[key])
+
+    def num(key: str) -> int | None:
+        return None if raw.get(key) is None else int(raw[key])
+
+    return LineState(line=row.line, totals_json="", identity=raw.get("identity"),
+                     baseline=num("baseline"), modulus=num("modulus"),
+                     anchor_wall=dt("anchor_wall"), anchor_mono=raw.get("anchor_mono"),
+                     last_wall=dt("last_wall"), last_mono=raw.get("last_mono"),
+                     boot_id=row.boot_id, rebaseline=raw.get("rebaseline"))
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat()
+
+
 class LineBoard:
     """Routes readings and source health to each line's tracker and publishes state changes."""
 
@@ -101,23 +139,41 @@ class LineBoard:
         self.identity = {line.id: cfg.point_identity(line.counter) for line in cfg.lines}
         self.state_identity = {line.id: cfg.point_identity(line.state, counter=False)
                                for line in cfg.lines if line.state is not None}
+        self.second_identity = {line.id: (line.second_counter[0],
+                                          cfg.point_identity(line.second_counter[1]))
+                                for line in cfg.lines if line.second_counter is not None}
+        reasons = {name: r.state for name, r in cfg.downtime.all_reasons().items()}
+        self._category = {name: r.category for name, r in cfg.downtime.all_reasons().items()}
         for line in cfg.lines:
             row = stored.lines.get(line.id)
             state_ident = self.state_identity.get(line.id)
             if row is not None and row.state_identity not in (None, state_ident):
                 log.warning("line %s: the state is now read from %s (it was %s)",
                             line.id, state_ident, row.state_identity)
+            second = line.second_counter
+            second_memory = None
+            if second is not None:
+                second_memory = restore_counter(f"{line.id} ({second[0]} counter)", second_row(row),
+                                                self.second_identity[line.id][1], clock)
             self.trackers[line.id] = LineTracker(
                 line_id=line.id, configured_modulus=line.counter.rollover,
                 max_rate_per_hour=line.rate_bound, state_map=line.state_map,
                 has_state_tag=line.state is not None, start_mono=now_mono,
                 tag_names=list(line.tags),
-                memory=restore_counter(line.id, row, self.identity[line.id], clock))
+                memory=restore_counter(line.id, row, self.identity[line.id], clock),
+                reasons=reasons, minor_stop_s=cfg.downtime.minor_stop_s,
+                second_role=second[0] if second else None,
+                second_modulus=second[1].rollover if second else None,
+                second_memory=second_memory)
         self._lines_of: dict[str, list[str]] = {s.id: [] for s in cfg.sources}
         for line in cfg.lines:
             for src in _sources_of(line):
                 self._lines_of[src].append(line.id)
         self._counter_source = {line.id: line.counter.source for line in cfg.lines}
+        self._main_sources = {line.id: {t.source for t in (line.counter, line.state) if t is not None}
+                              for line in cfg.lines}
+        self._second_source = {line.id: line.second_counter[1].source
+                               for line in cfg.lines if line.second_counter is not None}
         # the last point error of each line (Modbus exception, OPC UA status), for the state topic
         self.point_error: dict[str, tuple[str, int | None] | None] = {}
         self._dirty: set[str] = set(self.trackers)
@@ -148,24 +204,42 @@ class LineBoard:
         self.health[health.source] = health
         for line_id in self._lines_of.get(health.source, ()):
             if not health.connected:
-                self.trackers[line_id].on_source_down(mono, health.error or "unreachable")
+                self.trackers[line_id].on_source_down(
+                    mono, health.error or "unreachable",
+                    counter=health.source in self._main_sources[line_id],
+                    second=self._second_source.get(line_id) == health.source)
             self._mark(line_id)
 
-    def close_windows(self, mono: float) -> dict[str, WindowResult]:
-        return {line_id: t.close_window(mono) for line_id, t in self.trackers.items()}
+    def close_windows(self, mono: float, *, planned_ms: int = 0,
+                      period: str | None = None) -> dict[str, WindowResult]:
+        """Close every line's window at ``mono``; ``planned_ms`` and ``period`` as for
+        :meth:`~agent.core.tracker.LineTracker.close_window` (the same for every line)."""
+        return {line_id: t.close_window(mono, planned_ms=planned_ms, period=period)
+                for line_id, t in self.trackers.items()}
 
     def line_state(self, line_id: str, memory: CounterMemory | None, totals_json: str,
-                   wall: datetime, mono: float) -> LineState:
-        """What the store keeps for a line after a window: totals and the counter's memory."""
+                   wall: datetime, mono: float,
+                   second_memory: CounterMemory | None = None) -> LineState:
+        """What the store keeps for a line after a window: totals and the counters' memory."""
+        tracker = self.trackers[line_id]
         if memory is None:
-            memory = self.trackers[line_id].engine.memory()
+            memory = tracker.engine.memory()
         clock = CounterClock(wall, mono, self.boot)
+        second = None
+        if line_id in self.second_identity:
+            role, identity = self.second_identity[line_id]
+            engine = tracker.second_engine
+            if second_memory is None and engine is not None:
+                second_memory = engine.memory()
+            if second_memory is not None:
+                second = second_json(role, identity, second_memory, clock)
         return LineState(
             line=line_id, totals_json=totals_json, identity=self.identity[line_id],
             state_identity=self.state_identity.get(line_id), baseline=memory.baseline,
             modulus=memory.modulus, anchor_wall=clock.to_wall(memory.anchor),
             anchor_mono=memory.anchor, last_wall=clock.to_wall(memory.last),
-            last_mono=memory.last, boot_id=self.boot, rebaseline=memory.rebaseline)
+            last_mono=memory.last, boot_id=self.boot, rebaseline=memory.rebaseline,
+            second_json=second)
 
     def _mark(self, line_id: str) -> None:
         self._dirty.add(line_id)
@@ -181,10 +255,13 @@ class LineBoard:
         last_ok = self.last_ok_wall.get(src)
         problem = self.point_error.get(line_id) if h.connected else None
         error, code = problem if problem else (h.error, None)
+        tracker = self.trackers[line_id]
         return LineStatePayload(
-            line=line_id, state=self.trackers[line_id].state,
+            line=line_id, state=tracker.state,
             source=SourceInfo(id=src, connected=h.connected, last_ok=last_ok, error=error, code=code),
-            ts=self.wall().astimezone(UTC))
+            ts=self.wall().astimezone(UTC), reason=tracker.reason,
+            category=self._category.get(tracker.reason),
+            raw=tracker.raw)
 
     async def run(self) -> None:
         """Publish retained state for lines that changed; on reconnect everything again."""

@@ -16,16 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 __all__ = [
     "OUTPUT_SCHEMA",
     "PLANT_SCHEMA",
+    "SHIFT_SCHEMA",
     "STATE_SCHEMA",
     "STATUS_SCHEMA",
     "DayTotals",
     "LineOutput",
     "LineStatePayload",
+    "Loss",
     "PlantOutput",
+    "ReasonTime",
+    "SecondCounter",
+    "ShiftRef",
+    "ShiftReport",
+    "ShiftTime",
     "ShiftTotals",
     "SourceInfo",
     "StateSeconds",
     "StatusPayload",
+    "WindowTime",
     "encode",
     "payload_schemas",
     "rfc3339",
@@ -35,6 +43,7 @@ OUTPUT_SCHEMA: Final = "plantfloor.output/1"
 STATE_SCHEMA: Final = "plantfloor.state/1"
 STATUS_SCHEMA: Final = "plantfloor.status/1"
 PLANT_SCHEMA: Final = "plantfloor.plant/1"
+SHIFT_SCHEMA: Final = "plantfloor.shift/1"
 
 Event = Literal[
     "rollover", "counter_reset", "implausible_jump", "source_unreachable", "gap_recovered",
@@ -66,18 +75,56 @@ class StateSeconds(_Payload):
     unknown: float = Field(0.0, ge=0)
 
 
+Ratio = float | None
+Category = Literal["planned", "unplanned", "idle"]
+
+
 class ShiftTotals(_Payload):
     name: str | None = Field(..., description="shift name; null outside every shift")
     units: int = Field(..., ge=0, description="units built so far in this shift (or off-shift period)")
     target: float = Field(..., ge=0, description="planned units for the whole shift")
     projected: float = Field(..., ge=0, description="units + current rate x remaining planned time")
     downtime_s: float = Field(..., ge=0, description="stopped + faulted seconds so far in this shift")
+    availability: Ratio = Field(None, ge=0, description="run time / planned busy time so far; null while there is no planned busy time yet, or without a state tag")
+    performance: Ratio = Field(None, ge=0, description="ideal cycle x total units / run time so far; null while the line has not run")
+    quality: Ratio = Field(None, ge=0, description="good / total units so far; 1 when not measured (quality_measured false); null before the first unit")
+    oee: Ratio = Field(None, ge=0, description="availability x performance x quality; null while one of them is")
+    quality_measured: bool = Field(False, description="the line has a total or reject counter")
 
 
 class DayTotals(_Payload):
     date: dt.date = Field(..., description="production day: the date its first shift starts, in the site time zone")
     units: int = Field(..., ge=0)
     target: float = Field(..., ge=0)
+    availability: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
+    performance: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
+    quality: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
+    oee: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
+
+
+class WindowTime(_Payload):
+    """The window's planned time in exact buckets: planned_s = run_s + minor_stop_s + the
+    sum of down_s + unknown_s (milliseconds; docs/mqtt.md, "The time model")."""
+
+    planned_s: float = Field(..., ge=0, description="planned production seconds of the window (all of it or none: windows never straddle a shift or break boundary)")
+    run_s: float = Field(..., ge=0, description="seconds running")
+    minor_stop_s: float = Field(..., ge=0, description="seconds of stops still shorter than downtime.minor_stop_s")
+    down_s: dict[str, float] = Field(..., description="seconds of downtime by reason (planned stops included)")
+    unknown_s: float = Field(..., ge=0, description="seconds with no known state: no state tag, an unmapped value, the source unreachable, the agent not running")
+    unknown_values: dict[str, float] = Field(default_factory=dict, description="the part of unknown_s in which the state tag held a value its map does not name, by raw value")
+    stops: dict[str, int] = Field(default_factory=dict, description="stops that became downtime in this window (reached downtime.minor_stop_s), by reason")
+    minor_stops: int = Field(0, ge=0, description="stops that ended in this window shorter than downtime.minor_stop_s")
+    reclassified_s: dict[str, float] = Field(default_factory=dict, description="minor-stop seconds of earlier windows of the same shift instance that became downtime of this reason in this window (move them in a running total)")
+
+
+class SecondCounter(_Payload):
+    """The line's second counter (total_counter or reject_counter) in this window."""
+
+    role: Literal["total", "rejects"] = Field(..., description="what it counts: every unit built, or rejected units")
+    units: int = Field(..., ge=0, description="what it counted in this window")
+    counter: int | None = Field(None, description="its baseline at the window's end (the last good raw value)")
+    quality: Literal["good", "uncertain", "bad"] = Field(..., description="as the window's quality, for this counter")
+    events: list[Event] = Field(default_factory=list, description="as the window's events, for this counter")
 
 
 class LineOutput(_Payload):
@@ -103,6 +150,11 @@ class LineOutput(_Payload):
     counter: int | None = Field(None, description="the counter baseline at the window's end: the last good raw value read so far (a signed counter as its two's complement)")
     tags: dict[str, int | float | None] = Field(
         default_factory=dict, description="the line's extra process values: last good value read in the window, null if none")
+    reason: str | None = Field(None, description="the line's reason at the window's end: running, a downtime reason (downtime.reasons), or unknown")
+    rejects: int | None = Field(None, ge=0, description="rejected units in this window (total - units); null without a total or reject counter")
+    total: int | None = Field(None, ge=0, description="every unit built in this window, good or not (units + rejects); null without a total or reject counter")
+    time: WindowTime | None = Field(None, description="the window's planned time in exact buckets (run, minor stops, downtime by reason, unknown)")
+    second_counter: SecondCounter | None = Field(None, description="the total or reject counter, when the line has one")
     historical: bool = Field(False, description="sent later than one window after window_end")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -149,6 +201,9 @@ class LineStatePayload(_Payload):
     state: Literal["running", "stopped", "faulted", "unknown"]
     source: SourceInfo
     ts: Timestamp
+    reason: str | None = Field(None, description="running, the downtime reason the state tag names (downtime.reasons), or unknown")
+    category: Category | None = Field(None, description="the reason's category: planned, unplanned or idle; null while running or unknown")
+    raw: int | None = Field(None, description="the state tag's last good raw value; with reason unknown, a value its map does not name")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -177,6 +232,74 @@ class StatusPayload(_Payload):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ShiftRef(_Payload):
+    name: str = Field(..., description="the shift's name")
+    start: Timestamp
+    end: Timestamp
+    date: dt.date = Field(..., description="production day of the shift instance (the local date it starts)")
+
+
+class ReasonTime(_Payload):
+    category: Category = Field(..., description="planned stops are not part of planned busy time; unplanned and idle downtime lowers availability")
+    seconds: float = Field(..., ge=0, description="seconds of downtime in this reason")
+    stops: int = Field(..., ge=0, description="stops of this reason that reached downtime.minor_stop_s in this shift instance")
+
+
+class ShiftTime(_Payload):
+    """ISO 22400 times of a shift instance: planned_busy_s = planned_s - planned_stop_s =
+    run_s + minor_stop_s + down_s + unknown_s."""
+
+    calendar_s: float = Field(..., ge=0, description="planned production time of the whole shift instance by the calendar: the shift less its breaks")
+    planned_s: float = Field(..., ge=0, description="planned production time the report accounts for: calendar_s, less the part before the agent's state store began (its first window)")
+    planned_stop_s: float = Field(..., ge=0, description="downtime of planned reasons (changeover, maintenance)")
+    planned_busy_s: float = Field(..., ge=0, description="planned_s - planned_stop_s")
+    run_s: float = Field(..., ge=0, description="running within planned time")
+    minor_stop_s: float = Field(..., ge=0, description="stops shorter than downtime.minor_stop_s (a performance loss)")
+    down_s: float = Field(..., ge=0, description="downtime of unplanned and idle reasons")
+    unknown_s: float = Field(..., ge=0, description="planned time with no known state (no state tag, an unmapped value, the source unreachable, the agent not running)")
+    covered_s: float = Field(..., ge=0, description="planned time in windows the agent was running for")
+    ideal_run_s: float = Field(..., ge=0, description="ideal cycle x total units: performance = ideal_run_s / run_s")
+    fully_productive_s: float = Field(..., ge=0, description="ideal cycle x good units: planned_busy_s less every loss")
+
+
+class Loss(_Payload):
+    cause: str = Field(..., description="a reason, minor_stops, unknown, speed or quality")
+    kind: Literal["downtime", "minor_stops", "unknown", "speed", "quality"]
+    seconds: float = Field(..., description="seconds of planned busy time lost")
+
+
+class ShiftReport(_Payload):
+    """``R/lines/<line>/shift`` and ``R/plant/shift``: retained, when a shift instance ends."""
+
+    schema_: Literal["plantfloor.shift/1"] = Field(SHIFT_SCHEMA, alias="schema")
+    site: str
+    line: str | None = Field(..., description="the line; null for the plant")
+    product: str | None = Field(..., description="the line's product; null for the plant")
+    lines: list[str] | None = Field(None, description="the plant: the lines it sums")
+    epoch: int = Field(..., ge=0, description=EPOCH_DESCRIPTION)
+    shift: ShiftRef
+    units: int = Field(..., ge=0, description="good units of the shift instance")
+    rejects: int | None = Field(..., ge=0, description="rejected units; null when not measured (the plant: when none of its lines measures them)")
+    total: int = Field(..., ge=0, description="units + rejects (units when not measured)")
+    target: float = Field(..., ge=0, description="planned units of the shift instance")
+    attainment: float | None = Field(..., description="units / target; null when the target is 0")
+    time: ShiftTime
+    minor_stops: int = Field(..., ge=0, description="stops that ended shorter than downtime.minor_stop_s")
+    downtime: dict[str, ReasonTime] = Field(..., description="downtime by reason, planned stops included")
+    unknown_values: dict[str, float] = Field(default_factory=dict, description="seconds of unknown time in which the state tag held a value its map does not name, by raw value")
+    ideal_cycle_s: float | None = Field(None, description="the line's ideal cycle (null for the plant)")
+    availability: float | None = Field(..., description="run_s / planned_busy_s; null when planned_busy_s is 0 or without a state tag")
+    performance: float | None = Field(..., description="ideal_run_s / run_s; null when the line did not run")
+    quality: float | None = Field(..., description="units / total; 1 when not measured; null when nothing was built")
+    oee: float | None = Field(..., description="availability x performance x quality")
+    quality_measured: bool
+    top_losses: list[Loss] = Field(..., description="the largest losses of planned busy time, largest first")
+    coverage: float = Field(..., ge=0, le=1, description="covered_s / calendar_s (1 when nothing was planned): how much of the shift the agent saw")
+    historical: bool = Field(False, description="sent later than one window after the shift's end")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 def encode(model: BaseModel) -> bytes:
     """Compact UTF-8 JSON, keys by alias (``schema``)."""
     return model.model_dump_json(by_alias=True).encode()
@@ -189,6 +312,8 @@ def payload_schemas() -> dict[str, Any]:
         "R/lines/<line>/output": LineOutput.model_json_schema(by_alias=True),
         "R/lines/<line>/state": LineStatePayload.model_json_schema(by_alias=True),
         "R/plant/output": PlantOutput.model_json_schema(by_alias=True),
+        "R/lines/<line>/shift": ShiftReport.model_json_schema(by_alias=True),
+        "R/plant/shift": ShiftReport.model_json_schema(by_alias=True),
     }
 
 

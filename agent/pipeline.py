@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import Config
@@ -22,7 +23,8 @@ from agent.forwarder import Forwarder
 from agent.lines import LineBoard
 from agent.metrics import Metrics
 from agent.notify import Notifier
-from agent.outputs import make_formats
+from agent.outputs import OutputFormat, make_formats
+from agent.outputs.json import JsonFormat
 from agent.payloads import StatusPayload, encode
 from agent.publisher import Publisher
 from agent.readings import Reading, SourceHealth
@@ -32,11 +34,14 @@ from agent.status import Alarms
 from agent.store import Store
 from agent.windows import WindowCloser
 
+if TYPE_CHECKING:
+    from agent.outputs.sparkplug.node import EdgeNode
+
 __all__ = ["Agent"]
 
 log = logging.getLogger("plantfloor.agent")
 
-DRAIN_S = 3.0          # how long shutdown waits for the outbox to reach the broker
+DRAIN_S = 10.0         # how long shutdown waits for the outbox to reach the broker (the unit: TimeoutStopSec=20)
 READY_TIMEOUT_S = 30.0  # READY=1 waits this long for every source and the broker, then goes degraded
 
 
@@ -61,6 +66,8 @@ class Agent:
         self.epoch: int | None = None
         self.publisher: Publisher | None = None
         self.forwarder: Forwarder | None = None
+        self.sparkplug: EdgeNode | None = None
+        self.sparkplug_forwarder: Forwarder | None = None
         self.board: LineBoard | None = None
         self.closer: WindowCloser | None = None
         self.supervisors: list[SourceSupervisor] = []
@@ -147,8 +154,13 @@ class Agent:
             on_connect=self._on_connect)
         self.board = LineBoard(cfg, self.publisher, stored, mono=self.mono, wall=self.wall)
         formats = make_formats(cfg)
+        self._open_sparkplug(formats)
+        # the JSON channel drains every format but Sparkplug's (which has its own session)
+        plain = {name: fmt for name, fmt in formats.items() if name != "sparkplug"}
         self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
-                                   on_alarm=self.alarms.on_alarm, clock=self.wall, formats=formats)
+                                   on_alarm=self.alarms.on_alarm, clock=self.wall,
+                                   formats=plain or {"json": JsonFormat.from_config(cfg)},
+                                   exclude=("sparkplug",) if self.sparkplug else ())
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
                                    stored, wall=self.wall, mono=self.mono, alarms=self.alarms,
                                    on_committed=self._on_committed, formats=formats)
@@ -160,10 +172,35 @@ class Agent:
                 on_health=self._on_health)
             self.supervisors.append(self.supervisor_of[src_cfg.id])
 
+    def _open_sparkplug(self, formats: dict[str, OutputFormat]) -> None:
+        """The Sparkplug edge node, its own connection and forwarder (output sparkplug/both)."""
+        fmt = formats.get("sparkplug")
+        if fmt is None:
+            return
+        from agent.outputs.sparkplug.format import SparkplugFormat
+        from agent.outputs.sparkplug.node import EdgeNode
+
+        assert isinstance(fmt, SparkplugFormat)
+        assert self.store is not None
+        self.sparkplug = EdgeNode(self.cfg, fmt, self.store, status=self._sparkplug_status)
+        self.sparkplug_forwarder = Forwarder(
+            self.store, self.sparkplug, interval_s=self.cfg.publish.interval_s,
+            on_alarm=self.alarms.on_alarm, clock=self.wall, formats={"sparkplug": fmt},
+            only=("sparkplug",))
+
+    def _sparkplug_status(self) -> dict[str, object]:
+        store = self.store
+        dropped = (store.dropped if store else 0) + (self.closer.dropped_in_memory if self.closer else 0)
+        return {"agent/version": __version__, "agent/backlog": store.backlog if store else 0,
+                "agent/dropped": dropped,
+                "agent/alarms": ",".join(a.kind for a in self.alarms.active())}
+
     def _on_committed(self) -> None:
         assert self.forwarder is not None
         assert self.store is not None
         self.forwarder.wake()
+        if self.sparkplug_forwarder is not None:
+            self.sparkplug_forwarder.wake()
         if self.metrics is not None:
             self.metrics.backlog(self.store.backlog)
 
@@ -182,6 +219,8 @@ class Agent:
             self.metrics_port = self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.host, self.metrics_port)
         await self.publisher.start()
+        if self.sparkplug is not None:
+            await self.sparkplug.publisher.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 work = [tg.create_task(s.run(), name=f"source-{c.id}")
@@ -191,6 +230,12 @@ class Agent:
                 work.append(tg.create_task(self._status_loop(), name="status"))
                 work.append(tg.create_task(self._readiness(), name="readiness"))
                 fwd = tg.create_task(self.forwarder.run(), name="forwarder")
+                forwarders = [fwd]
+                if self.sparkplug is not None and self.sparkplug_forwarder is not None:
+                    work.append(tg.create_task(self.sparkplug.run(self.cfg.publish.status_interval_s),
+                                               name="sparkplug"))
+                    forwarders.append(tg.create_task(self.sparkplug_forwarder.run(),
+                                                     name="sparkplug-forwarder"))
                 await stop.wait()
                 log.info("stopping: draining the outbox for up to %.0f s", DRAIN_S)
                 self.notifier.stopping()
@@ -200,7 +245,8 @@ class Agent:
                 self.closer.stop()
                 await windows
                 await self._drain()
-                fwd.cancel()
+                for t in forwarders:
+                    t.cancel()
         finally:
             await self._shutdown()
 
@@ -213,6 +259,8 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def _shutdown(self) -> None:
+        if self.sparkplug is not None:
+            await self.sparkplug.stop()  # NDEATH, then DISCONNECT
         if self.publisher is not None:
             # bounded inside: 3 s for the offline status, 1 s for the disconnect
             await self.publisher.stop(final_topic=f"{self.root}/status",
@@ -234,7 +282,8 @@ class Agent:
     def _metrics_tick(self) -> None:
         if self.metrics is None or self.store is None or self.forwarder is None:
             return
-        sent, dropped = self.forwarder.sent, self.store.dropped
+        sent = self.forwarder.sent + (self.sparkplug_forwarder.sent if self.sparkplug_forwarder else 0)
+        dropped = self.store.dropped
         last_sent, last_dropped = self._metrics_seen
         if sent > last_sent:
             self.metrics.published(sent - last_sent)

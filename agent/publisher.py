@@ -24,12 +24,13 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig, resolve_secret_file
@@ -49,7 +50,7 @@ _MISC_INTERVAL_S = 1.0
 @dataclass
 class _Pending:
     topic: str
-    future: asyncio.Future[int]
+    future: asyncio.Future[Any]  # publish: the reason code; (un)subscribe: the codes
     counted: bool  # holds an in-flight slot (QoS > 0)
 
 
@@ -60,15 +61,24 @@ class Publisher:
                  will_payload: bytes, password: str | None = None,
                  backoff_max_s: float = 30.0,
                  on_connect: Callable[[], Awaitable[None]] | None = None,
-                 connect_timeout_s: float = 10.0) -> None:
+                 connect_timeout_s: float = 10.0, will_retain: bool = True,
+                 prepare_will: Callable[[], Awaitable[tuple[str, bytes]]] | None = None,
+                 on_message: Callable[[str, bytes], None] | None = None) -> None:
         self._cfg = cfg
         self._client_id = client_id
         self._will = (will_topic, will_payload)
+        self._will_retain = will_retain
+        # called before every CONNECT: a will that changes per session (Sparkplug's bdSeq)
+        self._prepare_will = prepare_will
+        self._on_message_hook = on_message
         self._password = password
         self._backoff_max_s = backoff_max_s
         self._on_connect_hook = on_connect
         self._connect_timeout_s = connect_timeout_s
         self.connected = asyncio.Event()
+        #: the complement of ``connected``, for tasks that must act when the connection ends
+        self.disconnected = asyncio.Event()
+        self.disconnected.set()
         self.inflight = 0
         self.no_subscribers = 0
         self.refused = 0
@@ -161,29 +171,75 @@ class Publisher:
                 self.inflight += 1
                 waiter.set_result(None)
 
-    async def stop(self, *, final_topic: str | None = None,
-                   final_payload: bytes | None = None) -> None:
-        """Publish the final (retained) message if connected, disconnect cleanly, stop."""
+    async def stop(self, *, final_topic: str | None = None, final_payload: bytes | None = None,
+                   final_retain: bool = True, with_will: bool = False) -> None:
+        """Publish the final (retained) message if connected, disconnect cleanly, stop.
+
+        ``with_will`` (MQTT 5 only): the DISCONNECT asks the broker to publish the will.
+        """
         self._stopping = True
-        client = self._client
-        if client is not None and self.connected.is_set():
-            if final_topic is not None:
-                try:
-                    await self.publish(final_topic, final_payload or b"", qos=1, retain=True,
-                                       timeout=3.0)
-                except PublishError as exc:
-                    log.warning("final message to %s not acknowledged: %s", final_topic, exc)
-            lost = self._lost
-            # a DISCONNECT packet tells the broker not to publish the will
-            client.disconnect()
-            if lost is not None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await asyncio.shield(lost)
+        await self._end_connection(final_topic, final_payload, final_retain, with_will)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             await asyncio.wait([task])
+
+    async def drop(self, *, final_topic: str | None = None, final_payload: bytes | None = None,
+                   with_will: bool = False) -> None:
+        """End the current connection on purpose; a new session starts after the backoff."""
+        await self._end_connection(final_topic, final_payload, False, with_will)
+
+    async def _end_connection(self, final_topic: str | None, final_payload: bytes | None,
+                              final_retain: bool, with_will: bool) -> None:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return
+        if final_topic is not None:
+            try:
+                await self.publish(final_topic, final_payload or b"", qos=1, retain=final_retain,
+                                   timeout=3.0)
+            except PublishError as exc:
+                log.warning("final message to %s not acknowledged: %s", final_topic, exc)
+        lost = self._lost
+        # a DISCONNECT packet tells the broker not to publish the will, unless (MQTT 5)
+        # its reason code asks for it
+        client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message")
+                          if with_will and self._cfg.version == "5" else None)
+        if lost is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(lost)
+
+    async def subscribe(self, topics: Sequence[tuple[str, int]], *,
+                        timeout: float = 10.0) -> list[int]:  # noqa: ASYNC109 - like publish
+        """Subscribe on the current connection; the SUBACK's reason codes (>= 0x80: refused)."""
+        return await self._request("subscribe", list(topics), within=timeout)
+
+    async def fence(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - like publish
+        """Return once the broker has processed every packet sent on this connection so far.
+
+        An UNSUBSCRIBE of a filter never subscribed (no effect at the broker) is answered
+        only after the packets before it on the connection: its UNSUBACK acknowledges the
+        QoS 0 publishes sent before it, which have no acknowledgement of their own.
+        """
+        await self._request("unsubscribe", "plantfloor/fence", within=timeout)
+
+    async def _request(self, kind: str, arg: Any, *, within: float) -> list[int]:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise PublishError(f"not connected to {self._cfg.host}:{self._cfg.port}")
+        rc, mid = client.subscribe(arg) if kind == "subscribe" else client.unsubscribe(arg)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise PublishError(f"{kind} failed: {mqtt.error_string(rc)}")
+        future: asyncio.Future[int | list[int]] = asyncio.get_running_loop().create_future()
+        self._pending[mid] = _Pending(kind, future, counted=False)
+        try:
+            async with asyncio.timeout(within):
+                codes = await asyncio.shield(future)
+        except TimeoutError as exc:
+            raise PublishError(f"no answer to {kind} within {within} s") from exc
+        assert isinstance(codes, list)
+        return codes
 
     # --- connection task ----------------------------------------------------------------
 
@@ -205,6 +261,8 @@ class Publisher:
     async def _session(self) -> None:
         """One connection: connect, serve until it is lost; always leaves nothing behind."""
         loop = asyncio.get_running_loop()
+        if self._prepare_will is not None:
+            self._will = await self._prepare_will()
         client = self._make_client()
         connect = loop.run_in_executor(None, self._blocking_connect, client)
         try:
@@ -234,6 +292,7 @@ class Publisher:
             else:
                 log.info("connected to %s", self._cfg.url)
             self.last_error = None
+            self.disconnected.clear()
             self.connected.set()
             if self._on_connect_hook is not None:
                 try:
@@ -258,7 +317,7 @@ class Publisher:
             clean_session=None if v5 else True, reconnect_on_failure=False)
         client.connect_timeout = self._connect_timeout_s
         will_topic, will_payload = self._will
-        client.will_set(will_topic, will_payload, qos=1, retain=True)
+        client.will_set(will_topic, will_payload, qos=1, retain=self._will_retain)
         if self._cfg.username is not None:
             client.username_pw_set(self._cfg.username, self._password)
         # the publisher's own slots cap what is in flight (at the broker's Receive Maximum);
@@ -268,6 +327,11 @@ class Publisher:
         client.on_connect = self._on_connack
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_suback
+        client.on_unsubscribe = self._on_suback
+        if self._on_message_hook is not None:
+            hook = self._on_message_hook
+            client.on_message = lambda _c, _u, msg: hook(msg.topic, bytes(msg.payload))
         return client
 
     def _blocking_connect(self, client: mqtt.Client) -> None:
@@ -310,6 +374,7 @@ class Publisher:
 
     def _teardown(self, client: mqtt.Client) -> None:
         self.connected.clear()
+        self.disconnected.set()
         self._client = None
         self._fail_pending(PublishError("connection to the broker lost before the acknowledgement"))
         sock = client.socket()
@@ -340,6 +405,7 @@ class Publisher:
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
                        reason: ReasonCode, _properties: Any) -> None:
         self.connected.clear()
+        self.disconnected.set()
         self._fail_pending(PublishError("connection to the broker lost before the acknowledgement"))
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(reason.getName())
@@ -347,6 +413,12 @@ class Publisher:
             self._connack.set_exception(
                 PublishError(f"broker {self._cfg.host}:{self._cfg.port} closed the connection "
                              f"before CONNACK: {reason.getName()}"))
+
+    def _on_suback(self, _client: mqtt.Client, _userdata: Any, mid: int,
+                   codes: list[ReasonCode], _properties: Any) -> None:
+        entry = self._pending.pop(mid, None)
+        if entry is not None and not entry.future.done():
+            entry.future.set_result([int(c.value) for c in codes])
 
     def _on_publish(self, _client: mqtt.Client, _userdata: Any, mid: int,
                     reason: ReasonCode, _properties: Any) -> None:

@@ -8,7 +8,8 @@ from typing import Literal
 
 __all__ = ["Quality", "Reading", "SourceHealth", "TagRole"]
 
-TagRole = Literal["counter", "state", "tag"]
+#: a line's good-unit counter, its optional second counter (all units, or rejects), its state, a tag
+TagRole = Literal["counter", "total", "rejects", "state", "tag"]
 
 
 class Quality(StrEnum):

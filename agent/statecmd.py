@@ -3,7 +3,8 @@
 ``show`` reads the state database without writing to it (a running agent is fine).
 ``rebaseline`` takes the store's lock, so it is refused while an agent runs on the file;
 the next reading of the line's counter then becomes its baseline without counting, and
-that window carries ``rebaselined``.
+that window carries ``rebaselined``. A line's second counter (``total_counter`` or
+``reject_counter``) is shown and re-baselined with it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from agent.config import Config
 from agent.core.report import LineTotals, PlantTotals
 from agent.errors import ConfigError, StoreError
+from agent.lines import second_row
 from agent.statefile import StoreLock, connect, transaction
 from agent.store import LineState
 
@@ -25,6 +27,8 @@ __all__ = ["rebaseline", "show"]
 
 _COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
             " anchor_mono, last_wall, last_mono, boot_id, rebaseline")
+#: added to schema version 2 before its release: absent from files of development builds
+_SECOND = "second_json"
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,10 @@ def _read(path: Path) -> _Snapshot:
                 "SELECT line, counter, totals_json FROM line_state")}
             epoch = None
         else:
+            have = {r[1] for r in conn.execute("PRAGMA table_info(line_state)")}
+            second = _SECOND if _SECOND in have else "NULL"
             lines = {row[0]: LineState.from_row(row) for row in conn.execute(
-                f"SELECT {_COLUMNS} FROM line_state")}
+                f"SELECT {_COLUMNS}, {second} FROM line_state")}
             found = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
             epoch = int(found[0]) if found else None
         row = conn.execute("SELECT plant_json FROM plant_state WHERE id = 1").fetchone()
@@ -80,11 +86,34 @@ def _line_view(cfg: Config, line_id: str, row: LineState | None) -> dict[str, An
         "last_reading": _time(row.last_wall) if row else None,
         "rebaseline_pending": row.rebaseline if row else None,
         "last_window_end": _time(totals.last_window_end),
+        "second_counter": _second_view(cfg, line, row),
         "shift": {"key": totals.shift_key, "units": totals.shift_units},
         "day": {"date": totals.day.isoformat() if totals.day else None, "units": totals.day_units},
         "year": {"year": totals.year, "units": totals.year_units},
     }
     return view
+
+
+def _second_view(cfg: Config, line: Any, row: LineState | None) -> dict[str, Any] | None:
+    """The line's total or reject counter: what is stored of it and whether it matches."""
+    second = line.second_counter if line is not None else None
+    stored = second_row(row)
+    if second is None and stored is None:
+        return None
+    configured = cfg.point_identity(second[1]) if second is not None else None
+    role = second[0] if second is not None else None
+    if row is not None and row.second_json:
+        role = json.loads(row.second_json).get("role", role)
+    return {
+        "role": role,
+        "baseline": stored.baseline if stored else None,
+        "counter_identity": stored.identity if stored else None,
+        "identity_matches_config": (stored.identity == configured)
+        if stored and stored.identity else None,
+        "configured_identity": configured,
+        "last_reading": _time(stored.last_wall) if stored else None,
+        "rebaseline_pending": stored.rebaseline if stored else None,
+    }
 
 
 def show(cfg: Config, *, fmt: str = "text") -> str:
@@ -117,6 +146,16 @@ def show(cfg: Config, *, fmt: str = "text") -> str:
         ]
         if v["rebaseline_pending"]:
             out.append(f"  re-baseline pending: {v['rebaseline_pending']}")
+        sc = v["second_counter"]
+        if sc is not None:
+            match = {True: "matches the config", False: "DIFFERS from the config: the next reading "
+                     "re-baselines", None: "none stored"}[sc["identity_matches_config"]]
+            base = sc["baseline"] if sc["baseline"] is not None else "-"
+            out += [f"  {sc['role']} counter baseline {base}, last good reading "
+                    f"{sc['last_reading'] or '-'}",
+                    f"  {sc['role']} counter identity {sc['counter_identity'] or '-'} ({match})"]
+            if sc["rebaseline_pending"]:
+                out.append(f"  {sc['role']} counter re-baseline pending: {sc['rebaseline_pending']}")
     out.append(f"plant seq {p['seq']}: {p['units_today']} units on {p['day'] or '-'}, "
                f"{p['units_year_to_date']} in {p['year'] or '-'}")
     return "\n".join(out)
@@ -142,6 +181,14 @@ def rebaseline(cfg: Config, line_id: str, reason: str | None) -> str:
                     "UPDATE line_state SET baseline = NULL, anchor_wall = NULL, anchor_mono = NULL,"
                     " last_wall = NULL, last_mono = NULL, rebaseline = ? WHERE line = ?",
                     (f"operator: {why}", line_id)).rowcount
+                found = conn.execute("SELECT second_json FROM line_state WHERE line = ?",
+                                     (line_id,)).fetchone()
+                if found is not None and found[0]:
+                    second = json.loads(found[0])
+                    second.update(baseline=None, anchor_wall=None, anchor_mono=None,
+                                  last_wall=None, last_mono=None, rebaseline=f"operator: {why}")
+                    conn.execute("UPDATE line_state SET second_json = ? WHERE line = ?",
+                                 (json.dumps(second, sort_keys=True), line_id))
         finally:
             conn.close()
     except sqlite3.Error as exc:

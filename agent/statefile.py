@@ -76,11 +76,21 @@ CREATE TABLE IF NOT EXISTS line_state (
     last_wall      TEXT,   -- the last good reading
     last_mono      REAL,
     boot_id        TEXT,
-    rebaseline     TEXT    -- reason of a pending re-baseline asked for by an operator
+    rebaseline     TEXT,   -- reason of a pending re-baseline asked for by an operator
+    second_json    TEXT    -- the total or reject counter's memory, with its own identity (JSON)
 );
 CREATE TABLE IF NOT EXISTS plant_state (
     id         INTEGER PRIMARY KEY CHECK (id = 1),
     plant_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shift_report (
+    line      TEXT NOT NULL,   -- the line, or '' for the plant
+    shift_key TEXT NOT NULL,   -- the shift instance: name@start
+    date      TEXT NOT NULL,   -- its production date (ISO)
+    shift     TEXT NOT NULL,   -- its name
+    start     TEXT NOT NULL,   -- its start (UTC, ISO)
+    payload   TEXT NOT NULL,   -- the report as published (plantfloor.shift/1 JSON)
+    PRIMARY KEY (line, shift_key)
 );
 """
 
@@ -129,6 +139,7 @@ def connect(path: Path) -> tuple[sqlite3.Connection, bool]:
             for statement in _TABLES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            _add_columns(conn)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                          (str(new_epoch()),))
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
@@ -148,6 +159,13 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
                  " 'the state file was written by plantfloor 0.1, which did not record the"
                  " counter''s identity' FROM line_state_v1")
     conn.execute("DROP TABLE line_state_v1")
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Columns added to version 2 before its release (files of development builds)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(line_state)")}
+    if "second_json" not in have:
+        conn.execute("ALTER TABLE line_state ADD COLUMN second_json TEXT")
 
 
 @contextlib.contextmanager

@@ -2,14 +2,16 @@
 
 One database file (schema, migrations, epoch and lock in :mod:`agent.statefile`) holds:
 
-- ``meta``: the file's ``epoch``;
+- ``meta``: the file's ``epoch`` and each Sparkplug edge node's last bdSeq;
 - ``outbox``: MQTT messages waiting for the broker's acknowledgement, in insertion order
   (``AUTOINCREMENT`` ids are never reused, so id order is commit order and, per line,
   ``seq`` order);
 - ``line_state``: per line the pipeline's opaque totals JSON and the counter's memory:
   the baseline with the identity of the counter it belongs to, the times the next delta
   is bounded from, and an operator's pending re-baseline;
-- ``plant_state``: the plant's opaque totals JSON.
+- ``plant_state``: the plant's opaque totals JSON;
+- ``shift_report``: the report of every shift instance that ended, per line and for the
+  plant, as published (``plantfloor report`` reads them).
 
 A window's outbox rows and the state they advance are written in one transaction
 (:meth:`Store.commit_window`), so a crash resumes with neither loss nor double count.
@@ -34,14 +36,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from agent.errors import StoreError
 from agent.statefile import StoreLock, connect, transaction
 
-__all__ = ["ROW_OVERHEAD", "LineState", "NewRecord", "OutboxRecord", "Store", "StoredState"]
+__all__ = ["ROW_OVERHEAD", "LineState", "NewRecord", "OutboxRecord", "Store", "StoredReport",
+           "StoredState"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ ROW_OVERHEAD = 64
 #: ids per DELETE statement (well below SQLite's bound on host parameters)
 _DELETE_CHUNK = 500
 _LINE_COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
-                 " anchor_mono, last_wall, last_mono, boot_id, rebaseline")
+                 " anchor_mono, last_wall, last_mono, boot_id, rebaseline, second_json")
 
 T = TypeVar("T")
 
@@ -84,6 +87,8 @@ class LineState:
     ``baseline`` belongs to the counter named by ``identity`` and is bounded from
     ``anchor`` (the wall-clock time, and the monotonic time on the boot ``boot_id``);
     ``last_*`` is the last good reading; ``rebaseline`` is a pending re-baseline's reason.
+    ``second_json`` is the same for the line's total or reject counter, as JSON (see
+    :mod:`agent.lines`), or None.
     """
 
     line: str
@@ -98,21 +103,41 @@ class LineState:
     last_mono: float | None = None
     boot_id: str | None = None
     rebaseline: str | None = None
+    second_json: str | None = None
 
     def row(self) -> tuple[object, ...]:
         return (self.line, self.totals_json, self.identity, self.state_identity,
                 _text(self.baseline), _text(self.modulus), _opt_iso(self.anchor_wall),
                 self.anchor_mono, _opt_iso(self.last_wall), self.last_mono, self.boot_id,
-                self.rebaseline)
+                self.rebaseline, self.second_json)
 
     @classmethod
     def from_row(cls, row: tuple[object, ...]) -> LineState:
         (line, totals, identity, state_identity, baseline, modulus, anchor_wall, anchor_mono,
-         last_wall, last_mono, boot_id, rebaseline) = row
+         last_wall, last_mono, boot_id, rebaseline, second_json) = row
         return cls(str(line), str(totals), _opt_str(identity), _opt_str(state_identity),
                    _opt_int(baseline), _opt_int(modulus), _opt_dt(anchor_wall),
                    _opt_float(anchor_mono), _opt_dt(last_wall), _opt_float(last_mono),
-                   _opt_str(boot_id), _opt_str(rebaseline))
+                   _opt_str(boot_id), _opt_str(rebaseline), _opt_str(second_json))
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """A shift instance's report as published, kept for ``plantfloor report``.
+
+    ``line`` is '' for the plant's report; ``key`` names the shift instance (name@start).
+    """
+
+    line: str
+    key: str
+    date: date
+    shift: str
+    start: datetime
+    payload: bytes
+
+    def row(self) -> tuple[object, ...]:
+        return (self.line, self.key, self.date.isoformat(), self.shift, _iso(self.start),
+                self.payload.decode())
 
 
 @dataclass(frozen=True)
@@ -260,8 +285,9 @@ class Store:
                            epoch=epoch, created=self.created)
 
     async def commit_window(self, records: Sequence[NewRecord], lines: Sequence[LineState],
-                            plant_json: str | None) -> int:
-        """Insert ``records`` and upsert the state in one transaction; enforce the bound.
+                            plant_json: str | None, reports: Sequence[StoredReport] = ()) -> int:
+        """Insert ``records``, upsert the state and keep ``reports``, in one transaction;
+        enforce the bound.
 
         Returns how many of the oldest records this call dropped to stay within
         ``max_bytes``. On failure (disk full, I/O error) raises :class:`StoreError` and
@@ -273,6 +299,7 @@ class Store:
             for r in records
         ]
         states = [s.row() for s in lines]
+        kept = [r.row() for r in reports]
         added = sum(row[7] for row in rows)
         limit = self.max_bytes
         current = self._outbox_bytes
@@ -284,7 +311,10 @@ class Store:
                     " cost, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 conn.executemany(
                     f"INSERT OR REPLACE INTO line_state ({_LINE_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", states)
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", states)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO shift_report (line, shift_key, date, shift, start,"
+                    " payload) VALUES (?, ?, ?, ?, ?, ?)", kept)
                 if plant_json is not None:
                     conn.execute(
                         "INSERT INTO plant_state (id, plant_json) VALUES (1, ?)"
@@ -301,15 +331,28 @@ class Store:
         return dropped
 
     async def pending(self, limit: int, *, newer_than_id: int | None = None,
-                      oldest_first: bool = True) -> list[OutboxRecord]:
-        """Up to ``limit`` unsent records with id > ``newer_than_id``, by id."""
+                      oldest_first: bool = True, only: Sequence[str] | None = None,
+                      exclude: Sequence[str] = ()) -> list[OutboxRecord]:
+        """Up to ``limit`` unsent records with id > ``newer_than_id``, by id.
+
+        ``only``/``exclude`` select records by output format (each output channel drains
+        its own formats).
+        """
         order = "ASC" if oldest_first else "DESC"
         after = -1 if newer_than_id is None else newer_than_id
+        where = "id > ?"
+        params: list[object] = [after]
+        if only is not None:
+            where += f" AND format IN ({','.join('?' * len(only))})"
+            params += list(only)
+        if exclude:
+            where += f" AND format NOT IN ({','.join('?' * len(exclude))})"
+            params += list(exclude)
 
         def read(conn: sqlite3.Connection) -> list[OutboxRecord]:
             cur = conn.execute(
                 "SELECT id, topic, payload, qos, retain, line, seq, window_end, format FROM outbox"
-                f" WHERE id > ? ORDER BY id {order} LIMIT ?", (after, limit))
+                f" WHERE {where} ORDER BY id {order} LIMIT ?", (*params, limit))
             return [
                 OutboxRecord(id=i, topic=t, payload=bytes(p), qos=q, retain=bool(r), line=ln,
                              seq=s, window_end=datetime.fromisoformat(w), format=f)
@@ -342,6 +385,26 @@ class Store:
         removed, freed = await self._run(delete)
         self.backlog -= removed
         self._outbox_bytes -= freed
+
+    async def next_bdseq(self, node: str) -> int:
+        """The Sparkplug bdSeq of ``node``'s next MQTT session, committed before it is returned.
+
+        0 for a node the file has never seen, else one more than the last (255 wraps to 0).
+        Kept in ``meta`` under ``sparkplug_bdseq <group>/<node>``: it belongs to that edge
+        node, and because it is durable before the CONNECT carries it, no restart (even
+        ``kill -9``) uses one twice in a row.
+        """
+        key = f"sparkplug_bdseq {node}"
+
+        def advance(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                value = 0 if row is None else (int(row[0]) + 1) % 256
+                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key)"
+                             " DO UPDATE SET value = excluded.value", (key, str(value)))
+            return value
+
+        return await self._run(advance)
 
     async def close(self) -> None:
         """Close the connection and stop the worker thread."""

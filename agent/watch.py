@@ -14,7 +14,7 @@ import contextlib
 import sys
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -23,6 +23,9 @@ from rich.console import Console
 from rich.live import Live
 
 from agent.watch_view import WatchModel, plain_lines, rich_view
+
+if TYPE_CHECKING:
+    from agent.outputs.sparkplug.view import SparkplugReader
 
 __all__ = ["BrokerAddress", "parse_broker_url", "run_watch"]
 
@@ -57,9 +60,10 @@ def parse_broker_url(url: str) -> BrokerAddress:
 class _Link:
     """The paho client and its thread, reporting to the event loop as (kind, ...) items."""
 
-    def __init__(self, address: BrokerAddress, root: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, address: BrokerAddress, topics: list[str],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self._address = address
-        self._topic = f"{root}/#"
+        self._topics = topics
         self._loop = loop
         self.inbox: deque[tuple[str, Any, Any]] = deque()
         self.wake = asyncio.Event()
@@ -84,7 +88,7 @@ class _Link:
         if rc.is_failure:
             self._post("refused", str(rc))
             return
-        client.subscribe(self._topic, qos=1)
+        client.subscribe([(t, 1) for t in self._topics])
         self._post("connected")
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
@@ -132,7 +136,7 @@ class _Link:
 async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "plantfloor/kyushu",
                     plain: bool | None = None, interval_s: float = 1.0,
                     stop: asyncio.Event | None = None, out: TextIO | None = None,
-                    connect_timeout_s: float = 5.0) -> int:
+                    connect_timeout_s: float = 5.0, sparkplug: str | None = None) -> int:
     """Show every line and the plant published under ``root`` until ``stop`` is set.
 
     Renders a live table when ``out`` (default stdout) is a terminal and ``plain`` is not
@@ -140,6 +144,9 @@ async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "p
     whenever something changed (and once more on stop). Returns 0 when stopped, 1 when
     the broker could not be reached within ``connect_timeout_s`` at start, 2 for a
     malformed URL. Cancellation (Ctrl-C in the CLI) closes the client and propagates.
+
+    ``sparkplug`` ("GROUP/NODE") shows that Sparkplug edge node's lines instead of the
+    JSON topics under ``root``.
     """
     out = out if out is not None else sys.stdout
     if plain is None:
@@ -150,21 +157,30 @@ async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "p
         print(f"plantfloor watch: {exc}", file=sys.stderr)
         return 2
     root = root.rstrip("/")
-    link = _Link(address, root, asyncio.get_running_loop())
+    reader = None
+    if sparkplug is not None:
+        from agent.outputs.sparkplug.view import SparkplugReader
+
+        group, _, node = sparkplug.partition("/")
+        if not group or not node or "/" in node:
+            print(f"plantfloor watch: --sparkplug {sparkplug!r} is not GROUP/NODE", file=sys.stderr)
+            return 2
+        reader = SparkplugReader(group, node)
+    link = _Link(address, reader.topics if reader else [f"{root}/#"], asyncio.get_running_loop())
     try:
         why = await link.start(connect_timeout_s)
         if why is not None:
             print(f"plantfloor watch: cannot reach the MQTT broker at {broker_url}: {why}",
                   file=sys.stderr)
             return 1
-        await _watch(link, root, broker_url, plain, interval_s, stop or asyncio.Event(), out)
+        await _watch(link, root, broker_url, plain, interval_s, stop or asyncio.Event(), out, reader)
         return 0
     finally:
         await link.close()
 
 
 async def _watch(link: _Link, root: str, url: str, plain: bool, interval_s: float,
-                 stop: asyncio.Event, out: TextIO) -> None:
+                 stop: asyncio.Event, out: TextIO, reader: SparkplugReader | None = None) -> None:
     model = WatchModel()
     prefix = f"{root}/"
     connection = f"{url} connected"
@@ -184,7 +200,10 @@ async def _watch(link: _Link, root: str, url: str, plain: bool, interval_s: floa
             link.wake.clear()
             while link.inbox:
                 kind, a, b = link.inbox.popleft()
-                if kind == "message" and isinstance(a, str) and a.startswith(prefix):
+                if kind == "message" and isinstance(a, str) and reader is not None:
+                    for subtopic, payload in reader.apply(a, b):
+                        changed |= model.apply(subtopic, payload)
+                elif kind == "message" and isinstance(a, str) and a.startswith(prefix):
                     changed |= model.apply(a[len(prefix):], b)
                 elif kind in ("disconnected", "refused", "connected"):
                     notice = _notice(kind, url, a)

@@ -22,7 +22,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.payloads import LineOutput, LineStatePayload, PlantOutput, StatusPayload
+from agent.payloads import LineOutput, LineStatePayload, PlantOutput, ShiftReport, StatusPayload
 
 __all__ = ["LineView", "PlantView", "WatchModel", "decode_payload", "plain_lines", "rich_view"]
 
@@ -70,6 +70,8 @@ class LineView:
     line: str
     latest: LineOutput | None = None
     state: LineStatePayload | None = None
+    #: the report of the last shift instance that ended (retained)
+    last_shift: ShiftReport | None = None
     seqs: set[tuple[int, int]] = field(default_factory=set)
     total: int = 0
     duplicates: int = 0
@@ -102,6 +104,7 @@ class PlantView:
     """The plant's windows, kept once per ``seq``."""
 
     latest: PlantOutput | None = None
+    last_shift: ShiftReport | None = None
     seqs: set[tuple[int, int]] = field(default_factory=set)
     total: int = 0
     duplicates: int = 0
@@ -157,6 +160,15 @@ class WatchModel:
                 return True
             if parts == ["plant", "output"]:
                 return self.plant.add(decode_payload(PlantOutput, payload))
+            if parts == ["plant", "shift"] or (len(parts) == 3 and parts[0] == "lines"
+                                               and parts[2] == "shift"):
+                if not payload:
+                    return False
+                report = decode_payload(ShiftReport, payload)
+                holder = self.plant if parts[0] == "plant" else self.line(report.line or parts[1])
+                if holder.last_shift is None or report.shift.start >= holder.last_shift.shift.start:
+                    holder.last_shift = report  # a late (replayed) older report does not win
+                return True
             if len(parts) == 3 and parts[0] == "lines" and parts[2] == "output":
                 out = decode_payload(LineOutput, payload)
                 return self.line(out.line).add(out)
@@ -185,6 +197,15 @@ def _line_state(view: LineView) -> str:
     return view.state.state if view.state is not None else "unknown"
 
 
+def _reason(view: LineView) -> str:
+    """The current reason: from the retained state topic, else the newest window."""
+    if view.state is not None and view.state.reason is not None:
+        return view.state.reason
+    if view.latest is not None and view.latest.reason is not None:
+        return view.latest.reason
+    return "-"
+
+
 def plain_lines(model: WatchModel) -> list[str]:
     """One ``key=value`` line per line (sorted by id), then the plant, then the status.
 
@@ -205,11 +226,12 @@ def plain_lines(model: WatchModel) -> list[str]:
                 f"attainment={_pct(o.attainment)}",
                 f"shift={shift}:{o.shift.units}/{_num(o.shift.target)}",
                 f"proj={_num(o.shift.projected)}", f"day={o.day.units}/{_num(o.day.target)}",
-                f"state={_line_state(view)}", f"quality={o.quality}", f"events={events}",
+                f"oee={_pct(o.shift.oee, 1)}", f"state={_line_state(view)}",
+                f"reason={_reason(view)}", f"quality={o.quality}", f"events={events}",
                 f"windows={len(view.seqs)}", f"dup={view.duplicates}", f"missing={view.missing}",
             ]
         else:
-            parts += [f"state={_line_state(view)}"]
+            parts += [f"state={_line_state(view)}", f"reason={_reason(view)}"]
         if view.state is not None and not view.state.source.connected:
             parts.append(f"source={view.state.source.id}:disconnected")
         out.append(" ".join(parts))
@@ -247,16 +269,19 @@ def _lines_table(model: WatchModel) -> Table:
     # two-line cells and short headers keep the table within an 80-column terminal
     table = Table(title="Lines", box=box.SIMPLE_HEAD, expand=True)
     table.add_column("line\nproduct", no_wrap=True)
-    table.add_column("state\nquality", no_wrap=True)
+    table.add_column("reason\nquality", no_wrap=True)
     for header in ("units\nattain.", "rate/h\ntarget", "shift\nunits/tgt", "shift\nproj.",
-                   "day\nunits/tgt", "total\nseen"):
+                   "OEE\nshift", "day\nunits/tgt", "total\nseen"):
         table.add_column(header, justify="right", no_wrap=True)
     for name in sorted(model.lines):
         view = model.lines[name]
         o = view.latest
-        state = _styled(_line_state(view))
+        # the reason (a stop's cause) in the colour of its state
+        reason = _reason(view)
+        state = Text(reason if reason != "-" else _line_state(view),
+                     style=_STYLES.get(_line_state(view), ""))
         if o is None:
-            table.add_row(name, state, "-", "-", "-", "-", "-", "-")
+            table.add_row(name, state, "-", "-", "-", "-", "-", "-", "-")
             continue
         table.add_row(
             Text.assemble(name, "\n", (o.product, "dim")),
@@ -265,10 +290,20 @@ def _lines_table(model: WatchModel) -> Table:
             f"{o.rate_per_hour:.1f}\n{o.target_per_hour:.1f}",
             f"{o.shift.name or '-'}\n{o.shift.units}/{_num(o.shift.target)}",
             _num(o.shift.projected),
+            f"{_pct(o.shift.oee)}\n{_apq(o)}",
             f"{o.day.units}/{_num(o.day.target)}",
             str(view.total),
         )
     return table
+
+
+def _apq(o: LineOutput) -> str:
+    """Availability, performance and quality, compactly: "A92 P88 Q99"."""
+    s = o.shift
+
+    def part(letter: str, x: float | None) -> str:
+        return f"{letter}{'-' if x is None else f'{x * 100:.0f}'}"
+    return " ".join((part("A", s.availability), part("P", s.performance), part("Q", s.quality)))
 
 
 def _events_text(model: WatchModel) -> Text:
@@ -279,6 +314,15 @@ def _events_text(model: WatchModel) -> Text:
         text.append("; ".join(f"{name} {e} (window {seq})" for name, seq, e in shown))
     else:
         text.append("none", style="dim")
+    ended = [(name, v.last_shift) for name, v in sorted(model.lines.items())
+             if v.last_shift is not None]
+    if model.plant.last_shift is not None:
+        ended.append(("plant", model.plant.last_shift))
+    if ended:
+        text.append("\nlast shift: ", style="bold")
+        text.append("; ".join(f"{name} {r.shift.name} {r.units}/{_num(r.target)} OEE {_pct(r.oee)}"
+                              + (f" (saw {_pct(r.coverage)})" if r.coverage < 1 else "")
+                              for name, r in ended))
     down = [(name, v.state.source) for name, v in sorted(model.lines.items())
             if v.state is not None and not v.state.source.connected]
     if down:

@@ -9,8 +9,8 @@ they go on from the last one at the monotonic clock's pace until the wall clock 
 up. Every window ends on the grid (a multiple of the interval from local midnight) or at
 the moment of a stop.
 
-A window's outbox records, the counter memory and the ``seq`` advance go to the store in
-one transaction. If the store fails (disk full), windows wait in memory in order, up to
+A window's outbox records, the counter memory, the ``seq`` advance and the reports of the
+shift instances it ended go to the store in one transaction. If the store fails (disk full), windows wait in memory in order, up to
 :data:`MAX_PENDING_RECORDS` records (the oldest are dropped beyond, and counted), and
 are committed when it recovers; counting goes on from the cumulative PLC counter.
 Filling a long gap is done a window at a time, committed in chunks, yielding to the
@@ -26,16 +26,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.config import Config
+from agent.config import Config, LineConfig
 from agent.core.calendar import ShiftCalendar
-from agent.core.report import LineTotals, PlantTotals, Reporter
+from agent.core.report import LineTotals, LineWindow, PlantTotals, Reporter
 from agent.core.tracker import WindowResult
 from agent.errors import StoreError
 from agent.lines import LineBoard
 from agent.outputs import OutputFormat, WindowOutputs, make_formats
-from agent.payloads import LineOutput
+from agent.payloads import LineOutput, ShiftReport, encode
 from agent.status import Alarms
-from agent.store import LineState, NewRecord, Store, StoredState
+from agent.store import LineState, NewRecord, Store, StoredReport, StoredState
 
 __all__ = ["WindowCloser"]
 
@@ -52,6 +52,7 @@ class _Pending:
     records: list[NewRecord]
     lines: list[LineState]
     plant_json: str
+    reports: list[StoredReport]
 
 
 class WindowCloser:
@@ -149,20 +150,29 @@ class WindowCloser:
         """Build the window's payloads once, then every output format's records."""
         lines: list[LineState] = []
         outputs: list[LineOutput] = []
+        ended: list[tuple[LineConfig, LineWindow]] = []
+        reports: list[ShiftReport] = []
         wall, mono = self.wall(), self.mono()
         for line in self.cfg.lines:
             result = results[line.id]
-            out, totals = self.reporter.line_output(line, result, start, end, self.totals[line.id],
-                                                    epoch=self.epoch)
-            self.totals[line.id] = totals
-            outputs.append(out)
-            lines.append(self.board.line_state(line.id, result.memory, totals.to_json(), wall, mono))
+            w = self.reporter.line_window(line, result, start, end, self.totals[line.id],
+                                          epoch=self.epoch)
+            self.totals[line.id] = w.totals
+            outputs.append(w.output)
+            if w.reports:
+                ended.append((line, w))
+                reports += [report for report, _ in w.reports]
+            lines.append(self.board.line_state(
+                line.id, result.memory, w.totals.to_json(), wall, mono,
+                second_memory=result.second.memory if result.second is not None else None))
         plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant,
                                                            epoch=self.epoch)
-        window = WindowOutputs(start, end, outputs, plant_out)
+        if ended:
+            reports += self.reporter.plant_reports(ended, epoch=self.epoch)
+        window = WindowOutputs(start, end, outputs, plant_out, reports)
         records = [r for fmt in self.formats.values() for r in fmt.records(window)]
         self.windows_closed += 1
-        return _Pending(records, lines, self.plant.to_json())
+        return _Pending(records, lines, self.plant.to_json(), [_stored(r) for r in reports])
 
     def _hold(self, pending: _Pending) -> None:
         self._pending.append(pending)
@@ -176,7 +186,8 @@ class WindowCloser:
 
     async def close(self, start: datetime, end: datetime) -> None:
         """Close the window [start, end) for every line and commit it."""
-        results = self.board.close_windows(self.mono())
+        planned_ms, period = self.reporter.window_split(start, end)
+        results = self.board.close_windows(self.mono(), planned_ms=planned_ms, period=period)
         self._hold(self._window(results, start, end))
         await self._commit()
 
@@ -201,11 +212,9 @@ class WindowCloser:
             if count == MAX_GAP_WINDOWS - 1:
                 end = until
             secs = (end - start).total_seconds()
-            results = {
-                line_id: WindowResult(
-                    line=line_id, units=0, events=(event,), quality="bad",
-                    state_seconds={"running": 0.0, "stopped": 0.0, "faulted": 0.0, "unknown": secs},
-                    counter=tracker.engine.baseline, state="unknown", memory=tracker.engine.memory())
+            planned_ms, _ = self.reporter.window_split(start, end)
+            results: dict[str, WindowResult] = {
+                line_id: tracker.offline_window(event, secs, planned_ms)
                 for line_id, tracker in self.board.trackers.items()}
             self._hold(self._window(results, start, end))
             start = end
@@ -226,8 +235,10 @@ class WindowCloser:
             latest: dict[str, LineState] = {}
             for p in batch:
                 latest.update({ls.line: ls for ls in p.lines})
+            reports = [r for p in batch for r in p.reports]
             try:
-                dropped = await self.store.commit_window(records, list(latest.values()), batch[-1].plant_json)
+                dropped = await self.store.commit_window(records, list(latest.values()),
+                                                         batch[-1].plant_json, reports)
             except StoreError as exc:
                 kind = "disk_full" if "full" in str(exc).lower() else "store_error"
                 self.alarms.raise_(kind, f"cannot write the state database: {exc}; "
@@ -244,3 +255,8 @@ class WindowCloser:
             self.on_committed()
 
 
+def _stored(report: ShiftReport) -> StoredReport:
+    """A report as the store keeps it (the plant's under line '')."""
+    ref = report.shift
+    return StoredReport(line=report.line or "", key=f"{ref.name}@{ref.start.isoformat()}",
+                        date=ref.date, shift=ref.name, start=ref.start, payload=encode(report))

@@ -3,6 +3,7 @@
 # project and its test tools, and (for the tests) the Mosquitto broker binary.
 #   scripts/bootstrap.sh          the virtual environment only (enough for the demo)
 #   scripts/bootstrap.sh --test   also Mosquitto, which the integration tests start on free ports
+#                                 (and PostgreSQL's binaries, for the roll-up's tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,12 @@ if [ "${1:-}" = "--test" ]; then
     echo "installing the Mosquitto broker (apt-get)"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  fi
+  # PostgreSQL's binaries: the roll-up's tests initdb and start their own cluster on a free port
+  if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null; then
+    echo "installing PostgreSQL (apt-get), for the roll-up's tests"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
   if ! command -v systemd-analyze >/dev/null; then
     echo "installing systemd (for systemd-analyze, used by the unit's security check)"

@@ -1,7 +1,9 @@
 """Configuration of the software PLCs (pydantic v2, frozen, unknown keys are errors).
 
 A simulator file names PLCs (Modbus TCP or OPC UA servers) and, per PLC, the lines whose
-good-unit counter and state it serves, each with its takt time and production randomness.
+good-unit counter, state (a raw code per reason: running, stopped, faulted, changeover,
+blocked, starved, ...) and optional reject or total counter it serves, each with its takt
+time and production randomness.
 :func:`load_sim_config` reads it as YAML 1.2 and turns every problem into one
 :class:`agent.errors.ConfigError` naming the file, line and key.
 """
@@ -18,6 +20,7 @@ from agent.config import Shift, TimeZoneName
 from agent.configload import load_model
 
 __all__ = [
+    "DEFAULT_STATE_CODES",
     "ModbusCounterTag",
     "ModbusLineConfig",
     "ModbusPlcConfig",
@@ -50,14 +53,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: the raw state value a PLC serves for each reason, unless its state tag says otherwise
+DEFAULT_STATE_CODES: dict[str, int] = {"stopped": 0, "running": 1, "faulted": 2}
+
+
 class ProductionConfig(_Model):
     """Randomness of one line; the defaults give a realistic but lively line."""
 
     takt_jitter: float = Field(0.05, ge=0, le=0.5, description="relative standard deviation of each unit's cycle time")
     micro_stop_rate_per_hour: float = Field(4.0, ge=0, description="short stops (starved/blocked) per running hour")
     micro_stop_s: float = Field(15.0, gt=0, description="mean length of a short stop; the line is stopped meanwhile")
+    micro_stop_reasons: tuple[Identifier, ...] = Field(("stopped",), min_length=1, description="the reason a short stop serves, drawn for each stop (e.g. [blocked, starved])")
     breakdown_rate_per_hour: float = Field(0.3, ge=0, description="breakdowns per running hour")
     repair_s: float = Field(90.0, gt=0, description="mean repair time; the line is faulted meanwhile")
+    breakdown_reason: Identifier = Field("faulted", description="the reason a breakdown serves (e.g. fault)")
+    changeover_every_s: float | None = Field(None, gt=0, description="a changeover after every this many running seconds (none when absent)")
+    changeover_s: float = Field(600.0, gt=0, description="mean length of a changeover")
+    changeover_reason: Identifier = Field("changeover", description="the reason a changeover serves")
+    durations: Literal["random", "fixed"] = Field("random", description="random: stop lengths drawn around their mean (exponential); fixed: exactly the mean")
+    reject_rate: float = Field(0.0, ge=0, le=1, description="share of the units built that are rejects (scrap, rework): they move the reject counter, not the good one")
+
+    def reasons(self) -> set[str]:
+        """Every reason this production can serve (besides running, and stopped off shift)."""
+        out = {*self.micro_stop_reasons, self.breakdown_reason}
+        if self.changeover_every_s is not None:
+            out.add(self.changeover_reason)
+        return out
 
 
 class ModbusCounterTag(_Model):
@@ -95,6 +116,16 @@ class ModbusStateTag(_Model):
     address: Address
     table: Literal["holding", "input"] = "holding"
     type: Literal["uint16"] = "uint16"
+    codes: dict[Identifier, Annotated[int, Field(ge=0, le=65535)]] = Field(
+        default_factory=lambda: dict(DEFAULT_STATE_CODES),
+        description="raw value served for each reason (default stopped 0, running 1, faulted 2)")
+
+
+def _check_codes(line_id: str, codes: dict[str, int], production: ProductionConfig) -> None:
+    missing = sorted(({"running", "stopped"} | production.reasons()) - set(codes))
+    if missing:
+        raise ValueError(f"line {line_id!r}: the state's codes name no raw value for "
+                         f"{', '.join(missing)}")
 
 
 class _LineBase(_Model):
@@ -119,19 +150,39 @@ class SimLineConfig(_LineBase):
 
     counter: ModbusCounterTag
     state: ModbusStateTag | None = None
+    reject_counter: ModbusCounterTag | None = Field(None, description="a counter of rejected units")
+    total_counter: ModbusCounterTag | None = Field(None, description="a counter of every unit built, good or not")
 
     @property
     def modulus(self) -> int:
         """Where the counter wraps."""
         return self.counter.modulus
 
+    @property
+    def second(self) -> tuple[str, ModbusCounterTag] | None:
+        """The reject or total counter: (``rejects`` or ``total``, its tag), or None."""
+        if self.reject_counter is not None:
+            return "rejects", self.reject_counter
+        if self.total_counter is not None:
+            return "total", self.total_counter
+        return None
+
     def registers(self) -> list[tuple[int, str, int]]:
         """Every (unit id, table, address) this line occupies."""
-        regs: list[tuple[int, str, int]] = [(self.counter.unit_id, self.counter.table, self.counter.address + i)
-                for i in range(self.counter.width)]
+        counters = [self.counter] + ([self.second[1]] if self.second is not None else [])
+        regs: list[tuple[int, str, int]] = [(c.unit_id, c.table, c.address + i)
+                                            for c in counters for i in range(c.width)]
         if self.state is not None:
             regs.append((self.state.unit_id, self.state.table, self.state.address))
         return regs
+
+    @model_validator(mode="after")
+    def _check(self) -> SimLineConfig:
+        if self.reject_counter is not None and self.total_counter is not None:
+            raise ValueError(f"line {self.id!r}: give at most one of reject_counter and total_counter")
+        if self.state is not None:
+            _check_codes(self.id, self.state.codes, self.production)
+        return self
 
 
 ModbusLineConfig = SimLineConfig
@@ -166,6 +217,9 @@ class OpcUaStateNode(_Model):
 
     node: str = Field(..., min_length=1, description='string identifier, e.g. "Rogue.State"')
     type: Literal["Int32", "UInt16"] = "Int32"
+    codes: dict[Identifier, Annotated[int, Field(ge=0, le=65535)]] = Field(
+        default_factory=lambda: dict(DEFAULT_STATE_CODES),
+        description="raw value served for each reason (default stopped 0, running 1, faulted 2)")
 
 
 class OpcUaLineConfig(_LineBase):
@@ -173,11 +227,30 @@ class OpcUaLineConfig(_LineBase):
 
     counter: OpcUaCounterNode
     state: OpcUaStateNode | None = None
+    reject_counter: OpcUaCounterNode | None = Field(None, description="a counter of rejected units")
+    total_counter: OpcUaCounterNode | None = Field(None, description="a counter of every unit built, good or not")
 
     @property
     def modulus(self) -> int:
         """Where the counter wraps."""
         return self.counter.effective_modulus
+
+    @property
+    def second(self) -> tuple[str, OpcUaCounterNode] | None:
+        """The reject or total counter: (``rejects`` or ``total``, its node), or None."""
+        if self.reject_counter is not None:
+            return "rejects", self.reject_counter
+        if self.total_counter is not None:
+            return "total", self.total_counter
+        return None
+
+    @model_validator(mode="after")
+    def _check(self) -> OpcUaLineConfig:
+        if self.reject_counter is not None and self.total_counter is not None:
+            raise ValueError(f"line {self.id!r}: give at most one of reject_counter and total_counter")
+        if self.state is not None:
+            _check_codes(self.id, self.state.codes, self.production)
+        return self
 
 
 class ModbusPlcConfig(_Model):
@@ -218,6 +291,7 @@ class OpcUaPlcConfig(_Model):
         seen: dict[str, str] = {}
         for line in self.lines:
             nodes = [line.counter.node] + ([line.state.node] if line.state is not None else [])
+            nodes += [line.second[1].node] if line.second is not None else []
             for node in nodes:
                 if node in seen:
                     raise ValueError(f"line {line.id!r}: node {node!r} is already used by line {seen[node]!r}")

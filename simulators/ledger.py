@@ -7,6 +7,13 @@ line has ``counter_update_s``, then its value at the latest refresh), the counte
 ``expected_units`` = ``produced - frozen_units``: the total a correct agent reports
 (jumps are not production; units built between a last read and a counter reset are the
 only ones an agent may miss, and it flags those windows).
+
+The books of OEE: ``rejected`` (units built as rejects), the second counter the PLC
+serves (``second_role``: rejects or total, ``second_counter``), the reason served now
+(``state``, ``state_code``), the seconds served in each reason (``reason_seconds``, by the
+simulators' wall clock) and the latest changes of the served reason (``timeline``: the
+time, the reason served from then on, and the units built and rejected by then), from
+which the time in each reason over any interval (a shift less its breaks) follows.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from typing import Any
 from simulators.production import SimLine
 
 __all__ = ["Ledger", "write_json_atomic"]
+
+#: changes of the served reason the ledger file lists per line (the newest)
+LEDGER_TIMELINE = 500
 
 
 class Ledger:
@@ -45,6 +55,13 @@ class Ledger:
                     "resets": line.resets,
                     "frozen_units": line.frozen_units,
                     "jumped": line.jumped,
+                    "rejected": line.rejected,
+                    "second_role": line.second_role,
+                    "second_counter": line.served_second if line.second_role else None,
+                    "state_code": line.state_code,
+                    "reason_seconds": {k: round(v, 3) for k, v in line.reason_seconds().items()},
+                    "timeline": [[_iso(t), reason, produced, rejected] for t, reason, produced, rejected
+                                 in list(line.timeline)[-LEDGER_TIMELINE:]],
                 }
                 for line_id, line in self.lines.items()
             },
@@ -54,6 +71,10 @@ class Ledger:
     def write(self, path: Path | str, snapshot: Mapping[str, Any] | None = None) -> None:
         """Write ``snapshot`` (default: a fresh one) to ``path`` atomically; blocking file I/O."""
         write_json_atomic(Path(path), snapshot if snapshot is not None else self.snapshot())
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

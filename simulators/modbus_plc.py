@@ -1,7 +1,7 @@
 """A software Modbus TCP PLC (pymodbus 3.16 server); the only simulator module importing pymodbus.
 
-Registers are read through: every read request copies the current served counter and state
-of its :class:`SimLine`\\ s into the served registers, so a change is visible on the next read
+Registers are read through: every read request copies the current served counters and
+state code of its :class:`SimLine`\\ s into the served registers, so a change is visible on the next read
 (with ``counter_update_s``, a counter change on the first read after the next refresh).
 Every holding and input register from 0 up to well past the highest one used is readable
 (unused ones read 0), as on a real PLC, so an agent may coalesce reads across gaps.
@@ -25,7 +25,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.config import ModbusPlcConfig, SimLineConfig
 from simulators.plc import SoftPlc
-from simulators.production import STATE_CODES, SimLine
+from simulators.production import SimLine
 
 __all__ = ["READ_CODES", "WRITE_CODES", "ModbusPlc", "counter_words"]
 
@@ -225,7 +225,11 @@ class ModbusPlc(SoftPlc):
         for address, (cfg, role) in self._map.get((unit_id, table), {}).items():
             line = self.lines[cfg.id]
             if role == "state":
-                out[address] = STATE_CODES[line.state]
+                out[address] = line.state_code
+            elif role == "second" and cfg.second is not None:
+                tag = cfg.second[1]
+                words = counter_words(line.served_second, tag.width, tag.word_order)
+                out.update({address + i: w for i, w in enumerate(words)})
             else:
                 words = counter_words(line.served_counter, cfg.counter.width, cfg.counter.word_order)
                 out.update({address + i: w for i, w in enumerate(words)})
@@ -233,11 +237,14 @@ class ModbusPlc(SoftPlc):
 
 
 def _register_map(lines: tuple[SimLineConfig, ...]) -> dict[tuple[int, str], dict[int, tuple[SimLineConfig, str]]]:
-    """(unit, table) -> first address of each tag -> (line, "counter" | "state")."""
+    """(unit, table) -> first address of each tag -> (line, "counter" | "second" | "state")."""
     out: dict[tuple[int, str], dict[int, tuple[SimLineConfig, str]]] = {}
     for line in lines:
         c = line.counter
         out.setdefault((c.unit_id, c.table), {})[c.address] = (line, "counter")
+        if line.second is not None:
+            t = line.second[1]
+            out.setdefault((t.unit_id, t.table), {})[t.address] = (line, "second")
         if line.state is not None:
             s = line.state
             out.setdefault((s.unit_id, s.table), {})[s.address] = (line, "state")

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from simulators.config import OpcUaPlcConfig
 from simulators.plc import SoftPlc
-from simulators.production import STATE_CODES, SimLine
+from simulators.production import SimLine
 
 __all__ = ["STATUS_CODES", "OpcUaPlc"]
 
@@ -108,12 +108,16 @@ class OpcUaPlc(SoftPlc):
         return f"opc.tcp://{self.host}:{self.port}{self.cfg.path}"
 
     def node_id(self, line_id: str, role: str) -> str:
-        """The node id string of a line's ``counter`` or ``state`` node, e.g. ``ns=2;s=Rogue.GoodCount``."""
+        """The node id string of a line's ``counter``, ``second`` (reject or total counter) or
+        ``state`` node, e.g. ``ns=2;s=Rogue.GoodCount``."""
         cfg = next(ln for ln in self.cfg.lines if ln.id == line_id)
-        tag = cfg.counter if role == "counter" else cfg.state
-        if tag is None:
+        nodes = {"counter": cfg.counter.node,
+                 "state": cfg.state.node if cfg.state is not None else None,
+                 "second": cfg.second[1].node if cfg.second is not None else None}
+        node = nodes.get(role)
+        if node is None:
             raise KeyError(f"line {line_id} has no {role} node")
-        return f"ns=2;s={tag.node}"
+        return f"ns=2;s={node}"
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -201,6 +205,8 @@ class OpcUaPlc(SoftPlc):
         self._shown.clear()
         for cfg in self.cfg.lines:
             roles: list[tuple[str, str, str]] = [("counter", cfg.counter.node, cfg.counter.type)]
+            if cfg.second is not None:
+                roles.append(("second", cfg.second[1].node, cfg.second[1].type))
             if cfg.state is not None:
                 roles.append(("state", cfg.state.node, cfg.state.type))
             for role, name, vtype in roles:
@@ -212,7 +218,9 @@ class OpcUaPlc(SoftPlc):
 
     def _value(self, line_id: str, role: str) -> int:
         line = self.lines[line_id]
-        return line.served_counter if role == "counter" else STATE_CODES[line.state]
+        if role == "second":
+            return line.served_second
+        return line.served_counter if role == "counter" else line.state_code
 
     async def _refresh_loop(self) -> None:
         failing = False

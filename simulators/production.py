@@ -12,6 +12,15 @@ refreshes, every ``counter_update_s`` seconds of the simulator clock from when t
 simulator started (:meth:`SimLine.start_clock`). Nothing else changes: not the units
 built, not the books, not ``expected_units`` (a reset between two refreshes hides the
 units built since the refresh before it, as one between two reads does).
+
+The state a line serves is a *reason*: ``running``, or why it is not running (``stopped``,
+``faulted``, or what the production config names: a changeover, a fault, blocked,
+starved), served as the raw code its state tag's ``codes`` give. The line keeps the books
+of time too: every change of the served reason goes into :attr:`SimLine.timeline` with
+the wall-clock time (the injected ``clock``) and the units built and rejected so far, and
+:attr:`SimLine.reason_seconds` sums the time served in each reason. A line with a reject
+(or total) counter builds a share of its units as rejects: they move that counter, not
+the good one.
 """
 
 from __future__ import annotations
@@ -19,25 +28,33 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, tzinfo
 from time import monotonic
-from typing import Literal, get_args
+from typing import Literal
 
 from agent.config import Shift
 from simulators.config import (
+    DEFAULT_STATE_CODES,
     ModbusPlcConfig,
+    OpcUaCounterNode,
     OpcUaLineConfig,
     OpcUaPlcConfig,
     ProductionConfig,
     SimLineConfig,
 )
 
-__all__ = ["STATE_CODES", "LineStateName", "ShiftCalendar", "SimLine", "lines_from_config"]
+__all__ = ["STATE_CODES", "LineStateName", "ShiftCalendar", "SimLine", "Transition",
+           "lines_from_config"]
 
 LineStateName = Literal["stopped", "running", "faulted"]
-#: the raw state value a PLC serves for each state
-STATE_CODES: dict[str, int] = {"stopped": 0, "running": 1, "faulted": 2}
+#: the raw state value a PLC serves for each state, unless the line's codes say otherwise
+STATE_CODES: dict[str, int] = dict(DEFAULT_STATE_CODES)
+#: how many changes of the served reason a line remembers
+TIMELINE = 10_000
+#: (when, reason served from then on, units built so far, units rejected so far)
+Transition = tuple[datetime, str, int, int]
 _EPS = 1e-9
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -86,10 +103,15 @@ class SimLine:
             unit built (unless frozen) and with resets and jumps, at once.
         served_counter: what the PLC serves (registers, node); ``counter`` itself unless
             ``counter_update_s`` is set, see :attr:`served_counter`.
-        produced: units built since the simulator started.
-        state: ``"stopped"``, ``"running"`` or ``"faulted"`` (served as it is, never late).
+        produced: good units built since the simulator started.
+        rejected: rejected units built since the simulator started (reject_rate).
+        state: the reason served: ``"running"``, ``"stopped"``, ``"faulted"`` or one the
+            production config names (served as it is, never late, as ``codes[state]``).
         resets / frozen_units / jumped: the books of the counter faults.
         counter_update_s: seconds between refreshes of the served counter, or None.
+        timeline / reason_seconds: the books of the time in each reason (wall clock).
+        second_role: ``"rejects"`` or ``"total"`` when the PLC serves a second counter
+            (:attr:`served_second`), else None.
 
     ``clock_s`` is the simulator clock of the refreshes, in seconds (default ``time.monotonic``,
     the event loop's clock); ``clock`` is the wall clock of the shift calendar.
@@ -107,9 +129,13 @@ class SimLine:
         calendar: ShiftCalendar | None = None,
         clock: Callable[[], datetime] | None = None,
         plc: str = "",
-        state: LineStateName = "running",
+        state: str = "running",
         counter_update_s: float | None = None,
         clock_s: Callable[[], float] | None = None,
+        codes: Mapping[str, int] | None = None,
+        second_role: str | None = None,
+        second_modulus: int = 2**32,
+        second_start: int = 0,
     ) -> None:
         if modulus < 2:
             raise ValueError("modulus must be at least 2")
@@ -122,7 +148,14 @@ class SimLine:
         self.modulus = modulus
         self.counter = start % modulus
         self.produced = 0
-        self.state: LineStateName = state
+        self.rejected = 0
+        self.codes = dict(codes if codes is not None else STATE_CODES)
+        if state not in self.codes:
+            raise ValueError(f"state must be one of {', '.join(self.codes)}, not {state!r}")
+        self.state = state
+        self.second_role = second_role
+        self.second_modulus = second_modulus
+        self.second_counter = second_start % second_modulus
         self.resets = 0
         self.frozen_units = 0
         self.jumped = 0
@@ -140,11 +173,17 @@ class SimLine:
         self._rng = random.Random(seed)
         # a state set by hand (set_state) holds until set_state("running") hands back to the model
         self._held = state != "running"
-        self._phase: Literal["run", "micro", "repair"] = "run"
+        self._phase: Literal["run", "micro", "repair", "changeover"] = "run"
         self._phase_left = 0.0
+        self._micro_reason = self.params.micro_stop_reasons[0]
         self._to_unit = self._draw_takt()
         self._to_micro = self._draw_interval(self.params.micro_stop_rate_per_hour)
         self._to_breakdown = self._draw_interval(self.params.breakdown_rate_per_hour)
+        self._to_changeover = self.params.changeover_every_s or math.inf
+        # the books of time: when the served reason last changed, and the changes
+        self._since = self._clock()
+        self.timeline: deque[Transition] = deque([(self._since, state, 0, 0)], maxlen=TIMELINE)
+        self._seconds: dict[str, float] = {}
 
     def __repr__(self) -> str:
         served = "" if self.counter_update_s is None else f", served_counter={self.served_counter}"
@@ -155,6 +194,35 @@ class SimLine:
     def expected_units(self) -> int:
         """What a correct agent reports in total: units built while the counter was visible."""
         return self.produced - self.frozen_units
+
+    @property
+    def state_code(self) -> int:
+        """The raw state value the PLC serves now."""
+        return self.codes[self.state]
+
+    @property
+    def served_second(self) -> int:
+        """The second counter the PLC serves (rejects, or every unit built), at once."""
+        return self.second_counter
+
+    def reason_seconds(self, at: datetime | None = None) -> dict[str, float]:
+        """Seconds served in each reason since the line was made, up to ``at`` (default now
+        on the injected clock)."""
+        out = dict(self._seconds)
+        now = at if at is not None else self._clock()
+        out[self.state] = out.get(self.state, 0.0) + max(0.0, (now - self._since).total_seconds())
+        return out
+
+    def _serve(self, reason: str, at: datetime | None = None) -> None:
+        """Serve ``reason`` from ``at`` (default now); a change goes into the books."""
+        if reason == self.state:
+            return
+        now = at if at is not None else self._clock()
+        held = max(0.0, (now - self._since).total_seconds())
+        self._seconds[self.state] = self._seconds.get(self.state, 0.0) + held
+        self._since = now
+        self.state = reason
+        self.timeline.append((now, reason, self.produced, self.rejected))
 
     # --- what the PLC serves -----------------------------------------------------------
 
@@ -248,6 +316,14 @@ class SimLine:
 
     # --- what a test (or the model) does to the line -----------------------------------
 
+    def reject(self, n: int = 1) -> None:
+        """Build ``n`` rejected units now: the reject (or total) counter moves, the good one not."""
+        if n < 0:
+            raise ValueError("cannot reject a negative number of units")
+        self.rejected += n
+        if self.second_role is not None:
+            self.second_counter = (self.second_counter + n) % self.second_modulus
+
     def produce(self, n: int = 1) -> None:
         """Build ``n`` units now; the counter moves unless it is frozen (with
         ``counter_update_s`` the served counter shows them at the next refresh)."""
@@ -255,6 +331,8 @@ class SimLine:
             raise ValueError("cannot build a negative number of units")
         self._counter_changes()
         self.produced += n
+        if self.second_role == "total":
+            self.second_counter = (self.second_counter + n) % self.second_modulus
         if self.frozen:
             self.frozen_units += n
         else:
@@ -289,10 +367,11 @@ class SimLine:
         self.jumped += by
 
     def set_state(self, state: str) -> None:
-        """Force the state; stopped or faulted holds production until ``set_state("running")``."""
-        if state not in get_args(LineStateName):
-            raise ValueError(f"state must be one of {', '.join(get_args(LineStateName))}, not {state!r}")
-        self.state = state  # type: ignore[assignment]  # checked just above
+        """Force the reason served (one of ``codes``); any but running holds production
+        until ``set_state("running")``."""
+        if state not in self.codes:
+            raise ValueError(f"state must be one of {', '.join(self.codes)}, not {state!r}")
+        self._serve(state)
         self._held = state != "running"
         if not self._held:
             self._phase = "run"
@@ -310,37 +389,57 @@ class SimLine:
         """
         if dt_s <= 0 or self._held:
             return 0
-        if self.calendar is not None and not self.calendar.planned(now or self._clock()):
-            self.state = "stopped"
+        when = now or self._clock()
+        if self.calendar is not None and not self.calendar.planned(when):
+            self._serve("stopped", when)
             return 0
-        built = 0
+        p = self.params
+        built = rejected = 0
         remaining = dt_s
         while remaining > _EPS:
             if self._phase == "run":
-                step = min(remaining, self._to_unit, self._to_micro, self._to_breakdown)
+                step = min(remaining, self._to_unit, self._to_micro, self._to_breakdown,
+                           self._to_changeover)
                 remaining -= step
                 self._to_unit -= step
                 self._to_micro -= step
                 self._to_breakdown -= step
+                self._to_changeover -= step
                 if self._to_unit <= _EPS:
-                    built += 1
+                    # drawn only when rejects are simulated, so a seed's events stay the same
+                    if p.reject_rate and self._rng.random() < p.reject_rate:
+                        rejected += 1
+                    else:
+                        built += 1
                     self._to_unit = self._draw_takt()
                 if self._to_breakdown <= _EPS:
-                    self._phase, self._phase_left = "repair", self._rng.expovariate(1 / self.params.repair_s)
-                    self._to_breakdown = self._draw_interval(self.params.breakdown_rate_per_hour)
+                    self._phase, self._phase_left = "repair", self._draw_length(p.repair_s)
+                    self._to_breakdown = self._draw_interval(p.breakdown_rate_per_hour)
+                elif self._to_changeover <= _EPS:
+                    self._phase, self._phase_left = "changeover", self._draw_length(p.changeover_s)
+                    self._to_changeover = p.changeover_every_s or math.inf
                 elif self._to_micro <= _EPS:
-                    self._phase, self._phase_left = "micro", self._rng.expovariate(1 / self.params.micro_stop_s)
-                    self._to_micro = self._draw_interval(self.params.micro_stop_rate_per_hour)
+                    self._phase, self._phase_left = "micro", self._draw_length(p.micro_stop_s)
+                    self._to_micro = self._draw_interval(p.micro_stop_rate_per_hour)
+                    reasons = p.micro_stop_reasons
+                    self._micro_reason = reasons[0] if len(reasons) == 1 else self._rng.choice(reasons)
             else:
                 step = min(remaining, self._phase_left)
                 remaining -= step
                 self._phase_left -= step
                 if self._phase_left <= _EPS:
                     self._phase = "run"
-        self.state = {"run": "running", "micro": "stopped", "repair": "faulted"}[self._phase]  # type: ignore[assignment]
         if built:
             self.produce(built)
+        if rejected:
+            self.reject(rejected)
+        self._serve({"run": "running", "micro": self._micro_reason, "repair": p.breakdown_reason,
+                     "changeover": p.changeover_reason}[self._phase], when)
         return built
+
+    def _draw_length(self, mean_s: float) -> float:
+        """A stop's length: exactly ``mean_s`` with fixed durations, else exponential."""
+        return mean_s if self.params.durations == "fixed" else self._rng.expovariate(1 / mean_s)
 
     def _draw_takt(self) -> float:
         jitter = self._rng.gauss(1.0, self.params.takt_jitter) if self.params.takt_jitter else 1.0
@@ -366,9 +465,17 @@ def lines_from_config(
     lines: dict[str, SimLine] = {}
     cfgs: Sequence[SimLineConfig | OpcUaLineConfig] = plc.lines
     for i, cfg in enumerate(cfgs):
+        second = cfg.second
+        second_modulus = 2**32
+        if second is not None:
+            tag = second[1]
+            second_modulus = tag.effective_modulus if isinstance(tag, OpcUaCounterNode) else tag.modulus
         lines[cfg.id] = SimLine(
             cfg.id, modulus=cfg.modulus, start=cfg.counter.start, takt_s=cfg.takt_s,
             production=cfg.production, seed=seed + first_index + i, calendar=calendar,
             clock=clock, plc=plc.id, counter_update_s=cfg.counter_update_s, clock_s=clock_s,
+            codes=cfg.state.codes if cfg.state is not None else None,
+            second_role=second[0] if second is not None else None,
+            second_modulus=second_modulus, second_start=second[1].start if second else 0,
         )
     return lines

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from simulators.config import ModbusPlcConfig, SimConfig, load_sim_config
@@ -29,11 +30,12 @@ class SimulatorSet:
 
     With ``auto`` a task advances every line's production model each ``tick_s`` by the
     monotonic time elapsed; with ``ledger_path`` the ledger file is rewritten at least
-    twice a second while running, and once more on stop.
+    twice a second while running, and once more on stop. ``clock`` is the wall clock of
+    the shift calendar and of the books of time (a test may give a time-compressed one).
     """
 
     def __init__(self, cfg: SimConfig, *, auto: bool = True, ledger_path: Path | None = None,
-                 tick_s: float = 0.1) -> None:
+                 tick_s: float = 0.1, clock: Callable[[], datetime] | None = None) -> None:
         if tick_s <= 0:
             raise ValueError("tick_s must be positive")
         self.cfg = cfg
@@ -45,7 +47,8 @@ class SimulatorSet:
         self.lines: dict[str, SimLine] = {}
         index = 0
         for plc_cfg in cfg.plcs:
-            lines = lines_from_config(plc_cfg, seed=cfg.seed, first_index=index, calendar=calendar)
+            lines = lines_from_config(plc_cfg, seed=cfg.seed, first_index=index, calendar=calendar,
+                                      clock=clock)
             index += len(plc_cfg.lines)
             self.lines.update(lines)
             plc: ModbusPlc | OpcUaPlc

@@ -46,6 +46,33 @@ async def test_check_connect_reports_each_endpoint(
     assert "ok   source plc-u" in text
 
 
+async def test_a_credential_name_outside_systemd_is_a_fail_line(
+        tmp_path: Path, mosquitto: Any, simulator_set: Callable[..., Any],
+        monkeypatch: Any) -> None:
+    """``password_file: mqtt-password`` names a systemd credential; run by hand without
+    CREDENTIALS_DIRECTORY it is not found: one FAIL line naming the key, not a traceback."""
+    sims = await simulator_set(sim_config(), auto=False)
+    data = agent_config_dict(tmp_path, mosquitto.url, sims)
+    data["mqtt"].update(username="plantfloor", password_file="mqtt-password")
+    config = write_yaml(tmp_path / "agent.yaml", data)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    code = await asyncio.to_thread(check_command, config, connect=True, out=out)
+    text = out.getvalue()
+    assert code == 1
+    assert f"FAIL broker {mosquitto.url}: cannot read the password file mqtt-password (mqtt.password_file)" in text
+    assert "CREDENTIALS_DIRECTORY" in text
+    assert "ok   source plc-m" in text
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt-password").write_text("anything\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    out = io.StringIO()
+    code = await asyncio.to_thread(check_command, config, connect=True, out=out)
+    assert "cannot read the password file" not in out.getvalue()
+
+
 async def test_the_broker_password_never_reaches_the_log(
         tmp_path: Path, mosquitto_factory: Callable[..., Any], mqtt_subscriber: Callable[..., Any],
         simulator_set: Callable[..., Any]) -> None:

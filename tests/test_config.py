@@ -85,12 +85,22 @@ def test_schema_config_is_generated_from_the_models(capsys: pytest.CaptureFixtur
 def test_schema_payloads(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "payloads"]) == 0
     schemas = json.loads(capsys.readouterr().out)
-    assert set(schemas) == {"R/status", "R/lines/<line>/output", "R/lines/<line>/state", "R/plant/output"}
+    assert set(schemas) == {"R/status", "R/lines/<line>/output", "R/lines/<line>/state", "R/plant/output",
+                            "R/lines/<line>/shift", "R/plant/shift"}
     out = schemas["R/lines/<line>/output"]["properties"]
     for field in ("schema", "site", "line", "product", "epoch", "seq", "window_start", "window_end", "units",
                   "rate_per_hour", "target_per_hour", "attainment", "shift", "day", "state_seconds",
-                  "quality", "events", "historical"):
+                  "quality", "events", "reason", "rejects", "total", "time", "historical"):
         assert field in out, field
+    shift_block = schemas["R/lines/<line>/output"]["$defs"]["ShiftTotals"]["properties"]
+    for field in ("availability", "performance", "quality", "oee", "quality_measured"):
+        assert field in shift_block, field
+    report = schemas["R/lines/<line>/shift"]["properties"]
+    assert report["schema"]["const"] == "plantfloor.shift/1"
+    for field in ("units", "rejects", "total", "target", "attainment", "time", "downtime", "top_losses",
+                  "availability", "performance", "quality", "oee", "quality_measured", "coverage"):
+        assert field in report, field
+    assert "reason" in schemas["R/lines/<line>/state"]["properties"]
 
 
 def test_every_config_field_is_described() -> None:
@@ -136,7 +146,7 @@ def test_line_tags_are_checked_like_counters() -> None:
     base["lines"][0]["tags"] = {"buffer": {"source": "plc-kei", "address": 111, "type": "uint16"}}
     cfg = Config.model_validate(base)
     assert [(role, name) for role, name, _ in cfg.lines[0].points()] == [
-        ("counter", None), ("state", None), ("tag", "buffer")]
+        ("counter", None), ("rejects", None), ("state", None), ("tag", "buffer")]
     base["lines"][0]["tags"] = {"buffer": {"source": "plc-kei", "address": 101, "type": "uint16"}}
     with pytest.raises(ValidationError, match=r"lines\.0\.tags\.buffer\.address: register holding 101"):
         Config.model_validate(base)

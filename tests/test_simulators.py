@@ -248,10 +248,14 @@ async def test_ledger_matches_counters(modbus_plc, tmp_path):
     ledger.write(tmp_path / "ledger.json")
     entry = json.loads((tmp_path / "ledger.json").read_text())["lines"]["line-a"]
     assert entry["counter"] == _decode(rr.registers, "big") == 11
-    assert entry | {"plc": entry["plc"]} == {
+    books = {
         "plc": "plc-test", "produced": 7, "expected_units": 3, "counter": 11, "served_counter": 11, "modulus": 2**32,
         "state": "running", "resets": 0, "frozen_units": 4, "jumped": 10,
+        "rejected": 0, "second_role": None, "second_counter": None, "state_code": 1,
     }
+    assert {k: entry[k] for k in books} == books
+    assert set(entry) == set(books) | {"reason_seconds", "timeline"}
+    assert entry["timeline"][0][1:] == ["running", 0, 0]
 
 
 # --- OPC UA ----------------------------------------------------------------------------------

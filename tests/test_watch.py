@@ -29,6 +29,7 @@ from agent.payloads import (
     LineOutput,
     LineStatePayload,
     PlantOutput,
+    ShiftReport,
     ShiftTotals,
     SourceInfo,
     StateSeconds,
@@ -194,7 +195,7 @@ def test_plain_format_is_stable() -> None:
                    plant_output(2, 2), status(backlog=3)])
     assert plain_lines(model) == [
         "line=kei-ev seq=2 units=2 total=2 rate=120.0/h target=120.0/h attainment=100% "
-        "shift=day:20/960 proj=900 day=40/1800 state=running quality=good events=rollover "
+        "shift=day:20/960 proj=900 day=40/1800 oee=- state=running reason=- quality=good events=rollover "
         "windows=1 dup=0 missing=0",
         "plant seq=2 units=2 total=2 today=102/3600 ytd=5000 util=75.0% planned=80.0% "
         "proj_year=401234 capacity=500000 quality=good dup=0",
@@ -348,6 +349,7 @@ def test_documented_examples_are_valid_payloads() -> None:
     models: dict[str, type[BaseModel]] = {
         "plantfloor.status/1": StatusPayload, "plantfloor.output/1": LineOutput,
         "plantfloor.state/1": LineStatePayload, "plantfloor.plant/1": PlantOutput,
+        "plantfloor.shift/1": ShiftReport,
     }
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", doc, re.S)]
     assert sorted(b["schema"] for b in blocks) == sorted(models)

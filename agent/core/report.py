@@ -33,12 +33,19 @@ seconds of it elapsed by the window's end, ``C`` = ``capacity_per_year``):
   ``K`` is 0, ``C * planned_utilization``
 * ``quality`` = the worst line quality (bad < uncertain < good)
 
-Figures are rounded to 3 decimals (attainment and utilization to 4).
+OEE (ISO 22400; :mod:`agent.core.oee`): each window's planned time is split into exact
+buckets (:mod:`agent.core.timesplit`) and added to the line's shift and day accumulators
+(``LineTotals.shift_acc``, ``day_acc``), persisted with every window; the window's
+``shift`` and ``day`` blocks carry availability, performance, quality and OEE so far
+(over the planned time of the windows published so far). The
+window whose end reaches its shift instance's end also yields the shift's report
+(:class:`~agent.payloads.ShiftReport`), built from the persisted accumulator.
+
+Figures are rounded to 3 decimals (attainment, utilization and OEE figures to 4).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
@@ -46,66 +53,26 @@ from typing import Any, Literal, cast
 
 from agent.config import Config, LineConfig
 from agent.core.calendar import Period, ShiftCalendar
+from agent.core.oee import Acc, ReportSubject, counts, shift_report
+from agent.core.oee import figures as figures_of
+from agent.core.totals import LineTotals, PlantTotals
 from agent.core.tracker import WindowResult
-from agent.payloads import DayTotals, LineOutput, PlantOutput, ShiftTotals, StateSeconds
+from agent.payloads import (
+    DayTotals,
+    LineOutput,
+    PlantOutput,
+    SecondCounter,
+    ShiftRef,
+    ShiftReport,
+    ShiftTotals,
+    StateSeconds,
+    WindowTime,
+)
 
-__all__ = ["LineTotals", "PlantTotals", "Reporter"]
+__all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter"]
 
 QualityName = Literal["good", "uncertain", "bad"]
 _QUALITY_RANK: dict[str, int] = {"bad": 0, "uncertain": 1, "good": 2}
-
-
-@dataclass
-class LineTotals:
-    """A line's running totals, persisted by the store as JSON with each window."""
-
-    seq: int = 0
-    shift_key: str | None = None
-    shift_units: int = 0
-    shift_downtime_s: float = 0.0
-    day: date | None = None
-    day_units: int = 0
-    last_window_end: datetime | None = None
-    year: int | None = None
-    year_units: int = 0
-
-    def to_json(self) -> str:
-        """Compact JSON; dates and datetimes as ISO 8601."""
-        return _dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> LineTotals:
-        """The inverse of :meth:`to_json`."""
-        raw = json.loads(text)
-        raw["day"] = _date(raw.get("day"))
-        raw["last_window_end"] = _datetime(raw.get("last_window_end"))
-        return cls(**raw)
-
-
-@dataclass
-class PlantTotals:
-    """The plant's running totals, persisted by the store as JSON with each window."""
-
-    seq: int = 0
-    day: date | None = None
-    day_units: int = 0
-    year: int | None = None
-    year_units: int = 0
-    last_window_end: datetime | None = None
-    counted_since: datetime | None = None
-
-    def to_json(self) -> str:
-        """Compact JSON; dates and datetimes as ISO 8601."""
-        return _dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str) -> PlantTotals:
-        """The inverse of :meth:`to_json`."""
-        raw = json.loads(text)
-        raw["day"] = _date(raw.get("day"))
-        raw["last_window_end"] = _datetime(raw.get("last_window_end"))
-        raw["counted_since"] = _datetime(raw.get("counted_since"))
-        return cls(**raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +83,28 @@ class _WindowCalendar:
     period_elapsed: float     # planned seconds of the period before the window's end
     day: date                 # production date of the window
     day_planned: float        # planned seconds of that production day
+    planned_ms: int           # planned ms of the window within its period (truncated ms)
+    period_planned_ms: int    # planned ms of the whole period
 
 
-def _dumps(totals: LineTotals | PlantTotals) -> str:
-    # a shallow dict: dataclasses.asdict deep-copies every field, a cost paid per line per window
-    return json.dumps({f: getattr(totals, f) for f in totals.__dataclass_fields__},
-                      default=_iso, sort_keys=True)
+@dataclass(frozen=True, slots=True)
+class LineWindow:
+    """A line's window: its payload, its new totals and, at a shift's end, its report."""
+
+    output: LineOutput
+    totals: LineTotals
+    #: the reports of the shift instances this window ended, each with the accumulator it
+    #: was built from (the plant's report sums them)
+    reports: tuple[tuple[ShiftReport, Acc], ...] = ()
+
+
+def _trunc_ms(t: datetime) -> datetime:
+    """``t`` truncated to the millisecond (as published), so windows' planned ms telescope."""
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def _planned_ms(period: Period, t: datetime) -> int:
+    return round(period.planned_before(_trunc_ms(t)) * 1000)
 
 
 class Reporter:
@@ -131,6 +114,7 @@ class Reporter:
         self.cfg = cfg
         self.calendar = calendar
         self._window: tuple[datetime, datetime, _WindowCalendar] | None = None
+        self._cats: dict[str, str] | None = None
 
     def _calendar_of(self, start: datetime, end: datetime) -> _WindowCalendar:
         """The calendar figures of a window, computed once for all its lines."""
@@ -139,18 +123,34 @@ class Reporter:
             return cached[2]
         cal = self.calendar
         period = cal.period_at(start)
-        day = cal.production_date(start)
+        day = period.production_date
         figures = _WindowCalendar(
             planned=cal.planned_seconds(start, end), period=period,
             period_planned=period.planned_seconds, period_elapsed=period.planned_before(end), day=day,
-            day_planned=cal.day_planned_seconds(day))
+            day_planned=cal.day_planned_seconds(day),
+            planned_ms=_planned_ms(period, end) - _planned_ms(period, start),
+            period_planned_ms=round(period.planned_seconds * 1000))
         self._window = (start, end, figures)
         return figures
+
+    def window_split(self, start: datetime, end: datetime) -> tuple[int, str]:
+        """The window's planned milliseconds within its shift instance, and the instance's key
+        (what each line's tracker needs to split the window's time into buckets)."""
+        figures = self._calendar_of(start, end)
+        return figures.planned_ms, figures.period.key
 
     def line_output(self, line: LineConfig, result: WindowResult, start: datetime,
                     end: datetime, totals: LineTotals, *, epoch: int = 0,
                     historical: bool = False) -> tuple[LineOutput, LineTotals]:
-        """The ``R/lines/<line>/output`` payload and the line's new totals.
+        """The ``R/lines/<line>/output`` payload and the line's new totals."""
+        w = self.line_window(line, result, start, end, totals, epoch=epoch, historical=historical)
+        return w.output, w.totals
+
+    def line_window(self, line: LineConfig, result: WindowResult, start: datetime,
+                    end: datetime, totals: LineTotals, *, epoch: int = 0,
+                    historical: bool = False) -> LineWindow:
+        """The ``R/lines/<line>/output`` payload, the line's new totals and, when the window
+        reaches the end of its shift instance, the shift's report.
 
         The first window of a line in an epoch carries ``new_epoch`` (and is at best
         ``uncertain``: what was built before its first reading is not known).
@@ -180,27 +180,120 @@ class Reporter:
             events.append("new_epoch")
             quality = "uncertain" if quality == "good" else quality
 
+        # OEE: the window's buckets and counts into the shift's and the day's accumulators
+        unreported = None
+        if new_shift and totals.shift_name is not None and not totals.shift_reported:
+            unreported = self._report(line, totals, totals.shift_acc, epoch)
+        second = result.second
+        role = line.second_counter[0] if line.second_counter is not None else None
+        rejects, carry = counts(role, result.units, second.units if second else 0,
+                                second.events if second else (), totals.count_carry)
+        def add(acc: Acc) -> Acc:
+            return acc.plus_window(result.time, covered=result.covered, good=result.units,
+                                   rejects=rejects, ideal_cycle_s=line.ideal_cycle)
+
+        shift_acc = add(Acc() if new_shift else totals.shift_acc)
+        day_acc = add(Acc() if totals.day != day else totals.day_acc)
+        measured = {"time_measured": line.state is not None, "quality_measured": role is not None}
+        cats = self._categories
+        shift_fig = figures_of(shift_acc, cats, **measured)
+        day_fig = figures_of(day_acc, cats, **measured)
+
+        shift_target = rate * period_planned / 3600.0
         out = LineOutput(
             site=self.cfg.site, line=line.id, product=line.product, epoch=epoch, seq=totals.seq + 1,
             window_start=start, window_end=end, units=result.units,
             rate_per_hour=_r(result.units * 3600.0 / window_s),
             target_per_hour=_r(target_units * 3600.0 / window_s),
             attainment=_r(result.units / target_units, 4) if target_units > 0 else None,
-            shift=ShiftTotals(name=period.name, units=shift_units,
-                              target=_r(rate * period_planned / 3600.0),
-                              projected=_r(projected), downtime_s=_r(downtime)),
+            shift=ShiftTotals(name=period.name, units=shift_units, target=_r(shift_target),
+                              projected=_r(projected), downtime_s=_r(downtime),
+                              availability=_r4(shift_fig.availability),
+                              performance=_r4(shift_fig.performance),
+                              quality=_r4(shift_fig.quality), oee=_r4(shift_fig.oee),
+                              quality_measured=shift_fig.quality_measured),
             day=DayTotals(date=day, units=day_units,
-                          target=_r(rate * figures.day_planned / 3600.0)),
+                          target=_r(rate * figures.day_planned / 3600.0),
+                          availability=_r4(day_fig.availability),
+                          performance=_r4(day_fig.performance),
+                          quality=_r4(day_fig.quality), oee=_r4(day_fig.oee)),
             state_seconds=StateSeconds(**{k: _r(v) for k, v in result.state_seconds.items()}),
             quality=cast(QualityName, quality),
             events=cast(Any, events),
-            counter=result.counter, tags=dict(result.tags), historical=historical,
+            counter=result.counter, tags=dict(result.tags), reason=result.reason,
+            rejects=rejects if role is not None else None,
+            total=result.units + rejects if role is not None else None,
+            time=_window_time(result), second_counter=_second(result),
+            historical=historical,
         )
         year_units = (0 if totals.year != day.year else totals.year_units) + result.units
         new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
                       shift_downtime_s=downtime, day=day, day_units=day_units,
-                      last_window_end=end, year=day.year, year_units=year_units)
-        return out, new
+                      last_window_end=end, year=day.year, year_units=year_units,
+                      shift_acc=shift_acc, day_acc=day_acc, count_carry=carry,
+                      shift_name=period.name, shift_start=period.start, shift_end=period.end,
+                      shift_date=period.production_date, shift_target=shift_target,
+                      shift_planned_ms=figures.period_planned_ms,
+                      shift_reported=False if new_shift else totals.shift_reported)
+        reports: list[tuple[ShiftReport, Acc]] = []
+        if unreported is not None:
+            # a shift instance that ended without a window reaching its end (a calendar
+            # changed between runs): reported from its books as they stand
+            reports.append((unreported, totals.shift_acc))
+        if period.name is not None and end >= period.end and not new.shift_reported:
+            # the window reaching the end of its shift instance closes the shift's books
+            reports.append((self._report(line, new, shift_acc, epoch), shift_acc))
+            new = replace(new, shift_reported=True)
+        return LineWindow(out, new, tuple(reports))
+
+    @property
+    def _categories(self) -> dict[str, str]:
+        cats = self._cats
+        if cats is None:
+            cats = self._cats = {r: c.category for r, c in self.cfg.downtime.all_reasons().items()}
+        return cats
+
+    def _report(self, line: LineConfig, totals: LineTotals, acc: Acc, epoch: int) -> ShiftReport:
+        """The report of the shift instance ``totals`` names, from its accumulator."""
+        assert totals.shift_name
+        assert totals.shift_start
+        assert totals.shift_end
+        assert totals.shift_date
+        ref = ShiftRef(name=totals.shift_name, start=totals.shift_start, end=totals.shift_end,
+                       date=totals.shift_date)
+        subject = ReportSubject(line=line.id, product=line.product, lines=None,
+                                ideal_cycle_s=line.ideal_cycle, time_measured=line.state is not None,
+                                quality_measured=line.second_counter is not None)
+        return shift_report(subject, site=self.cfg.site, epoch=epoch, ref=ref, acc=acc,
+                            calendar_ms=totals.shift_planned_ms, target=totals.shift_target,
+                            categories=self._categories)
+
+    def plant_reports(self, windows: Sequence[tuple[LineConfig, LineWindow]], *,
+                      epoch: int = 0) -> list[ShiftReport]:
+        """The plant's report of each shift instance some lines reported in this window: the
+        lines' times (those with a state tag) and counts summed, never their percentages."""
+        by_shift: dict[tuple[str, datetime], list[tuple[LineConfig, ShiftReport, Acc]]] = {}
+        for line, w in windows:
+            for report, acc in w.reports:
+                key = (report.shift.name, report.shift.start)
+                by_shift.setdefault(key, []).append((line, report, acc))
+        out = []
+        for group in by_shift.values():
+            total, calendar_ms, target = Acc(), 0, 0.0
+            for line, report, acc in group:
+                timed = line.state is not None
+                total = total.plus(acc, times=timed)
+                calendar_ms += round(report.time.calendar_s * 1000) if timed else 0
+                target += report.target
+            subject = ReportSubject(
+                line=None, product=None, lines=[line.id for line, _, _ in group],
+                ideal_cycle_s=None, time_measured=any(ln.state is not None for ln, _, _ in group),
+                quality_measured=all(ln.second_counter is not None for ln, _, _ in group),
+                quality_counted=any(ln.second_counter is not None for ln, _, _ in group))
+            out.append(shift_report(subject, site=self.cfg.site, epoch=epoch,
+                                    ref=group[0][1].shift, acc=total, calendar_ms=calendar_ms,
+                                    target=target, categories=self._categories))
+        return out
 
     def plant_output(self, outputs: Sequence[LineOutput], start: datetime, end: datetime,
                      totals: PlantTotals, *, epoch: int = 0,
@@ -258,15 +351,27 @@ def _r(x: float, digits: int = 3) -> float:
     return round(x, digits)
 
 
-def _iso(v: object) -> str:
-    if isinstance(v, date | datetime):
-        return v.isoformat()
-    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+def _r4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
-def _date(v: str | None) -> date | None:
-    return None if v is None else date.fromisoformat(v)
+def _s(ms: int) -> float:
+    return round(ms / 1000, 3)
 
 
-def _datetime(v: str | None) -> datetime | None:
-    return None if v is None else datetime.fromisoformat(v)
+def _window_time(result: WindowResult) -> WindowTime:
+    t = result.time
+    return WindowTime(
+        planned_s=_s(t.planned_ms), run_s=_s(t.run_ms), minor_stop_s=_s(t.minor_ms),
+        down_s={r: _s(ms) for r, ms in sorted(t.down_ms.items())}, unknown_s=_s(t.unknown_ms),
+        unknown_values={str(k): _s(ms) for k, ms in sorted(t.unknown_values.items())},
+        stops=dict(sorted(t.stops.items())), minor_stops=t.minor_stops,
+        reclassified_s={r: _s(ms) for r, ms in sorted(t.reclassified_ms.items())})
+
+
+def _second(result: WindowResult) -> SecondCounter | None:
+    s = result.second
+    if s is None:
+        return None
+    return SecondCounter(role=cast(Any, s.role), units=s.units, counter=s.counter,
+                         quality=cast(QualityName, s.quality), events=cast(Any, list(s.events)))

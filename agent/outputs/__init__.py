@@ -18,5 +18,12 @@ __all__ = ["JsonFormat", "OutputFormat", "WindowOutputs", "make_formats"]
 
 
 def make_formats(cfg: Config) -> dict[str, OutputFormat]:
-    """The formats the config asks for, by name (the explicit factory; no registration)."""
-    return {"json": JsonFormat.from_config(cfg)}
+    """The formats the config asks for (``output``), by name (the explicit factory)."""
+    formats: dict[str, OutputFormat] = {}
+    if cfg.output in ("json", "both"):
+        formats["json"] = JsonFormat.from_config(cfg)
+    if cfg.output in ("sparkplug", "both"):
+        from agent.outputs.sparkplug.format import SparkplugFormat  # protobuf only when used
+
+        formats["sparkplug"] = SparkplugFormat.from_config(cfg)
+    return formats

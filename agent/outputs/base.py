@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from agent.payloads import LineOutput, PlantOutput
+from agent.payloads import LineOutput, PlantOutput, ShiftReport
 from agent.store import NewRecord, OutboxRecord
 
 __all__ = ["OutputFormat", "WindowOutputs"]
@@ -15,12 +15,17 @@ __all__ = ["OutputFormat", "WindowOutputs"]
 
 @dataclass(frozen=True, slots=True)
 class WindowOutputs:
-    """One closed window: every line's payload and the plant's, built once for all formats."""
+    """One closed window: every line's payload and the plant's, built once for all formats.
+
+    ``shift_reports`` are the reports of the shift instances the window ended (its end is
+    their end): one per line, then the plant's (``line`` null); usually none.
+    """
 
     start: datetime
     end: datetime
     lines: Sequence[LineOutput]
     plant: PlantOutput
+    shift_reports: Sequence[ShiftReport] = ()
 
 
 class OutputFormat(Protocol):

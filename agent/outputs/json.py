@@ -1,4 +1,5 @@
-"""The JSON contract (docs/mqtt.md): ``R/lines/<line>/output`` and ``R/plant/output``."""
+"""The JSON contract (docs/mqtt.md): ``R/lines/<line>/output`` and ``R/plant/output`` every
+window, and the retained shift reports ``R/lines/<line>/shift`` and ``R/plant/shift``."""
 
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ class JsonFormat:
         out.append(NewRecord(topic=f"{self.root}/plant/output", payload=encode(window.plant),
                              qos=self.qos, retain=False, line=None, seq=window.plant.seq,
                              window_end=window.end))
+        # a shift's report is retained: a subscriber arriving later still gets the last one
+        out += [NewRecord(topic=f"{self.root}/{'lines/' + r.line if r.line else 'plant'}/shift",
+                          payload=encode(r), qos=1, retain=True, line=r.line, seq=None,
+                          window_end=window.end)
+                for r in window.shift_reports]
         return out
 
     def wire(self, record: OutboxRecord, *, historical: bool) -> bytes:

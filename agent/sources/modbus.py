@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from agent.config import TYPE_MODULUS, Config, ModbusSource, ModbusTag
+from agent.config import COUNTER_ROLES, TYPE_MODULUS, Config, ModbusSource, ModbusTag
 from agent.errors import SourceUnavailable
 from agent.readings import Quality, Reading
 from agent.sources.decode import decode
@@ -255,5 +255,5 @@ def _decoded(p: PointRef, req: ReadRequest, registers: list[int], mono: float) -
         if not value.is_integer():
             return _bad(p, f"{p.type} value {value} is not a whole number", mono=mono)
         value = int(value)
-    modulus = TYPE_MODULUS[p.type] if p.role == "counter" else None
+    modulus = TYPE_MODULUS[p.type] if p.role in COUNTER_ROLES else None
     return Reading(p.line, p.role, value, Quality.GOOD, mono, modulus=modulus)

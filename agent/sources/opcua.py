@@ -26,7 +26,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from agent.config import Config, OpcUaSource, OpcUaTag, resolve_secret_file
+from agent.config import COUNTER_ROLES, Config, OpcUaSource, OpcUaTag, resolve_secret_file
 from agent.errors import SourceUnavailable
 from agent.readings import Quality, Reading, TagRole
 from agent.sources.opcua_security import ServerNotTrusted, configure_security
@@ -104,7 +104,7 @@ def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
     raw: Any = variant.Value if variant is not None else None
     vtype = variant.VariantType if variant is not None else ua.VariantType.Null
     value: int | float | None = None
-    if point.role == "counter" and (vtype not in _MODULUS or not isinstance(raw, int)
+    if point.role in COUNTER_ROLES and (vtype not in _MODULUS or not isinstance(raw, int)
                                     or isinstance(raw, bool)):
         return _bad(point, mono, f"the counter node holds {vtype.name} {raw!r}, not an integer count",
                     StatusCodes.BadTypeMismatch)
@@ -119,7 +119,7 @@ def to_reading(point: OpcUaPoint, dv: ua.DataValue, mono: float) -> Reading:
     if value is None:
         return _bad(point, mono, f"{vtype.name} value {raw!r} is not an integer",
                     StatusCodes.BadTypeMismatch)
-    modulus = _MODULUS.get(vtype) if point.role == "counter" else None
+    modulus = _MODULUS.get(vtype) if point.role in COUNTER_ROLES else None
     if quality is Quality.GOOD:
         return Reading(point.line, point.role, value, quality, mono, modulus=modulus,
                        name=point.name)

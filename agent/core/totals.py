@@ -1,0 +1,114 @@
+"""The running totals of a line and of the plant, persisted as JSON with every window.
+
+A line's totals hold its shift and production day so far, with their OEE accumulators
+(:class:`~agent.core.oee.Acc`), and what its shift report needs should the shift end
+unseen. Fields added in later versions have defaults, so totals stored by an older
+version load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+from agent.core.oee import Acc
+
+__all__ = ["LineTotals", "PlantTotals"]
+
+
+@dataclass
+class LineTotals:
+    """A line's running totals, persisted by the store as JSON with each window."""
+
+    seq: int = 0
+    shift_key: str | None = None
+    shift_units: int = 0
+    shift_downtime_s: float = 0.0
+    day: date | None = None
+    day_units: int = 0
+    last_window_end: datetime | None = None
+    year: int | None = None
+    year_units: int = 0
+    #: the current shift instance (or off-shift period), to report it if it ends unseen
+    shift_name: str | None = None
+    shift_start: datetime | None = None
+    shift_end: datetime | None = None
+    shift_date: date | None = None
+    shift_planned_ms: int = 0
+    shift_target: float = 0.0
+    #: its report has been built (the window reaching its end)
+    shift_reported: bool = False
+    #: times and counts of the shift instance and of the production day so far
+    shift_acc: Acc = field(default_factory=Acc)
+    day_acc: Acc = field(default_factory=Acc)
+    #: good units a total counter has not shown yet (agent.core.oee.counts)
+    count_carry: int = 0
+
+    def to_json(self) -> str:
+        """Compact JSON; dates and datetimes as ISO 8601."""
+        return _dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> LineTotals:
+        """The inverse of :meth:`to_json` (totals stored by an older version load too)."""
+        raw = json.loads(text)
+        for key in ("day", "shift_date"):
+            raw[key] = _date(raw.get(key))
+        for key in ("last_window_end", "shift_start", "shift_end"):
+            raw[key] = _datetime(raw.get(key))
+        for key in ("shift_acc", "day_acc"):
+            raw[key] = Acc.from_dict(raw.get(key))
+        return cls(**raw)
+
+
+@dataclass
+class PlantTotals:
+    """The plant's running totals, persisted by the store as JSON with each window."""
+
+    seq: int = 0
+    day: date | None = None
+    day_units: int = 0
+    year: int | None = None
+    year_units: int = 0
+    last_window_end: datetime | None = None
+    counted_since: datetime | None = None
+
+    def to_json(self) -> str:
+        """Compact JSON; dates and datetimes as ISO 8601."""
+        return _dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str) -> PlantTotals:
+        """The inverse of :meth:`to_json`."""
+        raw = json.loads(text)
+        raw["day"] = _date(raw.get("day"))
+        raw["last_window_end"] = _datetime(raw.get("last_window_end"))
+        raw["counted_since"] = _datetime(raw.get("counted_since"))
+        return cls(**raw)
+
+
+def _dumps(totals: LineTotals | PlantTotals) -> str:
+    # a shallow dict: dataclasses.asdict deep-copies every field, a cost paid per line per window
+    return json.dumps({f: getattr(totals, f) for f in totals.__dataclass_fields__},
+                      default=_json_value, sort_keys=True)
+
+
+def _json_value(v: object) -> object:
+    if isinstance(v, Acc):
+        return v.to_dict()
+    return _iso(v)
+
+
+def _iso(v: object) -> str:
+    if isinstance(v, date | datetime):
+        return v.isoformat()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
+def _date(v: str | None) -> date | None:
+    return None if v is None else date.fromisoformat(v)
+
+
+def _datetime(v: str | None) -> datetime | None:
+    return None if v is None else datetime.fromisoformat(v)

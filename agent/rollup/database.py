@@ -1,0 +1,185 @@
+"""The replica's database: one object owns the connection pool from open to close.
+
+``Database.open()`` waits for the server (a replica may start before PostgreSQL, or during
+a fail-over) with capped backoff, logging the transition once; ``close()`` returns every
+connection. Writers borrow pool connections; a replica's *session* (its locks) is a
+dedicated connection outside the pool (:mod:`agent.rollup.session`), since an advisory
+lock belongs to the connection that took it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from agent.errors import StoreError
+from agent.rollup import sql
+from agent.rollup.config import DatabaseConfig
+from agent.rollup.migrate import apply_migrations
+from agent.rollup.rows import Rejected, ShiftRow, WindowRow
+
+__all__ = ["BatchRefused", "Database", "DatabaseUnavailable", "SiteIdentity", "new_epoch"]
+
+log = logging.getLogger("plantfloor.rollup.db")
+
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_MAX_S = 10.0
+
+
+class DatabaseUnavailable(StoreError):
+    """PostgreSQL cannot be reached, or a connection was lost (retried)."""
+
+
+class BatchRefused(StoreError):
+    """PostgreSQL refused the data of a batch (a value it cannot store): retried row by row."""
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """The site figure's identity: its epoch, the start of seq 1, and the site's grid."""
+
+    site: str
+    epoch: int
+    origin: datetime
+    interval_s: int
+
+
+def new_epoch() -> int:
+    """Like an agent's: milliseconds since 1970 times 1000 plus three random digits."""
+    return int(time.time() * 1000) * 1000 + random.randrange(1000)
+
+
+_WINDOW_COLUMNS = ("site", "line", "epoch", "seq", "gateway", "window_start", "window_end", "period_start",
+                   "production_date", "shift_name", "shift_start", "units", "day_target", "quality",
+                   "historical", "payload")
+_REPORT_COLUMNS = ("site", "line", "epoch", "shift_start", "shift_end", "shift_name", "production_date",
+                   "gateway", "units", "payload")
+
+
+def _columns(rows: Sequence[WindowRow] | Sequence[ShiftRow], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Rows as one array per column (an unnest() insert sends one parameter per column)."""
+    return {n: [getattr(r, n) for r in rows] for n in names}
+
+
+class Database:
+    """The pool of one replica. Constructing it does no I/O."""
+
+    def __init__(self, cfg: DatabaseConfig, *, application_name: str) -> None:
+        self.cfg = cfg
+        self.application_name = application_name
+        self._pool: AsyncConnectionPool[AsyncConnection[TupleRow]] | None = None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """libpq parameters added to the URL: who we are, how long to try, the password."""
+        kwargs: dict[str, Any] = {"application_name": self.application_name[:63],
+                                  "connect_timeout": max(1, round(self.cfg.connect_timeout_s))}
+        password = self.cfg.password()
+        if password is not None:
+            kwargs["password"] = password
+        return kwargs
+
+    async def open(self, stop: asyncio.Event | None = None,
+                   on_wait: Callable[[], None] = lambda: None) -> bool:
+        """Open the pool and wait for a first connection; False if ``stop`` was set first.
+        ``on_wait`` is called at every attempt (the service feeds its watchdog)."""
+        pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
+            self.cfg.url, min_size=1, max_size=self.cfg.pool_size, kwargs=self.connect_kwargs(),
+            open=False, name="plantfloor-rollup", timeout=self.cfg.connect_timeout_s * 3)
+        await pool.open(wait=False)
+        self._pool = pool
+        attempt = 0
+        while True:
+            try:
+                await pool.wait(timeout=self.cfg.connect_timeout_s)
+                break
+            except PoolTimeout:
+                on_wait()
+                attempt += 1
+                if attempt == 1:
+                    log.warning("PostgreSQL at %s does not answer yet: retrying", self.where)
+            if stop is not None and stop.is_set():
+                return False
+            await asyncio.sleep(random.uniform(0, min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** attempt)))
+        if attempt:
+            log.info("PostgreSQL at %s answers", self.where)
+        return True
+
+    @property
+    def where(self) -> str:
+        parts = urlsplit(self.cfg.url)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        """A pool connection; its transaction commits when the block ends without error."""
+        if self._pool is None:
+            raise DatabaseUnavailable("the database pool is not open")
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"PostgreSQL at {self.where}: {_one_line(exc)}") from exc
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise BatchRefused(_one_line(exc)) from exc
+
+    async def connect_session(self) -> AsyncConnection[TupleRow]:
+        """A dedicated connection (autocommit) outside the pool, for a replica's locks."""
+        try:
+            return await AsyncConnection.connect(self.cfg.url, autocommit=True, **self.connect_kwargs())
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"PostgreSQL at {self.where}: {_one_line(exc)}") from exc
+
+    async def migrate(self) -> list[int]:
+        """Apply the packaged migrations the database does not have yet."""
+        async with self.connection() as conn:
+            return await apply_migrations(conn)
+
+    async def site(self, site: str, *, interval_s: int, origin: datetime) -> SiteIdentity:
+        """The site's identity, created on first use (epoch drawn, origin = the current window)."""
+        async with self.connection() as conn:
+            await conn.execute(sql.SITE_CREATE, {"site": site, "epoch": new_epoch(), "origin": origin,
+                                                 "interval_s": interval_s})
+            cur = await conn.execute(sql.SITE_GET, {"site": site})
+            row = await cur.fetchone()
+        assert row is not None
+        return SiteIdentity(site, int(row[0]), row[1], int(row[2]))
+
+    async def insert(self, rows: Sequence[WindowRow], rejected: Sequence[Rejected],
+                     reports: Sequence[ShiftRow] = ()) -> int:
+        """Insert a batch in one transaction; returns how many windows were new (the rest
+        were already stored: redeliveries and replays)."""
+        inserted = 0
+        async with self.connection() as conn:
+            if rows:
+                cur = await conn.execute(sql.INSERT_WINDOWS, _columns(rows, _WINDOW_COLUMNS))
+                got = await cur.fetchone()
+                inserted = int(got[0]) if got is not None else 0
+            if reports:
+                await conn.execute(sql.INSERT_SHIFT_REPORTS, _columns(reports, _REPORT_COLUMNS))
+            if rejected:
+                await conn.execute(sql.INSERT_REJECTED, {
+                    "gateway": [r.gateway for r in rejected], "topic": [r.topic for r in rejected],
+                    "payload": [r.payload for r in rejected], "error": [r.error for r in rejected]})
+        return inserted
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,90 @@
+"""paho-mqtt on the asyncio loop, as agent/publisher.py runs it: the client's socket watched with
+``add_reader``/``add_writer``, keepalives from a small task, no paho thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agent.config import MqttConfig, resolve_secret_file
+
+__all__ = ["attach", "close_socket", "describe", "keepalive", "tls_context", "unwatch"]
+
+_MISC_INTERVAL_S = 1.0
+
+
+def attach(client: mqtt.Client) -> bool:
+    """Watch a connected client's socket on the running loop; False if it has none."""
+    loop = asyncio.get_running_loop()
+    sock = client.socket()
+    if sock is None:
+        return False
+    client.on_socket_close = lambda _c, _u, s: unwatch(loop, s)
+    client.on_socket_register_write = lambda c, _u, s: loop.add_writer(s, c.loop_write)
+
+    def unregister_write(_c: mqtt.Client, _u: Any, s: Any) -> None:
+        loop.remove_writer(s)
+
+    client.on_socket_unregister_write = unregister_write
+    loop.add_reader(sock, _readable, client)
+    if client.want_write():
+        loop.add_writer(sock, client.loop_write)
+    return True
+
+
+def _readable(client: mqtt.Client) -> None:
+    client.loop_read()
+    sock = client.socket()
+    # TLS may hold decrypted bytes the kernel no longer reports as readable
+    while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock:
+        client.loop_read()
+
+
+async def keepalive(client: mqtt.Client) -> None:
+    """paho's periodic duties (PINGREQ, timeouts) until cancelled."""
+    while True:
+        await asyncio.sleep(_MISC_INTERVAL_S)
+        client.loop_misc()
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """Verify the broker against ``ca_file`` (system store when absent), hostname included."""
+    tls = cfg.tls
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+        ctx.load_cert_chain(str(resolve_secret_file(tls.cert_file)), str(resolve_secret_file(tls.key_file)))
+    return ctx
+
+
+def unwatch(loop: asyncio.AbstractEventLoop, sock: Any) -> None:
+    """Stop watching a socket (it may be gone already)."""
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_reader(sock)
+        loop.remove_writer(sock)
+
+
+def close_socket(client: mqtt.Client) -> None:
+    """Close without a DISCONNECT packet (the broker keeps the session, and any will)."""
+    sock = client.socket()
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def describe(exc: BaseException, cfg: MqttConfig) -> str:
+    """A connection failure as one sentence naming the broker."""
+    where = f"{cfg.host}:{cfg.port}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with {where} failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to {where}: connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"cannot connect to {where}: timed out"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {where}: {exc.strerror or exc}"
+    return str(exc)

@@ -1,0 +1,95 @@
+"""The roll-up's MQTT payloads: what it reads from gateways and what it publishes for the site.
+
+* :class:`IncomingWindow` parses ``R/lines/<line>/output`` with the agent's own
+  :class:`~agent.payloads.LineOutput`, as a tolerant consumer should (docs/mqtt.md): unknown
+  fields and event names are accepted, the schema's major version is checked;
+  :class:`IncomingShiftReport` does the same for ``R/lines/<line>/shift``.
+* :class:`SitePlantOutput` is ``S/plant/output``: the fields of ``R/plant/output``
+  (``plantfloor.plant/1``) plus ``revision`` and ``gateways``. Additions are compatible, so
+  a consumer of a gateway's plant figure reads the site's unchanged.
+* :class:`RollupStatus` is the retained ``S/rollup/<replica>/status`` of each replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.payloads import LineOutput, PlantOutput, ShiftReport, Timestamp
+
+__all__ = [
+    "ROLLUP_STATUS_SCHEMA",
+    "GatewayReport",
+    "IncomingShiftReport",
+    "IncomingWindow",
+    "RollupStatus",
+    "SitePlantOutput",
+    "site_payload_schemas",
+]
+
+ROLLUP_STATUS_SCHEMA: Final = "plantfloor.rollup-status/1"
+
+
+class IncomingWindow(LineOutput):
+    """A gateway's line window as received: the agent's model, tolerant of additions (parse
+    with ``extra="ignore"``: unknown fields at any depth are dropped)."""
+
+    events: list[str]  # type: ignore[assignment]  # a newer agent may name new events
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class IncomingShiftReport(ShiftReport):
+    """A gateway's ``R/lines/<line>/shift`` as received (parse with ``extra="ignore"``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayReport(_Payload):
+    """One gateway's part in a site window."""
+
+    lines: dict[str, int] = Field(..., description="units per line of this gateway that reported the window")
+    missing: list[str] = Field(..., description="configured lines of this gateway with no window for it (yet)")
+    late: list[str] = Field(..., description="lines whose window arrived after the site window was first published")
+
+
+class SitePlantOutput(PlantOutput):
+    """``S/plant/output``: the site's plant figure, once per site window (and per revision)."""
+
+    revision: int = Field(0, ge=0, description="0 when first published; +1 each time windows that arrived later "
+                                               "changed it (keep the highest per epoch and seq)")
+    gateways: dict[str, GatewayReport] = Field(..., description="per gateway: the lines that contributed, "
+                                                                "and those missing or late")
+
+
+class RollupStatus(_Payload):
+    """``S/rollup/<replica>/status``: retained; birth, last will, changes of role, every status interval."""
+
+    schema_: Literal["plantfloor.rollup-status/1"] = Field(ROLLUP_STATUS_SCHEMA, alias="schema")
+    state: Literal["online", "offline"]
+    site: str
+    replica: str
+    client_id: str
+    version: str
+    ready: bool = Field(..., description="subscribed: windows routed to this replica are being committed")
+    leader: bool = Field(..., description="this replica publishes the site's plant figure")
+    started_at: Timestamp
+    windows: int = Field(..., ge=0, description="line windows this replica committed since it started")
+    duplicates: int = Field(..., ge=0, description="line windows it received that the database already held")
+    rejected: int = Field(..., ge=0, description="messages it could not read (kept in rejected_message)")
+    ts: Timestamp
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def site_payload_schemas() -> dict[str, Any]:
+    """JSON Schema of the roll-up's own payloads, keyed by topic pattern."""
+    return {
+        "S/plant/output": SitePlantOutput.model_json_schema(by_alias=True),
+        "S/rollup/<replica>/status": RollupStatus.model_json_schema(by_alias=True),
+    }

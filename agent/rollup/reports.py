@@ -1,0 +1,62 @@
+"""``plantfloor report CONFIG --database URL``: a production day's shift reports from the
+roll-up's database instead of a gateway's state store.
+
+The roll-up keeps every line's ``R/lines/<line>/shift`` report of every gateway of the site
+(``plantfloor.shift_report``), so this shows the whole site's lines, rendered exactly as
+``plantfloor report`` renders a gateway's (text, CSV or JSON, with the day's figures
+computed from summed times and counts). The site's plant per shift instance is the view
+``plantfloor.plant_shift_report`` (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+
+import psycopg
+
+from agent.config import Config
+from agent.errors import ConfigError, StoreError
+from agent.payloads import ShiftReport
+from agent.reportcmd import _csv, _text, day_totals
+from agent.rollup import sql
+
+__all__ = ["read_reports", "report_from_database"]
+
+
+def read_reports(url: str, site: str, day: date, shift: str | None = None) -> list[ShiftReport]:
+    """The stored line reports of production date ``day`` (of one shift name), by start and line."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute(sql.HAS_TABLE, {"table": "plantfloor.shift_report"}).fetchone()
+            if exists is None or not exists[0]:
+                return []
+            rows = conn.execute(sql.SHIFT_REPORTS, {"site": site, "day": day, "shift": shift}).fetchall()
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot read the roll-up's database: {' '.join(str(exc).split())}") from exc
+    return [ShiftReport.model_validate_json(r[0], extra="ignore") for r in rows]
+
+
+def report_from_database(cfg: Config, url: str, *, day: str | None = None, shift: str | None = None,
+                         fmt: str = "text", now: datetime | None = None) -> str:
+    """As :func:`agent.reportcmd.report`, from the roll-up's database at ``url``."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{url!r} is not a postgresql:// URI", key="--database")
+    if day is None:
+        d = (now or datetime.now(cfg.tz)).astimezone(cfg.tz).date()
+    else:
+        try:
+            d = date.fromisoformat(day)
+        except ValueError:
+            raise ConfigError(f"{day!r} is not a date (YYYY-MM-DD)", key="--date") from None
+    if shift is not None and shift not in {s.name for s in cfg.shifts}:
+        raise ConfigError(f"shift {shift!r} is not in the config ({', '.join(s.name for s in cfg.shifts)})",
+                          key="--shift")
+    reports = read_reports(url, cfg.site, d, shift)
+    if fmt == "json":
+        return json.dumps({"date": d.isoformat(), "site": cfg.site,
+                           "reports": [json.loads(r.model_dump_json(by_alias=True)) for r in reports],
+                           "day": day_totals(reports) if shift is None else None}, indent=2)
+    if fmt == "csv":
+        return _csv(reports)
+    return _text(cfg, d, reports)
