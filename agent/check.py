@@ -150,7 +150,9 @@ async def _check_source(cfg: Config, src: ModbusSource | OpcUaSource) -> tuple[s
     finally:
         await source.close()
     bad = [r for r in readings if r.quality != "good"]
-    parts = [f"{r.line}.{r.role}={r.value}" + ("" if r.quality == "good" else f" ({r.quality}: {r.error})")
+    parts = [(", ".join(f"{r.line}.{k}={v}" for k, v in r.values.items()) if r.values is not None
+              else f"{r.line}.{r.role}={r.value}")
+             + ("" if r.quality == "good" else f" ({r.quality}: {r.error})")
              for r in sorted(readings, key=lambda r: (r.line, r.role))]
     return name, not bad, ", ".join(parts) or "no points"
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -282,7 +283,21 @@ def _run_until_signal(factory: Callable[[], Awaitable[Any]], *, stop: asyncio.Ev
                 loop.remove_signal_handler(sig)
         return int(result) if isinstance(result, int) else 0
 
-    return asyncio.run(runner())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as run:
+        return run.run(runner())
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (``pip install plantfloor[uvloop]``) and not turned off
+    with ``PLANTFLOOR_LOOP=asyncio``; else asyncio's own (None)."""
+    if os.environ.get("PLANTFLOOR_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -208,6 +208,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain, publish offline status and return."""
+        log.info("plantfloor %s on the %s event loop", __version__,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
         await self._open()
         assert self.publisher
         assert self.forwarder

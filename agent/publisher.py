@@ -33,8 +33,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.config import MqttConfig, resolve_secret_file
+from agent.config import MqttConfig
 from agent.errors import PublishError, PublishRefused
+from agent.mqttloop import close_socket, describe, tls_context, unwatch
 
 __all__ = ["NO_MATCHING_SUBSCRIBERS", "Publisher"]
 
@@ -251,7 +252,7 @@ class Publisher:
             try:
                 await self._session()
             except Exception as exc:  # supervised: every failure is retried with backoff
-                self._set_error(_describe(exc, self._cfg))
+                self._set_error(describe(exc, self._cfg))
             if self._stopping:
                 return
             attempt = 1 if loop.time() - started >= _STABLE_S else attempt + 1
@@ -268,7 +269,7 @@ class Publisher:
         try:
             await asyncio.shield(connect)
         except asyncio.CancelledError:
-            connect.add_done_callback(lambda _f: _close_socket(client))
+            connect.add_done_callback(lambda _f: close_socket(client))
             raise
         self._connack = loop.create_future()
         self._lost = loop.create_future()
@@ -337,7 +338,7 @@ class Publisher:
     def _blocking_connect(self, client: mqtt.Client) -> None:
         """Worker thread: TLS context (reads files), TCP connect, handshake, CONNECT sent."""
         if self._cfg.uses_tls:
-            client.tls_set_context(_tls_context(self._cfg))
+            client.tls_set_context(tls_context(self._cfg))
         client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s)
 
     def _attach(self, client: mqtt.Client) -> None:
@@ -345,7 +346,7 @@ class Publisher:
         sock = client.socket()
         if sock is None:
             raise PublishError(f"connection to {self._cfg.host}:{self._cfg.port} closed")
-        client.on_socket_close = lambda _c, _u, s: _unwatch(loop, s)
+        client.on_socket_close = lambda _c, _u, s: unwatch(loop, s)
         client.on_socket_register_write = (
             lambda c, _u, s: loop.add_writer(s, self._writable, c))
 
@@ -379,8 +380,8 @@ class Publisher:
         self._fail_pending(PublishError("connection to the broker lost before the acknowledgement"))
         sock = client.socket()
         if sock is not None:
-            _unwatch(asyncio.get_running_loop(), sock)
-            _close_socket(client)
+            unwatch(asyncio.get_running_loop(), sock)
+            close_socket(client)
 
     def _fail_pending(self, error: PublishError) -> None:
         pending, self._pending = self._pending, {}
@@ -438,47 +439,3 @@ class Publisher:
             self.no_subscribers += 1
         if not entry.future.done():
             entry.future.set_result(code)
-
-
-def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """Verify the broker against ``ca_file`` (system store when absent), hostname included."""
-    tls = cfg.tls
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-        ctx.load_cert_chain(str(resolve_secret_file(tls.cert_file)), str(resolve_secret_file(tls.key_file)))
-    return ctx
-
-
-def _unwatch(loop: asyncio.AbstractEventLoop, sock: Any) -> None:
-    with contextlib.suppress(ValueError, OSError):
-        loop.remove_reader(sock)
-        loop.remove_writer(sock)
-
-
-def _close_socket(client: mqtt.Client) -> None:
-    """Close without a DISCONNECT packet (so the broker publishes the will)."""
-    sock = client.socket()
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-
-
-def _describe(exc: BaseException, cfg: MqttConfig) -> str:
-    where = f"{cfg.host}:{cfg.port}"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS handshake with {where} failed: certificate not trusted ({exc.verify_message})"
-    if isinstance(exc, ssl.CertificateError):
-        return f"TLS handshake with {where} failed: {exc}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {exc.reason or exc}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"cannot connect to {where}: connection refused"
-    if isinstance(exc, TimeoutError):
-        return f"cannot connect to {where}: timed out"
-    if isinstance(exc, FileNotFoundError):
-        return f"TLS file not found: {exc.filename}"
-    if isinstance(exc, OSError):
-        return f"cannot connect to {where}: {exc.strerror or exc}"
-    return str(exc)

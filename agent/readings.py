@@ -8,8 +8,9 @@ from typing import Literal
 
 __all__ = ["Quality", "Reading", "SourceHealth", "TagRole"]
 
-#: a line's good-unit counter, its optional second counter (all units, or rejects), its state, a tag
-TagRole = Literal["counter", "total", "rejects", "state", "tag"]
+#: a line's good-unit counter, its optional second counter (all units, or rejects), its state,
+#: a tag; ``tags`` is every good tag value of one line from one request at once (``values``)
+TagRole = Literal["counter", "total", "rejects", "state", "tag", "tags"]
 
 
 class Quality(StrEnum):
@@ -32,6 +33,9 @@ class Reading:
     type (2**32 for a uint32 register pair or an OPC UA UInt32, 2**31 for Int32); a
     configured ``rollover`` takes precedence. Signed types are delivered signed.
     ``name`` names an extra process value (role ``tag``) from the line's ``tags``.
+    ``values`` carries, for role ``tags``, the good values of several of a line's tags read
+    in one request by name: a tag that only reports its last value needs no object of
+    its own per poll.
     """
 
     line: str
@@ -43,6 +47,7 @@ class Reading:
     code: int | None = None
     modulus: int | None = None
     name: str | None = None
+    values: dict[str, int | float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import agent.pipeline
+from agent.cli import event_loop_factory
 from agent.config import Config, ModbusSource, OpcUaSource
 from agent.configload import load_config
 from agent.logconfig import configure_logging
@@ -133,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(fmt="text", level=logging.WARNING)
     loaded = load_config(args.config)
     profiler = _Profiler(args.profile) if args.profile is not None else None
-    asyncio.run(_run(loaded.config, loaded.sha256, args.stats, profiler))
+    # the loop `plantfloor run` uses: uvloop when installed, unless PLANTFLOOR_LOOP=asyncio
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(_run(loaded.config, loaded.sha256, args.stats, profiler))
     return 0
 
 

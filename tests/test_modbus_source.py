@@ -130,6 +130,36 @@ def config(port: int, lines: list[dict[str, Any]], **source_kw: Any) -> Config:
     })
 
 
+async def test_a_lines_tags_come_as_one_reading_per_request(stub_plc: Any) -> None:
+    """Tags only report their last value: one reading carries them all, decoded like points."""
+    plc = await stub_plc()
+    plc.put(1, "holding", 100, "uint32", 42)
+    plc.put(1, "holding", 102, "uint16", 7)
+    plc.put(1, "holding", 103, "int16", -3)
+    plc.put(1, "holding", 104, "float32", 21.5)
+    plc.put(1, "holding", 106, "uint32", 70_000, "little")
+    cfg = config(plc.port, [
+        {"id": "a", "product": "A", "target_per_hour": 10,
+         "counter": {"source": "plc", "address": 100, "type": "uint32"},
+         "tags": {"buffer": {"source": "plc", "address": 102, "type": "uint16"},
+                  "delta": {"source": "plc", "address": 103, "type": "int16"},
+                  "temp": {"source": "plc", "address": 104, "type": "float32"},
+                  "big": {"source": "plc", "address": 106, "type": "uint32", "word_order": "little"}}},
+    ])
+    src = ModbusTcpSource.from_config(cfg, cfg.source("plc"))  # type: ignore[arg-type]
+    await src.connect()
+    try:
+        readings = await src.read()
+    finally:
+        await src.close()
+    assert [(r.role, r.value) for r in readings if r.role != "tags"] == [("counter", 42)]
+    tags = [r for r in readings if r.role == "tags"]
+    assert len(tags) == 1
+    assert tags[0].quality is Quality.GOOD
+    assert tags[0].values == {"buffer": 7, "delta": -3, "temp": 21.5, "big": 70_000}
+    assert sorted(plc.reads) == [(1, "holding", 100, 8)]
+
+
 async def test_from_config_reads_every_type_order_table_and_unit(stub_plc: Any) -> None:
     plc = await stub_plc()
     plc.put(1, "holding", 100, "uint32", 123_456_789)

@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal, cast
 
-from agent.config import Config, LineConfig
+from agent.config import Config, LineConfig, PlantConfig
 from agent.core.calendar import Period, ShiftCalendar
 from agent.core.oee import Acc, ReportSubject, counts, shift_report
 from agent.core.oee import figures as figures_of
@@ -69,7 +69,7 @@ from agent.payloads import (
     WindowTime,
 )
 
-__all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter"]
+__all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter", "year_figures"]
 
 QualityName = Literal["good", "uncertain", "bad"]
 _QUALITY_RANK: dict[str, int] = {"bad": 0, "uncertain": 1, "good": 2}
@@ -310,15 +310,7 @@ class Reporter:
         ytd = (0 if new_year else totals.year_units) + units
         since = start if new_year or totals.counted_since is None else totals.counted_since
 
-        year_s = cal.year_planned_seconds(day.year)
-        elapsed = min(cal.year_planned_elapsed(end, year=day.year), year_s)
-        counted = elapsed - min(cal.year_planned_elapsed(since, year=day.year), elapsed)
-        if counted > 0:
-            utilization = ytd / (plant.capacity_per_year * counted / year_s)
-            projected = ytd + ytd / counted * (year_s - elapsed)
-        else:
-            utilization = 0.0
-            projected = plant.capacity_per_year * plant.planned_utilization
+        utilization, projected = year_figures(cal, plant, ytd, since, end, day.year)
         quality = min((o.quality for o in outputs), key=_QUALITY_RANK.__getitem__, default="bad")
 
         out = PlantOutput(
@@ -334,6 +326,21 @@ class Reporter:
         new = replace(totals, seq=totals.seq + 1, day=day, day_units=today, year=day.year,
                       year_units=ytd, last_window_end=end, counted_since=since)
         return out, new
+
+
+def year_figures(cal: ShiftCalendar, plant: PlantConfig, ytd: int, since: datetime,
+                 end: datetime, year: int) -> tuple[float, float]:
+    """``utilization`` and ``projected_year`` of the production year ``year`` at ``end``.
+
+    ``ytd`` units were counted from ``since``; see the module docstring for the formulas.
+    """
+    year_s = cal.year_planned_seconds(year)
+    elapsed = min(cal.year_planned_elapsed(end, year=year), year_s)
+    counted = elapsed - min(cal.year_planned_elapsed(since, year=year), elapsed)
+    if counted <= 0:
+        return 0.0, plant.capacity_per_year * plant.planned_utilization
+    return (ytd / (plant.capacity_per_year * counted / year_s),
+            ytd + ytd / counted * (year_s - elapsed))
 
 
 def _utc(t: datetime) -> datetime:

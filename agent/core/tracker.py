@@ -264,6 +264,10 @@ class LineTracker:
             if self._second is not None and self._second.on_reading(r):
                 self._second_error = None
             return False
+        if r.role == "tags":
+            if r.values:
+                self._tags.update(r.values)
+            return False
         if r.role == "tag":
             if r.name is not None and r.quality is Quality.GOOD and r.value is not None:
                 self._tags[r.name] = r.value

@@ -25,10 +25,10 @@ from pydantic import ValidationError
 from agent.core.calendar import ShiftCalendar
 from agent.errors import ConfigError, PlantfloorError
 from agent.logconfig import configure_logging
+from agent.mqttloop import tls_context
 from agent.rollup import sql
 from agent.rollup.config import RollupConfig, load_rollup_config, replica_name
 from agent.rollup.migrate import migrations
-from agent.rollup.mqttloop import tls_context
 from agent.rollup.service import RollupService
 
 __all__ = ["rollup_command", "summary"]

@@ -34,7 +34,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
 from agent.errors import PublishError
-from agent.rollup.mqttloop import attach, close_socket, describe, keepalive, tls_context, unwatch
+from agent.mqttloop import attach, close_socket, describe, keepalive, tls_context, unwatch
 
 __all__ = ["Consumer", "Delivery"]
 

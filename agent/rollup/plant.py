@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Literal
 
 from agent.core.calendar import ShiftCalendar
+from agent.core.report import year_figures
 from agent.rollup.config import RollupConfig
 from agent.rollup.payloads import GatewayReport, SitePlantOutput
 
@@ -71,15 +72,7 @@ def site_figure(cfg: RollupConfig, calendar: ShiftCalendar, *, epoch: int, seq: 
     day = calendar.production_date(start)
     ytd = totals.units_year_to_date
     since = totals.counted_since if totals.counted_since is not None else start
-    year_s = calendar.year_planned_seconds(day.year)
-    elapsed = min(calendar.year_planned_elapsed(end, year=day.year), year_s)
-    counted = elapsed - min(calendar.year_planned_elapsed(since, year=day.year), elapsed)
-    if counted > 0:
-        utilization = ytd / (plant.capacity_per_year * counted / year_s)
-        projected = ytd + ytd / counted * (year_s - elapsed)
-    else:
-        utilization = 0.0
-        projected = plant.capacity_per_year * plant.planned_utilization
+    utilization, projected = year_figures(calendar, plant, ytd, since, end, day.year)
 
     per_line: dict[str, int] = {}
     for agg in lines:

@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from agent.config import COUNTER_ROLES, TYPE_MODULUS, Config, ModbusSource, ModbusTag
+from agent.config import (
+    COUNTER_ROLES,
+    TYPE_MODULUS,
+    TYPE_WIDTH,
+    Config,
+    ModbusSource,
+    ModbusTag,
+    ModbusType,
+    WordOrder,
+)
 from agent.errors import SourceUnavailable
 from agent.readings import Quality, Reading
 from agent.sources.decode import decode
@@ -90,6 +99,7 @@ class ModbusTcpSource:
         self._clock = clock
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()  # one outstanding request per connection
+        self._layouts: dict[ReadRequest, _Layout] = {}
         self._units: dict[int, _UnitState] = {}
         self._silent_polls = 0
 
@@ -217,7 +227,20 @@ class ModbusTcpSource:
         mono = time.monotonic()
         if isinstance(answer, int):
             return [_bad(p, exception_text(answer), code=answer, mono=mono) for p in req.points]
-        return [_decoded(p, req, answer, mono) for p in req.points]
+        layout = self._layouts.get(req)
+        if layout is None:
+            layout = self._layouts[req] = _Layout.of(req)
+        if len(answer) != req.count:
+            return [_decoded(p, req, answer, mono) for p in req.points]
+        out = [_decoded(p, req, answer, mono) for p in layout.points]
+        for line, tags in layout.tags:
+            # a line's tags from this request: one reading with every value by name
+            values: dict[str, int | float] = {}
+            for name, offset, type_, order in tags:
+                values[name] = (answer[offset] if type_ == "uint16"
+                                else decode(answer[offset:offset + TYPE_WIDTH[type_]], type_, order))
+            out.append(Reading(line, "tags", None, Quality.GOOD, mono, values=values))
+        return out
 
     async def _fetch(self, client: AsyncModbusTcpClient, req: ReadRequest) -> list[int] | int:
         """The registers, or the exception code of an exception response."""
@@ -237,6 +260,27 @@ class ModbusTcpSource:
         if rsp.isError():
             return int(getattr(rsp, "exception_code", 0))
         return [int(r) for r in rsp.registers]
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """A request's points decoded one by one (counters, states) and its tags by line."""
+
+    points: tuple[PointRef, ...]
+    #: per line: (tag name, register offset in the response, type, word order)
+    tags: tuple[tuple[str, tuple[tuple[str, int, ModbusType, WordOrder], ...]], ...]
+
+    @classmethod
+    def of(cls, req: ReadRequest) -> _Layout:
+        by_line: dict[str, list[tuple[str, int, ModbusType, WordOrder]]] = {}
+        points = []
+        for p in req.points:
+            if p.role == "tag" and p.name is not None:
+                by_line.setdefault(p.line, []).append(
+                    (p.name, p.address - req.address, p.type, p.word_order))
+            else:
+                points.append(p)
+        return cls(tuple(points), tuple((line, tuple(t)) for line, t in by_line.items()))
 
 
 def _bad(p: PointRef, error: str, *, code: int | None = None, mono: float | None = None) -> Reading:

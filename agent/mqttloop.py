@@ -1,5 +1,7 @@
-"""paho-mqtt on the asyncio loop, as agent/publisher.py runs it: the client's socket watched with
-``add_reader``/``add_writer``, keepalives from a small task, no paho thread.
+"""paho-mqtt on the asyncio loop: the client's socket watched with ``add_reader``/``add_writer``,
+keepalives from a small task, no paho thread; TLS and connection errors in one sentence.
+
+Shared by the agent's publisher (agent/publisher.py) and the roll-up's consumer.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     """Verify the broker against ``ca_file`` (system store when absent), hostname included."""
     tls = cfg.tls
     ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
     if tls is not None and tls.cert_file is not None and tls.key_file is not None:
         ctx.load_cert_chain(str(resolve_secret_file(tls.cert_file)), str(resolve_secret_file(tls.key_file)))
     return ctx
@@ -69,7 +73,7 @@ def unwatch(loop: asyncio.AbstractEventLoop, sock: Any) -> None:
 
 
 def close_socket(client: mqtt.Client) -> None:
-    """Close without a DISCONNECT packet (the broker keeps the session, and any will)."""
+    """Close without a DISCONNECT packet (the broker keeps the session and publishes any will)."""
     sock = client.socket()
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -79,12 +83,18 @@ def close_socket(client: mqtt.Client) -> None:
 def describe(exc: BaseException, cfg: MqttConfig) -> str:
     """A connection failure as one sentence naming the broker."""
     where = f"{cfg.host}:{cfg.port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake with {where} failed: certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.CertificateError):
+        return f"TLS handshake with {where} failed: {exc}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake with {where} failed: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return f"cannot connect to {where}: connection refused"
     if isinstance(exc, TimeoutError):
         return f"cannot connect to {where}: timed out"
+    if isinstance(exc, FileNotFoundError):
+        return f"TLS file not found: {exc.filename}"
     if isinstance(exc, OSError):
         return f"cannot connect to {where}: {exc.strerror or exc}"
     return str(exc)
