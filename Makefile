@@ -11,8 +11,9 @@ test:
 	@scripts/bootstrap.sh --test
 	.venv/bin/python -m pytest -q
 
-# deploy/plantfloor.service under a real systemd: boots Debian in a container (root,
-# systemd-nspawn; about 2 minutes, the first run also debootstraps). CI runs it.
+# deploy/plantfloor.service and deploy/plantfloor-rollup.service under a real systemd: boots
+# Debian in a container (root, systemd-nspawn; about 2 minutes, the first run also
+# debootstraps). CI runs it.
 test-systemd:
 	@scripts/bootstrap.sh --test
 	PLANTFLOOR_SYSTEMD_TEST=$${PLANTFLOOR_SYSTEMD_TEST:-1} .venv/bin/python -m pytest -q -rs -m systemd tests/test_systemd_unit.py

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Install or remove the plantfloor edge agent as a systemd service.
+# Install or remove the plantfloor edge agent (and the roll-up) as systemd services.
 #
-#   deploy/install.sh [install|uninstall] [--root DIR] [--source DIR] [--no-venv]
+#   deploy/install.sh [install|uninstall] [--rollup] [--no-agent] [--root DIR] [--source DIR] [--no-venv]
 #
 #   install     (default) venv in /opt/plantfloor/venv with the project installed from the
 #               source tree, /etc/plantfloor/plantfloor.yaml from config/kyushu.yaml unless a
-#               config is already there, /etc/plantfloor/secrets (0700 root), the unit in
-#               /etc/systemd/system, enabled. Running it again upgrades in place.
-#   uninstall   disable and remove the unit and /opt/plantfloor; keeps /etc/plantfloor
-#               (config and secrets) and /var/lib/plantfloor (the state database).
+#               config is already there, /etc/plantfloor/secrets (0700 root), both units
+#               (plantfloor.service, plantfloor-rollup.service) in /etc/systemd/system, the
+#               agent's enabled. Running it again upgrades in place.
+#   uninstall   disable and remove both units and /opt/plantfloor; keeps /etc/plantfloor
+#               (configs and secrets) and /var/lib/plantfloor (the state database).
 #
+#   --rollup    this host also runs a roll-up replica: /etc/plantfloor/rollup.yaml from
+#               config/rollup.yaml unless a config is already there, plantfloor-rollup.service
+#               enabled. Without it the roll-up's unit is installed but left as it is.
+#   --no-agent  this host runs no agent (a site server: use with --rollup): no
+#               /etc/plantfloor/plantfloor.yaml is written and plantfloor.service is not
+#               enabled (an enablement made before is left as it is).
 #   --root DIR  install below DIR instead of / (also: DESTDIR). systemctl is only used when
 #               the root is / and systemd is running; otherwise the enablement symlink is
 #               made by hand. A venv is tied to the path it was built at: one built below
@@ -18,7 +25,7 @@
 #   --no-venv   skip building the venv (also: PLANTFLOOR_SKIP_VENV=1)
 #   PYTHON      interpreter for the venv (default python3; 3.11 or newer)
 #
-# The service is not started: put the secrets in place and run `plantfloor check` first.
+# The services are not started: put the secrets in place and run the checks first.
 set -euo pipefail
 
 usage() {
@@ -30,6 +37,8 @@ action=install
 root="${DESTDIR:-/}"
 source_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 skip_venv="${PLANTFLOOR_SKIP_VENV:-0}"
+with_rollup=0
+with_agent=1
 python="${PYTHON:-python3}"
 
 while (($#)); do
@@ -40,6 +49,8 @@ while (($#)); do
         --source) source_dir="${2:?--source needs a directory}"; shift ;;
         --source=*) source_dir="${1#--source=}" ;;
         --no-venv) skip_venv=1 ;;
+        --rollup) with_rollup=1 ;;
+        --no-agent) with_agent=0 ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown argument '$1'" >&2; usage ;;
     esac
@@ -55,8 +66,8 @@ opt="$R/opt/plantfloor"
 venv="$opt/venv"
 etc="$R/etc/plantfloor"
 unit_dir="$R/etc/systemd/system"
-unit="$unit_dir/plantfloor.service"
-wants="$unit_dir/multi-user.target.wants/plantfloor.service"
+wants_dir="$unit_dir/multi-user.target.wants"
+units=(plantfloor.service plantfloor-rollup.service)
 
 say() { printf 'plantfloor: %s\n' "$*"; }
 
@@ -79,14 +90,17 @@ install_venv() {
 }
 
 do_install() {
-    [[ -f "$source_dir/pyproject.toml" && -f "$source_dir/deploy/plantfloor.service" ]] || {
+    [[ -f "$source_dir/pyproject.toml" && -f "$source_dir/deploy/plantfloor.service" &&
+       -f "$source_dir/deploy/plantfloor-rollup.service" ]] || {
         echo "install.sh: $source_dir is not a plantfloor source tree" >&2; exit 2; }
     umask 022
 
     install -d -m 0755 "$opt" "$opt/share" "$opt/docs"
     install_venv
     install -m 0644 "$source_dir/config/kyushu.yaml" "$opt/share/plantfloor.example.yaml"
-    install -m 0644 "$source_dir/docs/operations.md" "$opt/docs/operations.md"
+    install -m 0644 "$source_dir/config/rollup.yaml" "$opt/share/rollup.example.yaml"
+    # what the units' Documentation= names
+    install -m 0644 "$source_dir/docs/operations.md" "$source_dir/docs/scale-out.md" "$opt/docs/"
 
     # The dynamic service user reads the config and the public certificates; only systemd
     # (as root) reads secrets/, and hands them over as credentials.
@@ -97,42 +111,81 @@ do_install() {
     else
         say "warning: not root, ${etc#"$R"}/secrets is owned by $(id -un)"
     fi
-    if [[ -e "$etc/plantfloor.yaml" ]]; then
-        say "keeping the existing ${etc#"$R"}/plantfloor.yaml"
-    else
-        install -m 0644 "$source_dir/config/kyushu.yaml" "$etc/plantfloor.yaml"
-        say "wrote ${etc#"$R"}/plantfloor.yaml from config/kyushu.yaml: edit it for this site"
+    local enable=()
+    if ((with_agent)); then
+        install_config kyushu.yaml plantfloor.yaml
+        enable+=(plantfloor.service)
+    fi
+    if ((with_rollup)); then
+        install_config rollup.yaml rollup.yaml
+        enable+=(plantfloor-rollup.service)
     fi
 
     install -d -m 0755 "$unit_dir"
-    install -m 0644 "$source_dir/deploy/plantfloor.service" "$unit"
+    local u
+    for u in "${units[@]}"; do
+        install -m 0644 "$source_dir/deploy/$u" "$unit_dir/$u"
+    done
     if live_systemd; then
         systemctl daemon-reload
-        systemctl enable plantfloor.service
-    else
-        install -d -m 0755 "$(dirname "$wants")"
-        ln -sfn /etc/systemd/system/plantfloor.service "$wants"
+        if ((${#enable[@]})); then
+            systemctl enable "${enable[@]}"
+        fi
+    elif ((${#enable[@]})); then
+        install -d -m 0755 "$wants_dir"
+        for u in "${enable[@]}"; do
+            ln -sfn "/etc/systemd/system/$u" "$wants_dir/$u"
+        done
     fi
 
-    cat <<EOF
-plantfloor: installed. Next:
+    if ((!with_agent && !with_rollup)); then
+        say "installed; no service enabled (--no-agent without --rollup)"
+        return
+    fi
+    echo "plantfloor: installed. Next:"
+    if ((with_agent)); then
+        cat <<EOF
+  the agent (plantfloor.service, docs/operations.md):
   1. put the MQTT password in /etc/plantfloor/secrets/mqtt-password (and the OPC UA
      client key in /etc/plantfloor/secrets/opcua-client-key.pem), mode 0600, owner root
   2. /opt/plantfloor/venv/bin/plantfloor check /etc/plantfloor/plantfloor.yaml
   3. systemctl restart plantfloor && systemctl status plantfloor
 EOF
+    fi
+    if ((with_rollup)); then
+        cat <<EOF
+  the roll-up (plantfloor-rollup.service, docs/scale-out.md):
+  1. put the MQTT password in /etc/plantfloor/secrets/mqtt-password and the PostgreSQL
+     password in /etc/plantfloor/secrets/pg-password, mode 0600, owner root
+  2. /opt/plantfloor/venv/bin/plantfloor rollup /etc/plantfloor/rollup.yaml --check
+  3. systemctl restart plantfloor-rollup && systemctl status plantfloor-rollup
+EOF
+    fi
+}
+
+# install_config EXAMPLE NAME: /etc/plantfloor/NAME from config/EXAMPLE, unless there is one
+install_config() {
+    if [[ -e "$etc/$2" ]]; then
+        say "keeping the existing ${etc#"$R"}/$2"
+    else
+        install -m 0644 "$source_dir/config/$1" "$etc/$2"
+        say "wrote ${etc#"$R"}/$2 from config/$1: edit it for this site"
+    fi
 }
 
 do_uninstall() {
+    local u
     if live_systemd; then
-        systemctl disable --now plantfloor.service || true
+        systemctl disable --now "${units[@]}" || true
     fi
-    rm -f "$wants" "$unit"
+    for u in "${units[@]}"; do
+        rm -f "$wants_dir/$u" "$unit_dir/$u"
+    done
     rm -rf "$opt"
     if live_systemd; then
         systemctl daemon-reload
     fi
-    say "removed the service and ${opt#"$R"}; kept ${etc#"$R"} (config, secrets) and /var/lib/plantfloor (state)"
+    say "removed the services and ${opt#"$R"}; kept ${etc#"$R"} (configs, secrets) and /var/lib/plantfloor (state)"
 }
 
 case "$action" in

@@ -14,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "plantfloor.service"
+ROLLUP_UNIT = REPO / "deploy" / "plantfloor-rollup.service"
 INSTALL = REPO / "deploy" / "install.sh"
 
 
@@ -118,6 +119,14 @@ def test_install_tree_idempotent_and_uninstall(tmp_path: Path) -> None:
     assert os.readlink(wants) == "/etc/systemd/system/plantfloor.service"
     assert (root / "opt/plantfloor/docs/operations.md").is_file()
     assert (root / "opt/plantfloor/share/plantfloor.example.yaml").is_file()
+    # the roll-up's unit is installed, not enabled, and has no config without --rollup
+    rollup_unit = root / "etc/systemd/system/plantfloor-rollup.service"
+    assert rollup_unit.read_text() == ROLLUP_UNIT.read_text()
+    assert mode(rollup_unit) == 0o644
+    assert os.listdir(wants.parent) == ["plantfloor.service"]
+    assert not (etc / "rollup.yaml").exists()
+    assert (root / "opt/plantfloor/docs/scale-out.md").is_file()   # the roll-up unit's Documentation=
+    assert (root / "opt/plantfloor/share/rollup.example.yaml").is_file()
 
     # a site's edits and secrets survive a re-install (upgrade)
     (etc / "plantfloor.yaml").write_text("site: edited\n")
@@ -136,6 +145,43 @@ def test_install_tree_idempotent_and_uninstall(tmp_path: Path) -> None:
                     "etc/plantfloor/secrets/mqtt-password": "f0600"}
     assert not (root / "opt/plantfloor").exists()
     run_install("uninstall", "--root", str(root))  # idempotent too
+
+
+def test_install_rollup_on_a_site_server_and_beside_the_agent(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    etc = root / "etc/plantfloor"
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    proc = run_install("install", "--rollup", "--no-agent", "--root", str(root), "--no-venv")
+    assert (etc / "rollup.yaml").read_text() == (REPO / "config/rollup.yaml").read_text()
+    assert mode(etc / "rollup.yaml") == 0o644
+    assert not (etc / "plantfloor.yaml").exists()
+    assert os.listdir(wants) == ["plantfloor-rollup.service"]
+    assert os.readlink(wants / "plantfloor-rollup.service") == "/etc/systemd/system/plantfloor-rollup.service"
+    for unit in (UNIT, ROLLUP_UNIT):
+        assert (root / "etc/systemd/system" / unit.name).read_text() == unit.read_text()
+    assert "/etc/plantfloor/secrets/pg-password" in proc.stdout
+    assert "plantfloor rollup /etc/plantfloor/rollup.yaml --check" in proc.stdout
+    assert "plantfloor check /etc/plantfloor/plantfloor.yaml" not in proc.stdout
+    first = tree(root)
+
+    # again: the site's config kept, the tree the same; an install without --rollup (an
+    # upgrade) leaves the roll-up enabled
+    (etc / "rollup.yaml").write_text("site: edited\n")
+    proc = run_install("install", "--rollup", "--no-agent", "--root", str(root), "--no-venv")
+    assert "keeping the existing /etc/plantfloor/rollup.yaml" in proc.stdout
+    assert tree(root) == first
+    run_install("install", "--no-agent", "--root", str(root), "--no-venv")
+    assert tree(root) == first
+
+    # both on one host
+    run_install("install", "--rollup", "--root", str(root), "--no-venv")
+    assert sorted(os.listdir(wants)) == ["plantfloor-rollup.service", "plantfloor.service"]
+    assert (etc / "plantfloor.yaml").is_file()
+    assert (etc / "rollup.yaml").read_text() == "site: edited\n"
+
+    run_install("uninstall", "--root", str(root))
+    left = {k: v for k, v in tree(root).items() if not v.startswith("d")}
+    assert left == {"etc/plantfloor/plantfloor.yaml": "f0644", "etc/plantfloor/rollup.yaml": "f0644"}
 
 
 def test_destdir_and_skip_env(tmp_path: Path) -> None:
@@ -179,6 +225,10 @@ def test_check_accepts_installed_config(tmp_path: Path) -> None:
     run_install("install", "--root", str(root), "--no-venv")
     plantfloor = Path(sys.executable).parent / "plantfloor"
     proc = subprocess.run([str(plantfloor), "check", str(root / "etc/plantfloor/plantfloor.yaml")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_install("install", "--rollup", "--root", str(root), "--no-venv")
+    proc = subprocess.run([str(plantfloor), "rollup", str(root / "etc/plantfloor/rollup.yaml"), "--check"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,11 +1,14 @@
-"""deploy/plantfloor.service proven under a real systemd: a fresh Debian booted in a container.
+"""deploy/plantfloor.service and deploy/plantfloor-rollup.service proven under a real systemd.
 
 A minimal Debian 12 (cached, see tests/systemd/cache.sh) boots under its own systemd in a
 systemd-nspawn container with a private network. Inside it the project is installed with
-``deploy/install.sh`` as an operator does on a gateway without internet access (the wheels
-come from a folder), the credentials and a config are put in place, and software PLCs, a
-Mosquitto broker that refuses anonymous clients and a subscriber run beside the agent.
-The scenario then asserts what docs/operations.md promises:
+``deploy/install.sh install --rollup`` as an operator does on a host without internet
+access (the wheels come from a folder), the credentials and configs are put in place, and
+software PLCs, a Mosquitto broker that refuses anonymous clients, a subscriber and
+PostgreSQL (Debian's package: the cluster ``postgresql@15-main`` under systemd) run beside
+the agent (gateway gw-01 of site kyushu) and one replica of the roll-up. (On a real site
+they run on different hosts; here they share one, and so the file ``mqtt-password``.)
+The scenario then asserts what docs/operations.md and docs/scale-out.md promise:
 
 - ``systemctl start`` returns after READY=1: the unit is active (running) with its STATUS line;
 - windows of every line and of the plant reach the broker;
@@ -18,7 +21,17 @@ The scenario then asserts what docs/operations.md promises:
 - ``systemctl stop`` closes the window early, publishes the offline status and exits 0
   without reaching the stop timeout; the drain it logs is the unit's;
 - a configuration error exits 2 and is not restarted (``RestartPreventExitStatus=2``);
-- after a restart the sums still equal the ledger: nothing lost while the agent was down.
+- after a restart the sums still equal the ledger: nothing lost while the agent was down;
+- the roll-up: ``systemctl start plantfloor-rollup`` returns after READY=1 with its STATUS
+  line and the replica leads; its credentials (MQTT and PostgreSQL passwords) arrive in
+  ``$CREDENTIALS_DIRECTORY``, it is sandboxed like the agent (another dynamic user, no
+  capabilities, no new privileges, seccomp, a read-only root) and its watchdog is fed;
+  every window the broker saw is stored exactly once in PostgreSQL (rows per line equal
+  the distinct windows, unit sums equal the ledger) through the agent's watchdog restart,
+  stop and restart and the roll-up's own stop and restart; the site plant figure is
+  published on ``S/plant/output``, in order, revised for late windows, adding up to the
+  ledger; ``systemctl stop`` commits, publishes offline and exits 0 within
+  ``TimeoutStopSec=``; a configuration error exits 2 and is not restarted.
 
 It boots a container and takes about two minutes, so it runs when selected: ``make
 test-systemd`` (what CI runs), ``pytest -m systemd`` or ``PLANTFLOOR_SYSTEMD_TEST=1``. It
@@ -56,15 +69,22 @@ pytestmark = [pytest.mark.systemd, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "plantfloor.service"
+ROLLUP_UNIT = REPO / "deploy" / "plantfloor-rollup.service"
 CACHE_SH = REPO / "tests" / "systemd" / "cache.sh"
 HELD_SIMULATORS = REPO / "tests" / "systemd" / "held_simulators.py"
 REQUIRE = os.environ.get("PLANTFLOOR_SYSTEMD_TEST", "")
 
-ROOT_TOPIC = "nissan/kyushu"
+SITE_ROOT = "nissan/kyushu"          # the site's root S: the roll-up's figure and status
+ROOT_TOPIC = f"{SITE_ROOT}/gw-01"    # the agent's: gateway gw-01 of the site (docs/scale-out.md)
 LINES = ("kei-ev", "rogue")
 PLANTFLOOR = "/opt/plantfloor/venv/bin/plantfloor"
+AGENT = "plantfloor.service"
 CONFIG = "/etc/plantfloor/plantfloor.yaml"
 CREDENTIALS = "/run/credentials/plantfloor.service"
+ROLLUP = "plantfloor-rollup.service"
+ROLLUP_CONFIG = "/etc/plantfloor/rollup.yaml"
+ROLLUP_CREDENTIALS = "/run/credentials/plantfloor-rollup.service"
+REPLICA = "site-a"
 DYNAMIC_UIDS = range(61184, 65520)  # systemd's DynamicUser= range
 SHOWN = ("ActiveState", "SubState", "Result", "StatusText", "MainPID", "NRestarts", "WatchdogUSec",
          "ExecMainCode", "ExecMainStatus")
@@ -106,7 +126,7 @@ site: kyushu
 timezone: Asia/Tokyo
 mqtt:
   url: mqtt://127.0.0.1:1883
-  topic_root: nissan/kyushu
+  topic_root: nissan/kyushu/gw-01       # gateway gw-01 under the site's root
   client_id: kyushu-gw-01
   qos: 1
   username: plantfloor
@@ -139,6 +159,44 @@ lines:
     max_rate_per_hour: 36000
     counter: {source: plc-rogue, node: "ns=2;s=Rogue.GoodCount", rollover: 2147483648}
     state: {source: plc-rogue, node: "ns=2;s=Rogue.State", map: {0: stopped, 1: running, 2: faulted}}
+"""
+
+# the roll-up's: the one gateway is the agent beside it; its plan and window are the agent's
+ROLLUP_YAML = """\
+# /etc/plantfloor/rollup.yaml of the systemd test: site kyushu, one gateway, time-compressed
+site: kyushu
+timezone: Asia/Tokyo
+replica: site-a
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  topic_root: nissan/kyushu             # S: S/plant/output, S/rollup/site-a/status
+  client_id: kyushu-rollup
+  version: "5"
+  username: plantfloor-rollup
+  password_file: mqtt-password          # the systemd credential: $CREDENTIALS_DIRECTORY/mqtt-password
+database:
+  url: postgresql://plantfloor@127.0.0.1:@PGPORT@/plantfloor
+  password_file: pg-password            # the systemd credential: $CREDENTIALS_DIRECTORY/pg-password
+  pool_size: 2
+  connect_timeout_s: 5
+publish:
+  interval_s: 5                         # the agent's publish.interval_s
+  grace_s: 2
+  status_interval_s: 5
+ingest:
+  share_group: kyushu-rollup
+  drain_idle_s: 0.5
+leadership:
+  lock_poll_s: 0.5
+  tick_s: 0.2
+plant:
+  capacity_per_year: 30800000
+  planned_utilization: 0.80
+shifts:
+  - {name: day, start: "06:30", end: "18:30", days: [mon, tue, wed, thu, fri, sat, sun]}
+  - {name: night, start: "18:30", end: "06:30", days: [mon, tue, wed, thu, fri, sat, sun]}
+gateways:
+  - {id: gw-01, topic_root: nissan/kyushu/gw-01, lines: [kei-ev, rogue]}
 """
 
 BROKER_CONF = """\
@@ -240,12 +298,17 @@ async def _copy(src: Path, dst: Path, ignore: Any = None) -> None:
 
 @dataclass
 class Outputs:
-    """Everything the in-container subscriber wrote, windows deduplicated by (line, epoch, seq)."""
+    """Everything the in-container subscriber wrote, windows deduplicated by (line, epoch, seq);
+    the roll-up's site figures by (epoch, seq), the highest revision kept."""
 
     lines: dict[str, dict[tuple[Any, int], dict[str, Any]]] = field(default_factory=dict)
     plant: dict[tuple[Any, int], dict[str, Any]] = field(default_factory=dict)
     status: list[tuple[bool, dict[str, Any]]] = field(default_factory=list)
     conflicts: list[tuple[str, Any, int]] = field(default_factory=list)
+    site: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    site_all: list[dict[str, Any]] = field(default_factory=list)
+    site_conflicts: list[tuple[int, int, int]] = field(default_factory=list)
+    rollup_status: list[tuple[bool, dict[str, Any]]] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
 
     @classmethod
@@ -257,10 +320,14 @@ class Outputs:
                 break  # still being written
             retain, topic, payload = [*line.rstrip("\n").split(" ", 2), "", ""][:3]
             out.raw.append(topic)
-            if not topic.startswith(f"{ROOT_TOPIC}/") or not payload.startswith("{"):
+            if not topic.startswith(f"{SITE_ROOT}/") or not payload.startswith("{"):
                 continue
             p = json.loads(payload)
-            if topic == f"{ROOT_TOPIC}/status":
+            if topic == f"{SITE_ROOT}/plant/output":
+                out._keep_site(p)
+            elif topic == f"{SITE_ROOT}/rollup/{REPLICA}/status":
+                out.rollup_status.append((retain == "1", p))
+            elif topic == f"{ROOT_TOPIC}/status":
                 out.status.append((retain == "1", p))
             elif topic == f"{ROOT_TOPIC}/plant/output":
                 out._keep(out.plant, "plant", p)
@@ -276,6 +343,15 @@ class Outputs:
             self.conflicts.append((name, *key))
         seen.setdefault(key, p)
 
+    def _keep_site(self, p: dict[str, Any]) -> None:
+        key = (int(p["epoch"]), int(p["seq"]))
+        same = [f for f in self.site_all if (f["epoch"], f["seq"], f["revision"]) == (*key, p["revision"])]
+        if same and same[0] != p:  # a leader re-sends a recorded revision byte for byte
+            self.site_conflicts.append((*key, int(p["revision"])))
+        self.site_all.append(p)
+        if key not in self.site or self.site[key]["revision"] < p["revision"]:
+            self.site[key] = p
+
     def units(self, line: str) -> int:
         return sum(int(p["units"]) for p in self.lines.get(line, {}).values())
 
@@ -284,6 +360,11 @@ class Outputs:
 
     def plant_windows(self) -> list[dict[str, Any]]:
         return [p for _, p in sorted(self.plant.items(), key=lambda kv: (str(kv[0][0]), kv[0][1]))]
+
+    def published(self) -> dict[str, dict[tuple[int, int], int]]:
+        """Units of every distinct window the broker saw, per line, by (epoch, seq)."""
+        return {line: {(int(k[0]), k[1]): int(p["units"]) for k, p in self.lines.get(line, {}).items()}
+                for line in LINES}
 
 
 def _strip(p: dict[str, Any]) -> dict[str, Any]:
@@ -302,6 +383,8 @@ class Rig:
     box: Machine
     mqtt_password: str = field(default_factory=lambda: f"pf-{secrets.token_hex(12)}")
     observer_password: str = field(default_factory=lambda: f"obs-{secrets.token_hex(12)}")
+    pg_password: str = field(default_factory=lambda: f"pg-{secrets.token_hex(12)}")
+    pg_port: str = ""      # the cluster's (Debian picks it when it creates the cluster)
     marks: list[tuple[str, float]] = field(default_factory=list)
 
     def mark(self, what: str) -> None:
@@ -317,24 +400,37 @@ class Rig:
     async def systemctl(self, *args: str, check: bool = True, within: float = 60) -> str:
         return (await self.box.run("systemctl", "--no-pager", *args, check=check, within=within)).output
 
-    async def show(self, *props: str) -> dict[str, str]:
-        return await self.box.show("plantfloor.service", *props)
+    async def show(self, *props: str, unit: str = AGENT) -> dict[str, str]:
+        return await self.box.show(unit, *props)
 
-    async def log_show(self, when: str) -> None:
+    async def log_show(self, when: str, unit: str = AGENT) -> None:
         """Print the unit's state (shown with -s, and with a failure)."""
-        props = await self.show(*SHOWN)
-        print(f"\nsystemctl show plantfloor ({when}):\n" + "\n".join(f"  {k}={props.get(k, '')}" for k in SHOWN))
+        props = await self.show(*SHOWN, unit=unit)
+        print(f"\nsystemctl show {unit.removesuffix('.service')} ({when}):\n"
+              + "\n".join(f"  {k}={props.get(k, '')}" for k in SHOWN))
 
-    async def journal(self, unit: str = "plantfloor.service") -> str:
+    async def journal(self, unit: str = AGENT) -> str:
         return (await self.box.run("journalctl", "--no-pager", "-o", "cat", "-u", unit)).stdout
 
     async def proc(self, pid: str, name: str) -> str:
         return (await self.box.run("cat", f"/proc/{pid}/{name}")).stdout
 
+    async def psql(self, sql: str, database: str = "plantfloor", *, stdin: bool = False) -> list[list[str]]:
+        """Rows of ``sql`` run as the postgres superuser (peer authentication on the cluster's
+        socket); with ``stdin`` the statements go to psql's stdin (a secret is never in an argv)."""
+        argv = ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-A", "-t", "-F", "\t",
+                "-v", "ON_ERROR_STOP=1", "-p", self.pg_port, "-d", database, *(() if stdin else ("-c", sql))]
+        run = await self.box.run(*argv, within=30, input=sql.encode() if stdin else None)
+        return [line.split("\t") for line in run.stdout.splitlines() if line]
 
-def _unit_settings() -> dict[str, list[str]]:
+    async def secret(self, name: str, content: bytes) -> None:
+        """/etc/plantfloor/secrets/NAME, 0600 root, as docs/operations.md writes it (on stdin)."""
+        await self.box.run("sh", "-c", f"umask 077; cat > /etc/plantfloor/secrets/{name}", input=content)
+
+
+def _unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for raw in UNIT.read_text().splitlines():
+    for raw in unit.read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith(("#", ";", "[")):
             k, _, v = line.partition("=")
@@ -350,15 +446,30 @@ async def test_unit_under_systemd(machine: Machine) -> None:
     try:
         await _install(rig)
         await _start_broker_simulators_subscriber(rig)
+        await _database_and_rollup_config(rig)
+        # the roll-up subscribes before the agent publishes: a shared subscription gets
+        # only what is published once it exists
+        await _rollup_start_and_ready(rig, "roll-up READY")
         await _start_and_ready(rig)
         await _windows_arrive(rig)
+        await _site_figure_published(rig)
         await _credentials_state_and_sandbox(rig)
+        await _rollup_credentials_and_sandbox(rig)
         await _check_connect(rig)
         await _watchdog(rig)
         await _hold_and_count_exactly(rig, "after the watchdog restart")
         await _stop(rig)
-        await _config_error_is_not_restarted(rig)
-        await _restart_and_count_exactly(rig)
+        # the agent is down: the roll-up's stop, config error and restart lose no window
+        await _stored_exactly_once(rig, "after the agent's stop")
+        await _rollup_stop(rig)
+        await _config_error_is_not_restarted(rig, AGENT, CONFIG, "check", CONFIG)
+        await _config_error_is_not_restarted(rig, ROLLUP, ROLLUP_CONFIG, "rollup", ROLLUP_CONFIG, "--check")
+        await _rollup_start_and_ready(rig, "roll-up READY again")
+        await _site_window_of_the_stop_recorded(rig)
+        ledger = await _restart_and_count_exactly(rig)
+        await _stored_exactly_once(rig, "at the end", ledger)
+        await _site_figure_adds_up(rig, ledger)
+        await _rollup_ran_through(rig)
     except Exception:
         await _diagnostics(rig)
         raise
@@ -369,18 +480,22 @@ async def test_unit_under_systemd(machine: Machine) -> None:
 async def _install(rig: Rig) -> None:
     """deploy/install.sh as the operator runs it, offline: the wheels come from a folder."""
     box = rig.box
-    run = await box.run("bash", "/root/plantfloor/deploy/install.sh", "install", within=600,
+    run = await box.run("bash", "/root/plantfloor/deploy/install.sh", "install", "--rollup", within=600,
                         env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/root/wheels"})
     assert "installed plantfloor" in run.stdout, run.describe()
-    assert box.path("/etc/systemd/system/plantfloor.service").read_text() == UNIT.read_text()
-    enabled = await box.run("systemctl", "is-enabled", "plantfloor.service")
-    assert enabled.stdout.strip() == "enabled"
+    for unit, source in ((AGENT, UNIT), (ROLLUP, ROLLUP_UNIT)):
+        assert box.path(f"/etc/systemd/system/{unit}").read_text() == source.read_text()
+        enabled = await box.run("systemctl", "is-enabled", unit)
+        assert enabled.stdout.strip() == "enabled", unit
+    # what the units' Documentation= names, and the roll-up's example config as its config
+    for doc in ("operations.md", "scale-out.md"):
+        assert box.path(f"/opt/plantfloor/docs/{doc}").read_text() == (REPO / "docs" / doc).read_text()
+    assert box.path(ROLLUP_CONFIG).read_text() == (REPO / "config" / "rollup.yaml").read_text()
     secrets_dir = box.path("/etc/plantfloor/secrets").stat()
     assert (stat.S_IMODE(secrets_dir.st_mode), secrets_dir.st_uid) == (0o700, 0)
 
     # the site's secrets and config (docs/operations.md, Install)
-    await box.run("sh", "-c", "umask 077; printf '%s' \"$PW\" > /etc/plantfloor/secrets/mqtt-password",
-                  env={"PW": rig.mqtt_password})
+    await rig.secret("mqtt-password", rig.mqtt_password.encode())
     box.path("/root/client-key.pem").write_bytes(_private_key_pem())
     await box.run("install", "-m", "0600", "/root/client-key.pem", "/etc/plantfloor/secrets/opcua-client-key.pem")
     box.path(CONFIG).write_text(AGENT_CONFIG)
@@ -403,6 +518,8 @@ async def _start_broker_simulators_subscriber(rig: Rig) -> None:
     box.path("/etc/mosquitto/conf.d/plantfloor.conf").write_text(BROKER_CONF)
     await box.run("mosquitto_passwd", "-c", "-b", "/etc/mosquitto/passwd", "plantfloor", rig.mqtt_password)
     await box.run("mosquitto_passwd", "-b", "/etc/mosquitto/passwd", "observer", rig.observer_password)
+    # the roll-up's own user (the same password: one mqtt-password file on this one host)
+    await box.run("mosquitto_passwd", "-b", "/etc/mosquitto/passwd", "plantfloor-rollup", rig.mqtt_password)
     await box.run("chown", "mosquitto", "/etc/mosquitto/passwd")
     await box.run("systemctl", "restart", "mosquitto.service")
     anonymous = await box.run("mosquitto_sub", "-h", "127.0.0.1", "-t", "probe", "-C", "1", "-W", "5",
@@ -419,12 +536,12 @@ async def _start_broker_simulators_subscriber(rig: Rig) -> None:
 
     await box.run("systemd-run", "--quiet", "--unit=pf-mqtt", "-p", "StandardOutput=file:/root/mqtt.log",
                   "mosquitto_sub", "-h", "127.0.0.1", "-u", "observer", "-P", rig.observer_password,
-                  "-q", "1", "-t", f"{ROOT_TOPIC}/#", "-F", "%r %t %p")
+                  "-q", "1", "-t", f"{SITE_ROOT}/#", "-F", "%r %t %p")
 
     async def subscribed() -> bool:
         await box.run("mosquitto_pub", "-h", "127.0.0.1", "-u", "observer", "-P", rig.observer_password,
-                      "-t", f"{ROOT_TOPIC}/probe", "-m", "probe")
-        return f"{ROOT_TOPIC}/probe" in rig.outputs().raw
+                      "-t", f"{SITE_ROOT}/probe", "-m", "probe")
+        return f"{SITE_ROOT}/probe" in rig.outputs().raw
     await wait_until(subscribed, 30, "the subscriber receives", interval=0.5)
     rig.mark("broker, PLCs, subscriber")
 
@@ -466,9 +583,8 @@ async def _windows_arrive(rig: Rig) -> None:
     rig.mark("windows")
 
 
-async def _credentials_state_and_sandbox(rig: Rig) -> None:
-    box = rig.box
-    pid = (await rig.show("MainPID"))["MainPID"]
+async def _hardened(rig: Rig, pid: str) -> int:
+    """A dynamic user without capabilities, new privileges or unfiltered system calls: its uid."""
     status = dict(line.split(":", 1) for line in (await rig.proc(pid, "status")).splitlines() if ":" in line)
     status = {k: v.strip() for k, v in status.items()}
     uid = int(status["Uid"].split()[0])
@@ -477,22 +593,52 @@ async def _credentials_state_and_sandbox(rig: Rig) -> None:
         assert int(status[cap], 16) == 0, f"{cap} {status[cap]}"
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == "2"  # filter mode: SystemCallFilter= is in force
+    return uid
 
-    # credentials: copies of the secrets in $CREDENTIALS_DIRECTORY, readable by the service only
-    environ = dict(v.split("=", 1) for v in (await rig.proc(pid, "environ")).split("\0") if "=" in v)
-    assert environ["CREDENTIALS_DIRECTORY"] == CREDENTIALS
-    listing = await box.run("stat", "-c", "%n %a %u", f"{CREDENTIALS}/mqtt-password",
-                            f"{CREDENTIALS}/opcua-client-key.pem")
+
+async def _environ(rig: Rig, pid: str) -> dict[str, str]:
+    return dict(v.split("=", 1) for v in (await rig.proc(pid, "environ")).split("\0") if "=" in v)
+
+
+async def _credentials(rig: Rig, pid: str, uid: int, directory: str, expected: dict[str, bytes]) -> None:
+    """Copies of the secrets in $CREDENTIALS_DIRECTORY, readable by the service only; the
+    folder they come from is not readable by it."""
+    box = rig.box
+    assert (await _environ(rig, pid))["CREDENTIALS_DIRECTORY"] == directory
+    listing = await box.run("stat", "-c", "%n %a %u", *(f"{directory}/{name}" for name in expected))
+    assert len(listing.stdout.splitlines()) == len(expected), listing.stdout
     for line in listing.stdout.splitlines():
         _, mode, owner = line.split()
         assert (mode, int(owner)) == ("400", uid), line
-    assert (await box.run("cat", f"{CREDENTIALS}/mqtt-password")).stdout == rig.mqtt_password
-    assert (await box.run("cat", f"{CREDENTIALS}/opcua-client-key.pem")).stdout.encode() == \
-        box.path("/root/client-key.pem").read_bytes()
-    denied = await box.run("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                           "cat", "/etc/plantfloor/secrets/mqtt-password", check=False)
-    assert denied.returncode != 0, denied.describe()
-    assert "Permission denied" in denied.output, denied.describe()
+    for name, content in expected.items():
+        # /run is the container's own tmpfs: read inside
+        assert (await box.run("cat", f"{directory}/{name}")).stdout.encode() == content, name
+        denied = await box.run("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                               "cat", f"/etc/plantfloor/secrets/{name}", check=False)
+        assert denied.returncode != 0, denied.describe()
+        assert "Permission denied" in denied.output, denied.describe()
+
+
+async def _read_only_root(rig: Rig, pid: str, *targets: str) -> None:
+    """The sandbox, seen from the service's own mount namespace: / read-only, /root hidden."""
+    mounts = [line.split() for line in (await rig.proc(pid, "mountinfo")).splitlines()]
+    root_opts = [m[5] for m in mounts if m[4] == "/"][-1]
+    assert root_opts.split(",")[0] == "ro", f"/ is mounted {root_opts}"
+    for target in ("/opt/plantfloor/probe", "/etc/plantfloor/probe", "/usr/probe", *targets):
+        wrote = await rig.box.run("touch", target, ns_of=int(pid), check=False)
+        assert wrote.returncode != 0, wrote.describe()
+        assert "Read-only file system" in wrote.output, wrote.describe()
+    home = await rig.box.run("ls", "-A", "/root", ns_of=int(pid), check=False)
+    assert home.stdout.strip() == "", f"ProtectHome=yes, yet /root shows {home.stdout!r}"
+
+
+async def _credentials_state_and_sandbox(rig: Rig) -> None:
+    box = rig.box
+    pid = (await rig.show("MainPID"))["MainPID"]
+    uid = await _hardened(rig, pid)
+    await _credentials(rig, pid, uid, CREDENTIALS, {
+        "mqtt-password": rig.mqtt_password.encode(),
+        "opcua-client-key.pem": box.path("/root/client-key.pem").read_bytes()})
     # the broker refuses anonymous clients: the agent is connected with the credential's password,
     # which is nowhere else it could have found it, and never in its log
     assert not box.path("/var/lib/private/plantfloor/mqtt-password").exists()
@@ -508,16 +654,7 @@ async def _credentials_state_and_sandbox(rig: Rig) -> None:
     db = box.path("/var/lib/private/plantfloor/state.db").stat()
     assert (stat.S_IMODE(db.st_mode), db.st_uid) == (0o600, uid)
 
-    # the sandbox, seen from the service's own mount namespace
-    mounts = [line.split() for line in (await rig.proc(pid, "mountinfo")).splitlines()]
-    root_opts = [m[5] for m in mounts if m[4] == "/"][-1]
-    assert root_opts.split(",")[0] == "ro", f"/ is mounted {root_opts}"
-    for target in ("/opt/plantfloor/probe", "/etc/plantfloor/probe", "/usr/probe"):
-        wrote = await box.run("touch", target, ns_of=int(pid), check=False)
-        assert wrote.returncode != 0, wrote.describe()
-        assert "Read-only file system" in wrote.output, wrote.describe()
-    home = await box.run("ls", "-A", "/root", ns_of=int(pid), check=False)
-    assert home.stdout.strip() == "", f"ProtectHome=yes, yet /root shows {home.stdout!r}"
+    await _read_only_root(rig, pid)
     rig.mark("credentials, state, sandbox")
 
 
@@ -632,35 +769,38 @@ async def _stop(rig: Rig) -> None:
     await rig.log_show("after systemctl stop")
 
 
-async def _config_error_is_not_restarted(rig: Rig) -> None:
+async def _config_error_is_not_restarted(rig: Rig, unit: str, config: str, *check_args: str) -> None:
+    """A config error: the check says so (exit 2), and the unit fails with 2 without restarting."""
     box = rig.box
-    good = box.path(CONFIG).read_text()
-    box.path(CONFIG).write_text(good + "bogus_key: 1\n")
-    check = await box.run(PLANTFLOOR, "check", CONFIG, check=False)
+    good = box.path(config).read_text()
+    box.path(config).write_text(good + "bogus_key: 1\n")
+    check = await box.run(PLANTFLOOR, *check_args, check=False)
     assert check.returncode == 2, check.describe()
-    assert CONFIG in check.stderr, check.describe()
+    assert config in check.stderr, check.describe()
     assert "bogus_key" in check.stderr, check.describe()
 
-    started = await box.run("systemctl", "start", "plantfloor.service", check=False, within=120)
+    started = await box.run("systemctl", "start", unit, check=False, within=120)
     assert started.returncode != 0, started.describe()
-    props = await rig.show("ActiveState", "SubState", "Result", "ExecMainCode", "ExecMainStatus", "NRestarts")
+    props = await rig.show("ActiveState", "SubState", "Result", "ExecMainCode", "ExecMainStatus", "NRestarts",
+                           unit=unit)
     # a restart would show as SubState=auto-restart for RestartSec, and count in NRestarts
     # (which a manual start sets back to 0)
     assert props == {"ActiveState": "failed", "SubState": "failed", "Result": "exit-code",
                      "ExecMainCode": "1", "ExecMainStatus": "2", "NRestarts": "0"}, props
     jobs = await box.run("systemctl", "list-jobs", "--no-legend", "--no-pager")
-    assert "plantfloor" not in jobs.stdout, jobs.stdout
-    journal = await rig.journal()
+    assert unit not in jobs.stdout, jobs.stdout
+    journal = await rig.journal(unit)
     assert "bogus_key" in journal, journal[-2000:]
     assert "status=2/INVALIDARGUMENT" in journal, journal[-2000:]
 
-    await rig.log_show("after a start with a config error")
-    box.path(CONFIG).write_text(good)
-    rig.mark("config error")
+    await rig.log_show("after a start with a config error", unit=unit)
+    box.path(config).write_text(good)
+    rig.mark(f"config error {unit.removesuffix('.service')}")
 
 
-async def _restart_and_count_exactly(rig: Rig) -> None:
-    """Fixed config, `systemctl restart`: the units built while it was down are all counted."""
+async def _restart_and_count_exactly(rig: Rig) -> dict[str, Any]:
+    """Fixed config, `systemctl restart`: the units built while it was down are all counted.
+    Ends with the agent stopped and the lines held: the ledger, final."""
     await rig.box.run("systemctl", "kill", "--kill-who=main", "--signal=SIGUSR1", "pf-plcs.service")
     await rig.systemctl("restart", "plantfloor.service", within=120)
     props = await rig.show("ActiveState", "SubState", "StatusText")
@@ -695,13 +835,267 @@ async def _restart_and_count_exactly(rig: Rig) -> None:
     await rig.log_show("after the restart, before the last stop")
     await rig.systemctl("stop", "plantfloor.service", within=60)
     rig.mark("exact after restart")
+    return ledger
+
+
+# --- the roll-up -------------------------------------------------------------------------
+
+async def _database_and_rollup_config(rig: Rig) -> None:
+    """PostgreSQL as Debian runs it, the roll-up's role, database, password and config
+    (docs/operations.md, The roll-up); `plantfloor rollup --check --connect` passes."""
+    box = rig.box
+    cluster: list[str] = []
+
+    async def online() -> bool:
+        nonlocal cluster
+        run = await box.run("pg_lsclusters", "--no-header", check=False)
+        cluster = run.stdout.split()
+        return len(cluster) >= 4 and cluster[3] == "online"
+    await wait_until(online, 60, "the cluster of Debian's postgresql package online", interval=0.2)
+    version, name, rig.pg_port = cluster[:3]
+    active = await box.run("systemctl", "is-active", f"postgresql@{version}-{name}.service")
+    assert active.stdout.strip() == "active", active.describe()
+    await rig.psql(f"CREATE ROLE plantfloor LOGIN PASSWORD '{rig.pg_password}';\n"
+                   "CREATE DATABASE plantfloor OWNER plantfloor TEMPLATE template0 ENCODING 'UTF8' "
+                   "LOCALE 'C.UTF-8';\n", database="postgres", stdin=True)
+    await rig.secret("pg-password", rig.pg_password.encode())
+    box.path(ROLLUP_CONFIG).write_text(ROLLUP_YAML.replace("@PGPORT@", rig.pg_port))
+
+    run = await box.run(PLANTFLOOR, "rollup", ROLLUP_CONFIG, "--check", "--connect", within=120,
+                        env={"CREDENTIALS_DIRECTORY": "/etc/plantfloor/secrets"}, check=False)
+    assert run.returncode == 0, run.describe()
+    for text in (f"site kyushu (Asia/Tokyo): replica {REPLICA}, MQTT client id kyushu-rollup-{REPLICA}",
+                 f"publishes {SITE_ROOT}/plant/output (leader) and {SITE_ROOT}/rollup/{REPLICA}/status",
+                 f"{ROOT_TOPIC}/lines/+/output  lines: kei-ev, rogue",
+                 f"database: PostgreSQL {version}.", "plantfloor schema none yet",
+                 "broker: mqtt://127.0.0.1:1883 accepted an MQTT 5 connection"):
+        assert text in run.stdout, f"{text!r} not in\n{run.describe()}"
+    rig.mark("PostgreSQL, roll-up config")
+
+
+async def _rollup_start_and_ready(rig: Rig, mark: str) -> None:
+    """`systemctl start plantfloor-rollup` returns once READY=1 (subscribed): active (running)
+    with its STATUS line; the replica then leads and says so in its retained status."""
+    await rig.systemctl("start", ROLLUP, within=120)
+    props = await rig.show("Type", "ActiveState", "SubState", "StatusText", "MainPID", unit=ROLLUP)
+    assert props["Type"] == "notify"
+    assert (props["ActiveState"], props["SubState"]) == ("active", "running"), props
+    # READY=1 after the subscription, never the 30 s fallback ("degraded: ...")
+    assert re.fullmatch(r"(leader|follower); broker up; windows \d+; duplicates \d+", props["StatusText"]), props
+    status = await rig.systemctl("status", ROLLUP, "--lines=0")
+    assert re.search(r"Active: active \(running\)", status), status
+    assert re.search(r'Status: "(leader|follower); broker up; windows', status), status
+
+    async def leading() -> bool:
+        return (await rig.show("StatusText", unit=ROLLUP))["StatusText"].startswith("leader; broker up")
+    await wait_until(leading, 15, "the replica leads (it is the only one)", interval=0.2)
+    pid = props["MainPID"]
+
+    def online() -> bool:
+        last = rig.outputs().rollup_status[-1:]
+        return bool(last) and last[0][1]["state"] == "online" \
+            and last[0][1]["ready"] is True and last[0][1]["leader"] is True
+    await wait_until(online, 15, "the replica's status: online, ready, leading", interval=0.2)
+    s = rig.outputs().rollup_status[-1][1]
+    assert (s["site"], s["replica"], s["client_id"]) == ("kyushu", REPLICA, f"kyushu-rollup-{REPLICA}"), s
+    journal = await rig.journal(ROLLUP)
+    assert "database schema migrated to version" in journal, journal[-2000:]
+    assert f"leading site kyushu: publishing {SITE_ROOT}/plant/output" in journal, journal[-2000:]
+    assert (await rig.show("MainPID", unit=ROLLUP))["MainPID"] == pid, "the replica restarted"
+    rig.mark(mark)
+    await rig.log_show(f"after systemctl start ({mark})", unit=ROLLUP)
+
+
+async def _site_figure_published(rig: Rig) -> None:
+    """The leader publishes the site's plant figure from the rows, on S/plant/output."""
+    def complete() -> list[dict[str, Any]]:
+        return [p for p in rig.outputs().site_all
+                if set(p["lines"]) == set(LINES) and p["gateways"]["gw-01"]["missing"] == []]
+    await wait_until(lambda: len(complete()) >= 1, 30, "a site figure every line reported", interval=0.25)
+    for p in rig.outputs().site_all:
+        assert (p["schema"], p["site"]) == ("plantfloor.plant/1", "kyushu"), p
+        assert set(p["gateways"]) == {"gw-01"}, p
+        assert p["units"] == sum(p["lines"].values()), p
+        assert p["revision"] >= 0, p
+        assert _ts(p["window_end"]) > _ts(p["window_start"]), p
+    assert [p["seq"] for p in rig.outputs().site_all if p["revision"] == 0][:1] == [1]
+    rig.mark("site figure")
+
+
+async def _rollup_credentials_and_sandbox(rig: Rig) -> None:
+    """The roll-up's credentials, sandbox, database login and watchdog, as the agent's."""
+    box = rig.box
+    props = await rig.show("MainPID", "WatchdogUSec", "WatchdogTimestampMonotonic", unit=ROLLUP)
+    pid = props["MainPID"]
+    uid = await _hardened(rig, pid)
+    agent_uid = box.path("/var/lib/private/plantfloor").stat().st_uid
+    assert uid != agent_uid, "the roll-up and the agent are one user: it could read the agent's state"
+    await _credentials(rig, pid, uid, ROLLUP_CREDENTIALS, {
+        "mqtt-password": rig.mqtt_password.encode(), "pg-password": rig.pg_password.encode()})
+    journal = await rig.journal(ROLLUP)
+    assert rig.mqtt_password not in journal
+    assert rig.pg_password not in journal
+    # no local state; a private runtime folder as its working directory
+    run_dir = await box.run("stat", "-c", "%a %u", "/run/plantfloor-rollup")
+    assert run_dir.stdout.split() == ["700", str(uid)], run_dir.stdout
+    assert (await box.run("readlink", f"/proc/{pid}/cwd")).stdout.strip() == "/run/plantfloor-rollup"
+    assert not box.path("/var/lib/private/plantfloor-rollup").exists()
+    await _read_only_root(rig, pid, "/var/lib/probe")
+    # its database sessions: the role, over TCP, where pg_hba.conf wants the password
+    # (scram-sha-256), which only the credential holds
+    rows = await rig.psql("SELECT usename, host(client_addr), count(*) FROM pg_stat_activity "
+                          f"WHERE application_name = 'plantfloor-rollup {REPLICA}' GROUP BY 1, 2")
+    assert len(rows) == 1, rows
+    assert rows[0][:2] == ["plantfloor", "127.0.0.1"], rows
+    assert int(rows[0][2]) >= 2, rows   # the pool, and the session holding the locks
+    # the watchdog: armed, and fed by the heartbeat that pings the database session
+    assert props["WatchdogUSec"] == "30s", props
+    environ = await _environ(rig, pid)
+    assert (environ["WATCHDOG_USEC"], environ["WATCHDOG_PID"]) == ("30000000", pid)
+    armed_at = int(props["WatchdogTimestampMonotonic"])
+
+    async def pinged() -> bool:
+        return int((await rig.show("WatchdogTimestampMonotonic", unit=ROLLUP))["WatchdogTimestampMonotonic"]) > armed_at
+    await wait_until(pinged, 15, "a WATCHDOG=1 ping from the replica", interval=0.25)
+    rig.mark("roll-up credentials, sandbox, watchdog")
+
+
+async def _stored(rig: Rig) -> dict[str, dict[tuple[int, int], int]]:
+    """Units of every row of plantfloor.line_window, per line, by (epoch, seq)."""
+    out: dict[str, dict[tuple[int, int], int]] = {line: {} for line in LINES}
+    for line, epoch, seq, units, gateway in await rig.psql(
+            "SELECT line, epoch, seq, units, gateway FROM plantfloor.line_window WHERE site = 'kyushu'"):
+        assert gateway == "gw-01", (line, epoch, seq, gateway)
+        key = (int(epoch), int(seq))
+        assert key not in out.setdefault(line, {}), f"{line} {key} stored twice"
+        out[line][key] = int(units)
+    return out
+
+
+async def _stored_exactly_once(rig: Rig, when: str, ledger: dict[str, Any] | None = None) -> None:
+    """Every window the broker saw is a row, once, with its units (and nothing else is);
+    at a quiescent point the rows' sums equal the simulators' ledger."""
+    got: dict[str, dict[tuple[int, int], int]] = {}
+
+    async def stored() -> bool:
+        nonlocal got
+        got = await _stored(rig)
+        return got == rig.outputs().published()
+    try:
+        await wait_until(stored, 30, f"every window in PostgreSQL {when}", interval=0.5)
+    except AssertionError:
+        want = rig.outputs().published()
+        diff = {line: (len(got.get(line, {})), len(want[line]), sorted(set(got.get(line, {})) ^ set(want[line]))[:5])
+                for line in LINES}
+        raise AssertionError(f"{when}: (rows, windows the broker saw, keys in one only) per line {diff}") from None
+    out = rig.outputs()
+    counts = await rig.psql("SELECT line, count(*), sum(units) FROM plantfloor.line_window "
+                            "WHERE site = 'kyushu' GROUP BY line ORDER BY line")
+    assert {r[0]: int(r[1]) for r in counts} == {line: len(out.lines[line]) for line in LINES}, counts
+    if ledger is not None:
+        assert {r[0]: int(r[2]) for r in counts} == {line: ledger[line]["expected_units"] for line in LINES}, \
+            (counts, ledger)
+    assert await rig.psql("SELECT count(*) FROM plantfloor.rejected_message") == [["0"]]
+    rig.mark(f"stored exactly once {when}")
+
+
+async def _rollup_stop(rig: Rig) -> None:
+    """`systemctl stop plantfloor-rollup`: drained, offline status, locks freed, exit 0 in time."""
+    box = rig.box
+    stop_timeout = int(_unit_settings(ROLLUP_UNIT)["TimeoutStopSec"][0])
+    before = datetime.now(UTC)
+    started = time.monotonic()
+    await rig.systemctl("stop", ROLLUP, within=stop_timeout + 30)
+    took = time.monotonic() - started
+    props = await rig.show("ActiveState", "SubState", "Result", "ExecMainCode", "ExecMainStatus", unit=ROLLUP)
+    # Result=timeout (and a SIGKILL) had the stop outlasted TimeoutStopSec
+    assert props == {"ActiveState": "inactive", "SubState": "dead", "Result": "success",
+                     "ExecMainCode": "1", "ExecMainStatus": "0"}, props
+    assert took < stop_timeout, f"the stop took {took:.1f} s, TimeoutStopSec={stop_timeout}"
+    journal = await rig.journal(ROLLUP)
+    assert "stopping: handing over leadership, draining the subscription" in journal, journal[-2000:]
+    assert "not committed at stop" not in journal, journal[-2000:]
+
+    def offline() -> bool:
+        last = rig.outputs().rollup_status[-1:]
+        return bool(last) and last[0][1]["state"] == "offline" and _ts(last[0][1]["ts"]) >= before
+    await wait_until(offline, 15, "the replica's offline status published at the stop", interval=0.2)
+    retained = await box.run("mosquitto_sub", "-h", "127.0.0.1", "-u", "observer", "-P", rig.observer_password,
+                             "-t", f"{SITE_ROOT}/rollup/{REPLICA}/status", "-C", "1", "-W", "5", "-F", "%r %p")
+    flag, payload = retained.stdout.strip().split(" ", 1)
+    assert flag == "1", f"not retained: {retained.stdout}"
+    last = json.loads(payload)
+    assert (last["state"], last["ready"], last["leader"]) == ("offline", False, False), last
+
+    async def released() -> bool:
+        # its database sessions ended: the leader and identity locks went with them
+        rows = await rig.psql("SELECT (SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                              "LIKE 'plantfloor-rollup%'), (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory')")
+        return rows == [["0", "0"]]
+    await wait_until(released, 10, "the replica's sessions and advisory locks gone", interval=0.2)
+    print(f"\nsystemctl stop plantfloor-rollup took {took:.1f} s (TimeoutStopSec={stop_timeout})")
+    rig.mark("roll-up stop")
+    await rig.log_show("after systemctl stop", unit=ROLLUP)
+
+
+async def _site_window_of_the_stop_recorded(rig: Rig) -> None:
+    """The leader has published the site window in which the agent stopped: the windows the
+    agent publishes for its downtime when it is back then arrive late for it (and revise it)."""
+    out = rig.outputs()
+    stopped_at = max(_ts(out.windows(line)[-1]["window_end"]) for line in LINES)
+
+    def recorded() -> bool:
+        return any(_ts(p["window_start"]) <= stopped_at < _ts(p["window_end"]) for p in rig.outputs().site_all)
+    await wait_until(recorded, 20, "the site window of the agent's stop published", interval=0.2)
+    rig.mark("site window of the stop")
+
+
+async def _site_figure_adds_up(rig: Rig, ledger: dict[str, Any]) -> None:
+    """The figure's latest revisions add up to the ledger and agree with plant_window_latest;
+    seq never skips; late windows (the agent's gap fill) made revisions naming them."""
+    total = sum(ledger[line]["expected_units"] for line in LINES)
+    db: dict[int, tuple[int, int]] = {}
+
+    async def adds_up() -> bool:
+        nonlocal db
+        site = rig.outputs().site
+        rows = await rig.psql("SELECT seq, revision, units FROM plantfloor.plant_window_latest "
+                              "WHERE site = 'kyushu'")
+        db = {int(seq): (int(rev), int(units)) for seq, rev, units in rows}
+        return (sum(int(p["units"]) for p in site.values()) == total
+                and db == {k[1]: (int(p["revision"]), int(p["units"])) for k, p in site.items()})
+    try:
+        await wait_until(adds_up, 30, "the site figure adds up to the ledger", interval=0.25)
+    except AssertionError:
+        site = rig.outputs().site
+        raise AssertionError(f"site figure: units {sum(int(p['units']) for p in site.values())} of {total}; "
+                             f"{len(site)} site windows published, {len(db)} recorded") from None
+    out = rig.outputs()
+    assert out.site_conflicts == [], f"a revision published twice with different bytes: {out.site_conflicts[:5]}"
+    epochs = {k[0] for k in out.site}
+    assert len(epochs) == 1, f"one site epoch, yet {epochs}"
+    seqs = sorted(k[1] for k in out.site)
+    assert seqs == list(range(1, len(seqs) + 1)), f"site seq skips: {seqs}"
+    revised = [p for p in out.site_all if p["revision"] >= 1 and p["gateways"]["gw-01"]["late"]]
+    assert revised, "the agent's windows published after its restart revised no site window"
+    rig.mark("site figure adds up")
+
+
+async def _rollup_ran_through(rig: Rig) -> None:
+    """Since its last start the replica ran without a restart, and it never logged a warning."""
+    props = await rig.show("ActiveState", "SubState", "NRestarts", "Result", unit=ROLLUP)
+    assert props == {"ActiveState": "active", "SubState": "running", "NRestarts": "0", "Result": "success"}, props
+    # its own processes' lines only (systemd's about the failed start are not the replica's)
+    warnings = await rig.box.run("journalctl", "--no-pager", "-o", "cat", "-p", "warning", f"_SYSTEMD_UNIT={ROLLUP}")
+    assert warnings.stdout.strip() == "", warnings.stdout
+    await rig.log_show("at the end", unit=ROLLUP)
 
 
 async def _diagnostics(rig: Rig) -> None:
     """What a failure needs: the units' journals, the ledger and the last messages."""
     if rig.box.init_pid is None:
         return
-    for unit in ("plantfloor.service", "pf-plcs.service", "mosquitto.service"):
+    for unit in (AGENT, ROLLUP, "pf-plcs.service", "mosquitto.service", "postgresql@15-main.service"):
         try:
             print(f"\n--- journal of {unit} ---\n{(await rig.journal(unit))[-6000:]}")
         except AssertionError as exc:

@@ -142,7 +142,8 @@ class RollupService:
                 receiving = tg.create_task(consumer.run(), name="rollup-consumer")
                 work = [tg.create_task(leader.run(), name="rollup-leader"),
                         tg.create_task(self.adopter.run(), name="rollup-adopter"),
-                        tg.create_task(self._heartbeat(session), name="rollup-heartbeat")]
+                        tg.create_task(self._heartbeat(session), name="rollup-heartbeat"),
+                        tg.create_task(self._wake_when_subscribed(consumer), name="rollup-subscribed")]
                 await stop.wait()
                 log.info("stopping: handing over leadership, draining the subscription")
                 self.notifier.stopping()
@@ -193,6 +194,12 @@ class RollupService:
             self.notifier.ready(status)
         else:
             self.notifier.ready(self.health_line())
+
+    async def _wake_when_subscribed(self, consumer: Consumer) -> None:
+        """Wake the heartbeat as soon as the consumer is subscribed: READY=1 (and the status
+        saying so) go out then, not up to HEARTBEAT_S later."""
+        await consumer.connected.wait()
+        self._status_due.set()
 
     async def _heartbeat(self, session: ReplicaSession) -> None:
         """Ping the session (a lost one raises), announce readiness, status, watchdog."""

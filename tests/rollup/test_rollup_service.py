@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from agent.rollup.service import HEARTBEAT_S
 from tests.fixtures.postgres import PostgresDatabase
 from tests.rollup.rig import InProcessReplica, WindowPublisher, prepare_site, query, rollup_config
 from tests.rollup.synth import grid_start, window
@@ -150,3 +153,19 @@ async def test_leadership_passes_on_when_the_leader_stops_and_seq_goes_on(
     assert seqs == list(range(1, len(seqs) + 1)), "no seq skipped or doubled across the hand-over"
     rows = await query(postgres_db.url, "SELECT count(DISTINCT period_start), count(*) FROM plantfloor.plant_window")
     assert rows[0][0] == rows[0][1]
+
+
+async def test_ready_as_soon_as_subscribed(mosquitto: Any, postgres_db: PostgresDatabase) -> None:
+    """READY=1 (what `systemctl start` waits for) follows the subscription at once, not at the
+    heartbeat's next beat."""
+    cfg = rollup_config(mosquitto.url, postgres_db.url, GATEWAYS)
+    async with InProcessReplica(cfg, "a") as a:
+        await wait_until(lambda: a.service.consumer is not None, 20, "the consumer made")
+        consumer = a.service.consumer
+        assert consumer is not None
+        async with asyncio.timeout(20):
+            await consumer.connected.wait()
+        subscribed = time.monotonic()
+        async with asyncio.timeout(20):
+            await a.service.ready.wait()
+        assert time.monotonic() - subscribed < HEARTBEAT_S / 2

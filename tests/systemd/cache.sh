@@ -3,7 +3,10 @@
 # repository so that reruns, and later CI runs on the same machine, reuse them:
 #
 #   cache.sh rootfs            a minimal Debian 12 that boots under systemd-nspawn (systemd,
-#                              Python, Mosquitto), as a tarball
+#                              Python, Mosquitto, PostgreSQL with its cluster 15/main), as a
+#                              tarball. The cluster's port is the first one free on this machine
+#                              when it was made (5432, or 5433 when a server runs here): the
+#                              test reads it with pg_lsclusters
 #   cache.sh wheels PYTHON     every wheel an offline `pip install` of the source tree needs
 #                              inside that Debian: the dependencies in pyproject.toml and the
 #                              build backend (PYTHON runs pip download)
@@ -16,7 +19,7 @@ set -euo pipefail
 
 SUITE=bookworm
 SUITE_PYTHON=3.11          # the python3 of $SUITE: the wheels must fit it
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,mosquitto,mosquitto-clients,iproute2
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-venv,mosquitto,mosquitto-clients,iproute2,postgresql
 CACHE=${PLANTFLOOR_CI_CACHE:-/var/cache/plantfloor-ci}
 work=                      # the scratch folder of this run, removed on exit
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

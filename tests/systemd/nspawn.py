@@ -43,13 +43,14 @@ class Run:
         return f"{' '.join(self.argv)} -> {self.returncode}\n{self.output[-4000:]}"
 
 
-async def run_host(*argv: str, within: float, env: dict[str, str] | None = None) -> Run:
-    """Run a command on the host; AssertionError when it outlives ``within`` s."""
+async def run_host(*argv: str, within: float, env: dict[str, str] | None = None,
+                   input: bytes | None = None) -> Run:
+    """Run a command on the host (``input`` on its stdin); AssertionError when it outlives ``within`` s."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=env)
+        *argv, stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), within)
+        out, err = await asyncio.wait_for(proc.communicate(input), within)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -137,11 +138,13 @@ class Machine:
     # --- inside --------------------------------------------------------------------------
 
     async def run(self, *argv: str, within: float = 60.0, check: bool = True,
-                  env: dict[str, str] | None = None, ns_of: int | None = None) -> Run:
+                  env: dict[str, str] | None = None, ns_of: int | None = None,
+                  input: bytes | None = None) -> Run:
         """Run a command inside, as root, with an empty environment but PATH, HOME and ``env``.
 
         ``within`` bounds it (AssertionError after). ``ns_of`` names a PID inside the container whose namespaces the command enters
-        instead (e.g. a service's, to see its sandbox); ``check`` fails on a non-zero exit.
+        instead (e.g. a service's, to see its sandbox); ``check`` fails on a non-zero exit;
+        ``input`` is written to its stdin (secrets: never in an argv, which ``ps`` shows).
         """
         assert self.init_pid is not None, "not booted"
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
@@ -149,7 +152,7 @@ class Machine:
                "HOME=/root", "LANG=C.UTF-8", *extra]
         if ns_of is not None:
             cmd += ["nsenter", "-t", str(ns_of), "-m", "--"]
-        run = await run_host(*cmd, *argv, within=within)
+        run = await run_host(*cmd, *argv, within=within, input=input)
         run = Run(tuple(argv), run.returncode, run.stdout, run.stderr)
         if check and run.returncode != 0:
             raise AssertionError(f"failed inside the container: {run.describe()}")
