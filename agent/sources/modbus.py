@@ -99,7 +99,8 @@ class ModbusTcpSource:
         self._clock = clock
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()  # one outstanding request per connection
-        self._layouts: dict[ReadRequest, _Layout] = {}
+        self._layouts: dict[int, tuple[ReadRequest, _Layout]] = {
+            id(r): (r, _Layout.of(r)) for r in self.plan.requests}
         self._units: dict[int, _UnitState] = {}
         self._silent_polls = 0
 
@@ -227,9 +228,10 @@ class ModbusTcpSource:
         mono = time.monotonic()
         if isinstance(answer, int):
             return [_bad(p, exception_text(answer), code=answer, mono=mono) for p in req.points]
-        layout = self._layouts.get(req)
-        if layout is None:
-            layout = self._layouts[req] = _Layout.of(req)
+        # the plan's requests by identity (hashing one hashes every point it serves); a
+        # request split after an illegal-address answer is laid out afresh
+        cached = self._layouts.get(id(req))
+        layout = cached[1] if cached is not None and cached[0] is req else _Layout.of(req)
         if len(answer) != req.count:
             return [_decoded(p, req, answer, mono) for p in req.points]
         out = [_decoded(p, req, answer, mono) for p in layout.points]
