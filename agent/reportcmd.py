@@ -20,6 +20,7 @@ from typing import Any
 from agent.config import Config
 from agent.errors import ConfigError, StoreError
 from agent.payloads import ShiftReport
+from agent.statefile import open_readonly
 
 __all__ = ["day_totals", "read_reports", "report"]
 
@@ -35,13 +36,7 @@ _CSV_FIELDS = [
 def read_reports(path: Path, day: date, shift: str | None = None) -> list[ShiftReport]:
     """The stored reports of production date ``day`` (of one shift name), by start, lines
     first and the plant last."""
-    if not path.exists():
-        raise StoreError(f"there is no state database at {path} (storage.path): the agent has "
-                         "not run with this config yet")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+    conn = open_readonly(path)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "shift_report" not in tables:

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.core.report import LineTotals, PlantTotals
 from agent.errors import ConfigError, StoreError
 from agent.lines import second_row
-from agent.statefile import StoreLock, connect, transaction
+from agent.statefile import StoreLock, connect, open_readonly, transaction
 from agent.store import LineState
 
 __all__ = ["rebaseline", "show"]
@@ -39,13 +39,7 @@ class _Snapshot:
 
 
 def _read(path: Path) -> _Snapshot:
-    if not path.exists():
-        raise StoreError(f"there is no state database at {path} (storage.path): the agent has "
-                         "not run with this config yet")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the state database {path}: {exc}") from exc
+    conn = open_readonly(path)
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version < 2:

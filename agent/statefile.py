@@ -38,6 +38,7 @@ __all__ = [
     "check_sqlite_version",
     "connect",
     "new_epoch",
+    "open_readonly",
     "transaction",
 ]
 
@@ -105,6 +106,17 @@ def check_sqlite_version(version: str = sqlite3.sqlite_version) -> None:
         need = ".".join(map(str, MIN_SQLITE))
         raise StoreError(f"the SQLite library is {version}; plantfloor's state database needs "
                          f"SQLite {need} or newer (upgrade the system's libsqlite3)")
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """The state file, read-only (a running agent may hold it); a missing file is an error."""
+    if not path.exists():
+        raise StoreError(f"there is no state database at {path} (storage.path): the agent has "
+                         "not run with this config yet")
+    try:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the state database {path}: {exc}") from exc
 
 
 def new_epoch() -> int:
