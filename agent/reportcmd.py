@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -171,8 +171,13 @@ def _csv(reports: Sequence[ShiftReport]) -> str:
 
 
 def report(cfg: Config, *, day: str | None = None, shift: str | None = None,
-           fmt: str = "text", now: datetime | None = None) -> str:
-    """The shift reports of a production day (default: today in the site's time zone)."""
+           fmt: str = "text", now: datetime | None = None,
+           read: Callable[[date, str | None], list[ShiftReport]] | None = None) -> str:
+    """The shift reports of a production day (default: today in the site's time zone).
+
+    ``read`` gives the stored reports of a date (and shift name); by default the gateway's
+    state store (the roll-up passes its database).
+    """
     if day is None:
         when = (now or datetime.now(cfg.tz)).astimezone(cfg.tz)
         d = when.date()
@@ -184,7 +189,7 @@ def report(cfg: Config, *, day: str | None = None, shift: str | None = None,
     if shift is not None and shift not in {s.name for s in cfg.shifts}:
         raise ConfigError(f"shift {shift!r} is not in the config "
                           f"({', '.join(s.name for s in cfg.shifts)})", key="--shift")
-    reports = read_reports(cfg.storage.path, d, shift)
+    reports = read(d, shift) if read is not None else read_reports(cfg.storage.path, d, shift)
     if fmt == "json":
         return json.dumps({"date": d.isoformat(), "site": cfg.site,
                            "reports": [json.loads(r.model_dump_json(by_alias=True)) for r in reports],

@@ -10,7 +10,6 @@ computed from summed times and counts). The site's plant per shift instance is t
 
 from __future__ import annotations
 
-import json
 from datetime import date, datetime
 
 import psycopg
@@ -18,7 +17,7 @@ import psycopg
 from agent.config import Config
 from agent.errors import ConfigError, StoreError
 from agent.payloads import ShiftReport
-from agent.reportcmd import _csv, _text, day_totals
+from agent.reportcmd import report
 from agent.rollup import sql
 
 __all__ = ["read_reports", "report_from_database"]
@@ -42,21 +41,5 @@ def report_from_database(cfg: Config, url: str, *, day: str | None = None, shift
     """As :func:`agent.reportcmd.report`, from the roll-up's database at ``url``."""
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{url!r} is not a postgresql:// URI", key="--database")
-    if day is None:
-        d = (now or datetime.now(cfg.tz)).astimezone(cfg.tz).date()
-    else:
-        try:
-            d = date.fromisoformat(day)
-        except ValueError:
-            raise ConfigError(f"{day!r} is not a date (YYYY-MM-DD)", key="--date") from None
-    if shift is not None and shift not in {s.name for s in cfg.shifts}:
-        raise ConfigError(f"shift {shift!r} is not in the config ({', '.join(s.name for s in cfg.shifts)})",
-                          key="--shift")
-    reports = read_reports(url, cfg.site, d, shift)
-    if fmt == "json":
-        return json.dumps({"date": d.isoformat(), "site": cfg.site,
-                           "reports": [json.loads(r.model_dump_json(by_alias=True)) for r in reports],
-                           "day": day_totals(reports) if shift is None else None}, indent=2)
-    if fmt == "csv":
-        return _csv(reports)
-    return _text(cfg, d, reports)
+    return report(cfg, day=day, shift=shift, fmt=fmt, now=now,
+                  read=lambda d, name: read_reports(url, cfg.site, d, name))
