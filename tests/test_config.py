@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,3 +214,45 @@ def test_yaml_is_read_as_yaml_1_2(tmp_path: Path) -> None:
     assert doc["answer"] == "no"
     assert doc["at"] == "12:30"
     assert doc["flag"] is True
+
+
+def _kyushu_as_json(tmp_path: Path, edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    from ruamel.yaml import YAML
+
+    doc = YAML(typ="safe").load((ROOT / "config" / "kyushu.yaml").read_text())
+    if edit is not None:
+        edit(doc)
+    f = tmp_path / "kyushu.json"
+    f.write_text(json.dumps(doc, indent=2, default=str))
+    return f
+
+
+def test_a_json_config_loads_like_its_yaml(tmp_path: Path) -> None:
+    """JSON is YAML 1.2: a generated JSON file gives the same validated config."""
+    f = _kyushu_as_json(tmp_path)
+    assert load_config(f).config == load_config(ROOT / "config" / "kyushu.yaml").config
+
+
+def test_a_json_config_with_a_duplicate_key_is_refused_naming_its_line(tmp_path: Path) -> None:
+    from agent.errors import ConfigError
+
+    f = _kyushu_as_json(tmp_path)
+    text = f.read_text().replace('"site": "kyushu",', '"site": "kyushu",\n  "site": "other",', 1)
+    f.write_text(text)
+    line = text.splitlines().index('  "site": "other",') + 1
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(err.value) == f"{f}:{line}: site: duplicate key (each key may appear once)"
+
+
+def test_a_bad_value_in_a_json_config_names_its_line_and_key(tmp_path: Path) -> None:
+    from agent.errors import ConfigError
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["lines"][1]["target_per_hour"] = -5
+
+    f = _kyushu_as_json(tmp_path, edit)
+    line = next(i for i, ln in enumerate(f.read_text().splitlines(), 1) if '"target_per_hour": -5' in ln)
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(err.value).startswith(f"{f}:{line}: lines.1.target_per_hour: ")
