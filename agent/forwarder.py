@@ -8,8 +8,9 @@ code. Order of service on each pass:
 
 1. live records first: those whose ``window_end`` is within one window of now;
 2. then the backlog in id order (commit order, hence ``seq`` order per line), one batch
-   at a time, checking for new live records between batches, so a long replay never
-   holds the current windows back by more than about one batch.
+   (100 records) at a time, checking for new live records between batches, so a long
+   replay never holds the current windows back by more than one small batch (a batch is
+   handed to the connection at once, and a live window queues behind it).
 
 Publishes are pipelined: a whole batch is handed to the publisher at once, which keeps
 up to its in-flight cap outstanding and awaits the acknowledgements concurrently; the
@@ -75,6 +76,11 @@ class Channel(Protocol):
         ...
 
 
+def _unconfigured(row: OutboxRecord) -> PublishRefused:
+    # records of a format no longer configured stay, parked and alarmed, never dropped
+    return PublishRefused(row.topic, 0x80, f"output format {row.format!r} is not configured")
+
+
 class _Outcome(Enum):
     EMPTY = "empty"
     REFUSED = "refused"
@@ -87,7 +93,7 @@ class Forwarder:
     def __init__(self, store: Store, publisher: Channel, *, interval_s: float,
                  on_alarm: Callable[[str, str], None],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 batch: int = 500, publish_timeout_s: float = 30.0,
+                 batch: int = 100, publish_timeout_s: float = 30.0, live_limit: int = 1_000,
                  formats: Mapping[str, OutputFormat] | None = None,
                  only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
         self._store = store
@@ -101,6 +107,8 @@ class Forwarder:
         self._on_alarm = on_alarm
         self._clock = clock
         self._batch = batch
+        # the newest records looked at for live ones: a window's records in one read
+        self._live_limit = live_limit
         self._publish_timeout_s = publish_timeout_s
         self._wake = asyncio.Event()
         self._refusal: str | None = None  # message of the active publish_refused alarm
@@ -171,7 +179,7 @@ class Forwarder:
         return _Outcome.EMPTY
 
     async def _live(self, skip: set[int]) -> list[OutboxRecord]:
-        newest = await self._store.pending(self._batch, oldest_first=False, only=self._only,
+        newest = await self._store.pending(self._live_limit, oldest_first=False, only=self._only,
                                              exclude=self._exclude)
         now = self._clock()
         live = [r for r in newest if r.id not in skip and now - r.window_end <= self._interval]
@@ -197,8 +205,7 @@ class Forwarder:
                 probes[row.topic] = row
             else:
                 skip.add(row.id)
-        results = await asyncio.gather(
-            *(self._publish(row, now) for row in ready), return_exceptions=True)
+        results = await self._publish_rows(ready, now)
         acked: list[int] = []
         failed: BaseException | None = None
         for row, result in zip(ready, results, strict=True):
@@ -233,11 +240,31 @@ class Forwarder:
             self.sent += 1
         return True
 
+    async def _publish_rows(self, rows: Sequence[OutboxRecord],
+                            now: datetime) -> Sequence[int | BaseException]:
+        """Publish ``rows`` pipelined; each one's reason code or exception, in order."""
+        many = getattr(self._publisher, "publish_many", None)
+        if many is None:  # a channel without batches (the Sparkplug edge node)
+            return await asyncio.gather(*(self._publish(row, now) for row in rows),
+                                        return_exceptions=True)
+        messages: list[tuple[str, bytes, int, bool]] = []
+        unknown: dict[int, PublishRefused] = {}
+        for i, row in enumerate(rows):
+            fmt = self._formats.get(row.format)
+            if fmt is None:
+                unknown[i] = _unconfigured(row)
+                continue
+            payload = fmt.wire(row, historical=now - row.window_end > self._interval)
+            messages.append((row.topic, payload, row.qos, row.retain))
+        results: list[int | BaseException] = await many(messages, timeout=self._publish_timeout_s)
+        for i, exc in sorted(unknown.items()):
+            results.insert(i, exc)
+        return results
+
     async def _publish(self, row: OutboxRecord, now: datetime) -> int:
         fmt = self._formats.get(row.format)
         if fmt is None:
-            # records of a format no longer configured stay, parked and alarmed, never dropped
-            raise PublishRefused(row.topic, 0x80, f"output format {row.format!r} is not configured")
+            raise _unconfigured(row)
         payload = fmt.wire(row, historical=now - row.window_end > self._interval)
         return await self._publisher.publish(row.topic, payload, qos=row.qos, retain=row.retain,
                                              timeout=self._publish_timeout_s)

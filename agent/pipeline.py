@@ -157,8 +157,11 @@ class Agent:
         self._open_sparkplug(formats)
         # the JSON channel drains every format but Sparkplug's (which has its own session)
         plain = {name: fmt for name, fmt in formats.items() if name != "sparkplug"}
+        # the newest records the forwarder reads for live ones: two windows' worth
+        live_limit = max(1_000, 2 * (len(cfg.lines) + 1) + 50)
         self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
                                    on_alarm=self.alarms.on_alarm, clock=self.wall,
+                                   live_limit=live_limit,
                                    formats=plain or {"json": JsonFormat.from_config(cfg)},
                                    exclude=("sparkplug",) if self.sparkplug else ())
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,

@@ -145,6 +145,65 @@ class Publisher:
             if holding:
                 self._release_slots(1)
 
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, int, bool]], *,
+                           timeout: float = 10.0) -> list[int | BaseException]:  # noqa: ASYNC109
+        """Publish ``(topic, payload, qos, retain)`` messages pipelined, in order.
+
+        Each result is what :meth:`publish` would return or raise for that message (the
+        reason code, or the :class:`PublishRefused` / :class:`PublishError`); one
+        ``timeout`` bounds the whole batch, waiting for in-flight slots included. No task
+        or timer per message: the forwarder hands a window's records over in one call.
+        """
+        results: list[int | BaseException | None] = [None] * len(messages)
+        futures: dict[int, asyncio.Future[int]] = {}
+        sent_on: mqtt.Client | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                for i, (topic, payload, qos, retain) in enumerate(messages):
+                    if not self.connected.is_set():
+                        results[i] = PublishError(f"not connected to {self._cfg.host}:{self._cfg.port}")
+                        continue
+                    if qos > 0:
+                        await self._acquire_slot()
+                    client = self._client
+                    if client is None or not self.connected.is_set():
+                        if qos > 0:
+                            self._release_slots(1)
+                        results[i] = PublishError("connection to the broker lost")
+                        continue
+                    info = client.publish(topic, payload, qos=qos, retain=retain)
+                    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        if qos > 0:
+                            self._release_slots(1)
+                        results[i] = PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+                        continue
+                    future: asyncio.Future[int] = loop.create_future()
+                    self._pending[info.mid] = _Pending(topic, future, counted=qos > 0)
+                    futures[i] = future
+                    sent_on = client
+                if futures:
+                    # asyncio.wait never cancels the futures: a timeout leaves them to the
+                    # acknowledgement or to the connection's end
+                    await asyncio.wait(futures.values())
+        except TimeoutError:
+            late = [i for i, f in futures.items() if not f.done()]
+            if late and sent_on is not None and sent_on is self._client:
+                log.warning("no acknowledgement for %d message(s) within %g s: reconnecting",
+                            len(late), timeout)
+                sent_on.disconnect()
+            for i, (topic, *_rest) in enumerate(messages):
+                if results[i] is None and (i not in futures or not futures[i].done()):
+                    results[i] = PublishError(f"no acknowledgement for {topic} within {timeout} s")
+        out: list[int | BaseException] = []
+        for i, result in enumerate(results):
+            if result is None:
+                future = futures[i]
+                exc = future.exception()
+                result = exc if exc is not None else future.result()
+            out.append(result)
+        return out
+
     async def _acquire_slot(self) -> None:
         if self.inflight < self._limit and not self._waiters:
             self.inflight += 1

@@ -262,3 +262,48 @@ async def test_tls_without_client_certificate_is_refused_by_broker(
     pub = await publishers(broker.url, tls=TlsConfig(ca_file=tls_certs.ca_cert), wait=False)
     await wait_until(lambda: pub.last_error is not None)
     assert not pub.connected.is_set()
+
+
+async def test_publish_many_returns_each_result_in_order(mosquitto_factory: BrokerFactory,
+                                                         mqtt_subscriber: SubscriberFactory,
+                                                         publishers: Any) -> None:
+    """A batch: every message's reason code or refusal, in the order given; slots respected."""
+    broker = mosquitto_factory(acl="topic readwrite allowed/#\n")
+    sub = mqtt_subscriber(broker, "allowed/#")
+    pub = await publishers(broker.url, max_inflight=3)
+    messages = [(f"allowed/{i}", b"%d" % i, 1, False) for i in range(10)]
+    results = await pub.publish_many(messages)
+    assert results == [0] * 10
+    got = await sub.wait_for(lambda m: len(m) >= 10)
+    assert [m.payload for m in got] == [b"%d" % i for i in range(10)]
+    assert pub.inflight == 0
+    # a refused message is reported in its place (Mosquitto then drops the connection:
+    # what was sent after it fails as lost or is acknowledged, never silently dropped)
+    results = await pub.publish_many([("allowed/a", b"a", 1, False), ("denied/x", b"x", 1, False)])
+    assert results[0] == 0
+    assert isinstance(results[1], PublishRefused)
+    assert results[1].reason_code == 0x87
+    await wait_until(lambda: pub.inflight == 0)
+
+
+async def test_publish_many_times_out_as_a_batch(mosquitto: MosquittoBroker,
+                                                publishers: Any) -> None:
+    pub = await publishers(mosquitto.url)
+    mosquitto.freeze()
+    try:
+        results = await pub.publish_many([("a/b", b"x", 1, False), ("a/c", b"y", 1, False)],
+                                         timeout=0.3)
+    finally:
+        mosquitto.thaw()
+    assert all(isinstance(r, PublishError) and "within 0.3 s" in str(r) for r in results)
+    await wait_until(lambda: pub.inflight == 0)
+    # the publisher dropped the connection rather than let paho re-send: it comes back
+    await asyncio.wait_for(pub.connected.wait(), 10)
+    assert await pub.publish("a/b", b"z", qos=1) in (0, 0x10)
+
+
+async def test_publish_many_when_not_connected_fails_every_message(publishers: Any) -> None:
+    pub = await publishers("mqtt://127.0.0.1:1", wait=False)
+    results = await pub.publish_many([("a/b", b"x", 1, False), ("a/c", b"y", 0, False)])
+    assert [type(r) for r in results] == [PublishError, PublishError]
+    assert pub.inflight == 0

@@ -26,6 +26,7 @@ Definitions:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -41,6 +42,12 @@ SEARCH_DAYS = 400
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+@functools.lru_cache(maxsize=64)
+def _period_key(name: str | None, start: datetime) -> str:
+    # asked for by every line every window: formatted once per period
+    return f"{name or 'off'}@{start.isoformat()}"
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     """A shift instance, or the off-shift gap between two (``name`` None)."""
@@ -54,7 +61,7 @@ class Period:
     @property
     def key(self) -> str:
         """Stable identity of this period (shift totals reset when it changes)."""
-        return f"{self.name or 'off'}@{self.start.isoformat()}"
+        return _period_key(self.name, self.start)
 
     @property
     def planned_seconds(self) -> float:

@@ -71,6 +71,8 @@ def allocate(weights: Sequence[float], total: int) -> list[int]:
     n = len(weights)
     if n == 0 or total <= 0:
         return [0] * n
+    if n == 1:
+        return [total]  # one segment (a line in one state all window): the common case
     exact = [Fraction(max(w, 0.0)) for w in weights]
     whole = sum(exact)
     if whole == 0:
