@@ -33,7 +33,7 @@ from agent.core.tracker import WindowResult
 from agent.errors import StoreError
 from agent.lines import LineBoard
 from agent.outputs import OutputFormat, WindowOutputs, make_formats
-from agent.payloads import LineOutput, ShiftReport, encode
+from agent.payloads import LinePayload, ShiftReport, encode
 from agent.status import Alarms
 from agent.store import LineState, NewRecord, Store, StoredReport, StoredState
 
@@ -149,7 +149,7 @@ class WindowCloser:
     def _window(self, results: dict[str, WindowResult], start: datetime, end: datetime) -> _Pending:
         """Build the window's payloads once, then every output format's records."""
         lines: list[LineState] = []
-        outputs: list[LineOutput] = []
+        outputs: list[LinePayload] = []
         ended: list[tuple[LineConfig, LineWindow]] = []
         reports: list[ShiftReport] = []
         wall, mono = self.wall(), self.mono()

@@ -149,7 +149,7 @@ class Plant:
 
     def check_window(self, line: LineConfig, w: LineWindow, planned: int, want_planned: int,
                      key: str, offline: bool) -> None:
-        out = w.output
+        out = w.output.model()
         t = out.time
         assert t is not None
         ms = {k: round(v * 1000) for k, v in t.down_s.items()}

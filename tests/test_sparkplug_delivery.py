@@ -18,7 +18,7 @@ from agent.forwarder import Forwarder
 from agent.outputs.base import WindowOutputs
 from agent.outputs.sparkplug.format import SparkplugFormat
 from agent.outputs.sparkplug.node import EdgeNode
-from agent.payloads import DayTotals, LineOutput, PlantOutput, ShiftTotals, StateSeconds
+from agent.payloads import DayTotals, LineOutput, LinePayload, PlantOutput, ShiftTotals, StateSeconds
 from agent.store import Store
 from tests.agentrig import Run, two_plcs, wait_until, write_yaml
 from tests.sparkplug_rig import HOST, Host, births, node, sessions, sparkplug_config, wait_node
@@ -93,7 +93,7 @@ def _window(i: int, start: datetime, epoch: int, line_id: str = "kei") -> Window
         units_today=i + 1, units_year_to_date=i + 1, target_today=100.0, capacity_per_year=500_000,
         planned_utilization=0.8, utilization=0.5, projected_year=1000.0, lines={line_id: 1},
         quality="good")
-    return WindowOutputs(begin, end, [line], plant)
+    return WindowOutputs(begin, end, [LinePayload.of(line)], plant)
 
 
 async def test_seq_wraps_from_255_to_0_without_a_gap(

@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from agent.config import Config, LineConfig, PlantConfig
 from agent.core.calendar import Period, ShiftCalendar
@@ -58,15 +58,12 @@ from agent.core.oee import figures as figures_of
 from agent.core.totals import LineTotals, PlantTotals
 from agent.core.tracker import WindowResult
 from agent.payloads import (
-    DayTotals,
+    OUTPUT_SCHEMA,
     LineOutput,
+    LinePayload,
     PlantOutput,
-    SecondCounter,
     ShiftRef,
     ShiftReport,
-    ShiftTotals,
-    StateSeconds,
-    WindowTime,
 )
 
 __all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter", "year_figures"]
@@ -91,7 +88,7 @@ class _WindowCalendar:
 class LineWindow:
     """A line's window: its payload, its new totals and, at a shift's end, its report."""
 
-    output: LineOutput
+    output: LinePayload
     totals: LineTotals
     #: the reports of the shift instances this window ended, each with the accumulator it
     #: was built from (the plant's report sums them)
@@ -144,7 +141,7 @@ class Reporter:
                     historical: bool = False) -> tuple[LineOutput, LineTotals]:
         """The ``R/lines/<line>/output`` payload and the line's new totals."""
         w = self.line_window(line, result, start, end, totals, epoch=epoch, historical=historical)
-        return w.output, w.totals
+        return w.output.model(), w.totals
 
     def line_window(self, line: LineConfig, result: WindowResult, start: datetime,
                     end: datetime, totals: LineTotals, *, epoch: int = 0,
@@ -200,32 +197,34 @@ class Reporter:
         day_fig = figures_of(day_acc, cats, **measured)
 
         shift_target = rate * period_planned / 3600.0
-        out = LineOutput(
-            site=self.cfg.site, line=line.id, product=line.product, epoch=epoch, seq=totals.seq + 1,
-            window_start=start, window_end=end, units=result.units,
-            rate_per_hour=_r(result.units * 3600.0 / window_s),
-            target_per_hour=_r(target_units * 3600.0 / window_s),
-            attainment=_r(result.units / target_units, 4) if target_units > 0 else None,
-            shift=ShiftTotals(name=period.name, units=shift_units, target=_r(shift_target),
-                              projected=_r(projected), downtime_s=_r(downtime),
-                              availability=_r4(shift_fig.availability),
-                              performance=_r4(shift_fig.performance),
-                              quality=_r4(shift_fig.quality), oee=_r4(shift_fig.oee),
-                              quality_measured=shift_fig.quality_measured),
-            day=DayTotals(date=day, units=day_units,
-                          target=_r(rate * figures.day_planned / 3600.0),
-                          availability=_r4(day_fig.availability),
-                          performance=_r4(day_fig.performance),
-                          quality=_r4(day_fig.quality), oee=_r4(day_fig.oee)),
-            state_seconds=StateSeconds(**{k: _r(v) for k, v in result.state_seconds.items()}),
-            quality=cast(QualityName, quality),
-            events=cast(Any, events),
-            counter=result.counter, tags=dict(result.tags), reason=result.reason,
-            rejects=rejects if role is not None else None,
-            total=result.units + rejects if role is not None else None,
-            time=_window_time(result), second_counter=_second(result),
-            historical=historical,
-        )
+        # the payload's fields by alias in the model's order, without validating them
+        # again (LinePayload: its JSON equals the model's, tests/test_payloads_fast.py)
+        out = LinePayload({
+            "schema": OUTPUT_SCHEMA, "site": self.cfg.site, "line": line.id,
+            "product": line.product, "epoch": epoch, "seq": totals.seq + 1,
+            "window_start": start, "window_end": end, "units": result.units,
+            "rate_per_hour": _r(result.units * 3600.0 / window_s),
+            "target_per_hour": _r(target_units * 3600.0 / window_s),
+            "attainment": _r(result.units / target_units, 4) if target_units > 0 else None,
+            "shift": {"name": period.name, "units": shift_units, "target": _r(shift_target),
+                      "projected": _r(projected), "downtime_s": _r(downtime),
+                      "availability": _r4(shift_fig.availability),
+                      "performance": _r4(shift_fig.performance),
+                      "quality": _r4(shift_fig.quality), "oee": _r4(shift_fig.oee),
+                      "quality_measured": shift_fig.quality_measured},
+            "day": {"date": day, "units": day_units,
+                    "target": _r(rate * figures.day_planned / 3600.0),
+                    "availability": _r4(day_fig.availability),
+                    "performance": _r4(day_fig.performance),
+                    "quality": _r4(day_fig.quality), "oee": _r4(day_fig.oee)},
+            "state_seconds": _state_seconds(result.state_seconds),
+            "quality": quality, "events": events, "counter": result.counter,
+            "tags": _tags(result.tags), "reason": result.reason,
+            "rejects": rejects if role is not None else None,
+            "total": result.units + rejects if role is not None else None,
+            "time": _window_time(result), "second_counter": _second(result),
+            "historical": historical,
+        })
         year_units = (0 if totals.year != day.year else totals.year_units) + result.units
         new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
                       shift_downtime_s=downtime, day=day, day_units=day_units,
@@ -295,7 +294,7 @@ class Reporter:
                                     target=target, categories=self._categories))
         return out
 
-    def plant_output(self, outputs: Sequence[LineOutput], start: datetime, end: datetime,
+    def plant_output(self, outputs: Sequence[LinePayload | LineOutput], start: datetime, end: datetime,
                      totals: PlantTotals, *, epoch: int = 0,
                      historical: bool = False) -> tuple[PlantOutput, PlantTotals]:
         """The ``R/plant/output`` payload and the plant's new totals."""
@@ -316,7 +315,7 @@ class Reporter:
         out = PlantOutput(
             site=self.cfg.site, epoch=epoch, seq=totals.seq + 1, window_start=start, window_end=end,
             units=units, units_today=today, units_year_to_date=ytd,
-            target_today=_r(sum(o.day.target for o in outputs)),
+            target_today=_r(sum(_day_target(o) for o in outputs)),
             capacity_per_year=plant.capacity_per_year,
             planned_utilization=plant.planned_utilization,
             utilization=_r(utilization, 4), projected_year=_r(projected),
@@ -355,30 +354,46 @@ def _seconds(start: datetime, end: datetime) -> float:
 
 
 def _r(x: float, digits: int = 3) -> float:
-    return round(x, digits)
+    return round(float(x), digits)
 
 
 def _r4(x: float | None) -> float | None:
-    return None if x is None else round(x, 4)
+    return None if x is None else round(float(x), 4)
+
+
+def _day_target(o: LinePayload | LineOutput) -> float:
+    return o.day_target if isinstance(o, LinePayload) else o.day.target
+
+
+_STATES = ("running", "stopped", "faulted", "unknown")
+
+
+def _state_seconds(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: _r(seconds.get(k, 0.0)) for k in _STATES}
+
+
+def _tags(tags: dict[str, int | float | None]) -> dict[str, int | float | None]:
+    # as the model's int | float | None: a boolean is its integer
+    return {k: int(v) if isinstance(v, bool) else v for k, v in tags.items()}
 
 
 def _s(ms: int) -> float:
     return round(ms / 1000, 3)
 
 
-def _window_time(result: WindowResult) -> WindowTime:
+def _window_time(result: WindowResult) -> dict[str, Any]:
     t = result.time
-    return WindowTime(
-        planned_s=_s(t.planned_ms), run_s=_s(t.run_ms), minor_stop_s=_s(t.minor_ms),
-        down_s={r: _s(ms) for r, ms in sorted(t.down_ms.items())}, unknown_s=_s(t.unknown_ms),
-        unknown_values={str(k): _s(ms) for k, ms in sorted(t.unknown_values.items())},
-        stops=dict(sorted(t.stops.items())), minor_stops=t.minor_stops,
-        reclassified_s={r: _s(ms) for r, ms in sorted(t.reclassified_ms.items())})
+    return {
+        "planned_s": _s(t.planned_ms), "run_s": _s(t.run_ms), "minor_stop_s": _s(t.minor_ms),
+        "down_s": {r: _s(ms) for r, ms in sorted(t.down_ms.items())}, "unknown_s": _s(t.unknown_ms),
+        "unknown_values": {str(k): _s(ms) for k, ms in sorted(t.unknown_values.items())},
+        "stops": dict(sorted(t.stops.items())), "minor_stops": t.minor_stops,
+        "reclassified_s": {r: _s(ms) for r, ms in sorted(t.reclassified_ms.items())}}
 
 
-def _second(result: WindowResult) -> SecondCounter | None:
+def _second(result: WindowResult) -> dict[str, Any] | None:
     s = result.second
     if s is None:
         return None
-    return SecondCounter(role=cast(Any, s.role), units=s.units, counter=s.counter,
-                         quality=cast(QualityName, s.quality), events=cast(Any, list(s.events)))
+    return {"role": s.role, "units": s.units, "counter": s.counter, "quality": s.quality,
+            "events": list(s.events)}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from agent.payloads import LineOutput, PlantOutput, ShiftReport
+from agent.payloads import LinePayload, PlantOutput, ShiftReport
 from agent.store import NewRecord, OutboxRecord
 
 __all__ = ["OutputFormat", "WindowOutputs"]
@@ -23,7 +23,7 @@ class WindowOutputs:
 
     start: datetime
     end: datetime
-    lines: Sequence[LineOutput]
+    lines: Sequence[LinePayload]
     plant: PlantOutput
     shift_reports: Sequence[ShiftReport] = ()
 

@@ -38,7 +38,7 @@ class JsonFormat:
         return cls(cfg.topic_root, cfg.mqtt.qos)
 
     def records(self, window: WindowOutputs) -> list[NewRecord]:
-        out = [NewRecord(topic=f"{self.root}/lines/{o.line}/output", payload=encode(o), qos=self.qos,
+        out = [NewRecord(topic=f"{self.root}/lines/{o.line}/output", payload=o.json, qos=self.qos,
                          retain=False, line=o.line, seq=o.seq, window_end=window.end)
                for o in window.lines]
         out.append(NewRecord(topic=f"{self.root}/plant/output", payload=encode(window.plant),

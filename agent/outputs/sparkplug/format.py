@@ -91,7 +91,7 @@ class SparkplugFormat:
             specs = self.device_specs.get(line.line)
             if specs is None:
                 continue
-            values = line_values(line, specs)
+            values = line_values(line.model(), specs)
             self.latest[line.line] = (values, ts)
             out.append(NewRecord(topic=self.topics.device("DDATA", line.line),
                                  payload=template(specs, values, ts), qos=DATA_QOS, retain=False,
