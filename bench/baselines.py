@@ -3,13 +3,18 @@
 - ``floor``: a bare pymodbus asyncio loop doing what the agent's Modbus side must do at
   the least: one 31-register read (all 30 tags) per PLC per second, and one JSON message
   per line per second published at QoS 1 with paho; no counting, no windows, no outbox.
+- ``floor-uvloop``: the floor's exact code on uvloop's event loop (the agent's loop when
+  uvloop is installed); exits with status 3 if uvloop cannot be imported.
 - ``naive``: what a hand-written script does: one request per tag (the uint32 counter,
   the state word, then the 28 other registers one at a time), 30 requests per PLC per
   cycle, then one message per line. At scale it cannot keep up: a cycle that outlasts
   the second starts the next one at once, and the achieved cycles are reported.
 
 Each PLC has its own task (as in the agent), so one slow PLC does not hold back the
-others. ``SPEC.json``: ``{"ports": {line: port}, "broker": [host, port], "topic_root": R}``.
+others. ``SPEC.json``: ``{"ports": {line: port}, "broker": [host, port], "topic_root": R,
+"publish_s": P}``. With ``publish_s`` above 1 (default 1: every cycle) a PLC's task still
+reads every second but publishes the values it last read only on its first cycle after a
+wall-clock multiple of ``publish_s`` (a window boundary) since its last message.
 SIGUSR1 writes ``STATS.json`` (atomically) with every cycle's wall-clock start and
 duration so far; SIGTERM stops the loop and writes it once more.
 """
@@ -22,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 __all__ = ["main"]
 
+MODES = ("floor", "floor-uvloop", "naive")
 PERIOD_S = 1.0
 REGISTERS = 31  # counter (0-1), state (2), 28 other values (3..30)
 
@@ -63,13 +70,16 @@ async def _read_naive(client: AsyncModbusTcpClient) -> list[int]:
     return out
 
 
-async def _plc_loop(mode: str, line: str, port: int, mq: mqtt.Client, root: str, stats: _Stats) -> None:
+async def _plc_loop(mode: str, line: str, port: int, mq: mqtt.Client, root: str, stats: _Stats,
+                    publish_s: float = PERIOD_S) -> None:
     client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
-    read = _read_floor if mode == "floor" else _read_naive
+    read = _read_naive if mode == "naive" else _read_floor
+    every_cycle = publish_s <= PERIOD_S
     try:
         if not await client.connect():
             raise RuntimeError(f"cannot connect to PLC {line} on port {port}")
         next_start = time.monotonic()
+        last_slot = int(time.time() // publish_s)  # the window of the last message (or of the start)
         while True:
             start = time.monotonic()
             wall = time.time()
@@ -78,11 +88,14 @@ async def _plc_loop(mode: str, line: str, port: int, mq: mqtt.Client, root: str,
             except Exception:
                 stats.errors += 1
             else:
-                payload = json.dumps({"line": line, "ts": wall,
-                                      "counter": (regs[0] << 16) | regs[1], "state": regs[2],
-                                      "values": regs[3:]})
-                mq.publish(f"{root}/raw/{line}", payload, qos=1)
-                stats.published += 1
+                slot = 0 if every_cycle else int(time.time() // publish_s)
+                if every_cycle or slot != last_slot:
+                    last_slot = slot
+                    payload = json.dumps({"line": line, "ts": wall,
+                                          "counter": (regs[0] << 16) | regs[1], "state": regs[2],
+                                          "values": regs[3:]})
+                    mq.publish(f"{root}/raw/{line}", payload, qos=1)
+                    stats.published += 1
             end = time.monotonic()
             stats.cycles.append((wall, end - start))
             next_start += PERIOD_S
@@ -110,12 +123,13 @@ async def _run(mode: str, spec: dict[str, Any], stats_path: Path) -> None:
 
     def snapshot() -> None:
         tmp = stats_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"mode": mode, "cycles": stats.cycles, "errors": stats.errors,
-                                   "published": stats.published}))
+        tmp.write_text(json.dumps({"mode": mode, "loop": f"{type(loop).__module__}.{type(loop).__name__}",
+                                   "cycles": stats.cycles, "errors": stats.errors, "published": stats.published}))
         os.replace(tmp, stats_path)
 
     loop.add_signal_handler(signal.SIGUSR1, snapshot)
-    tasks = [asyncio.create_task(_plc_loop(mode, line, int(p), mq, spec["topic_root"], stats))
+    publish_s = float(spec.get("publish_s", PERIOD_S))
+    tasks = [asyncio.create_task(_plc_loop(mode, line, int(p), mq, spec["topic_root"], stats, publish_s))
              for line, p in sorted(spec["ports"].items())]
     try:
         await stop.wait()
@@ -130,9 +144,18 @@ async def _run(mode: str, spec: dict[str, Any], stats_path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     mode, spec_path, stats_path = argv
-    if mode not in ("floor", "naive"):
-        raise SystemExit(f"mode must be floor or naive, not {mode!r}")
-    asyncio.run(_run(mode, json.loads(Path(spec_path).read_text()), Path(stats_path)))
+    if mode not in MODES:
+        raise SystemExit(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if mode == "floor-uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print("floor-uvloop: uvloop is not installed", file=sys.stderr)
+            return 3
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(_run(mode, json.loads(Path(spec_path).read_text()), Path(stats_path)))
     return 0
 
 

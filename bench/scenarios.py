@@ -3,10 +3,15 @@
 Everything runs on the same simulated PLCs and the same broker, one measured process at
 a time, so each sees the same load from the farm and Mosquitto (which share the machine's
 cores with it: their CPU is reported alongside as context).
+
+A scenario has a window length (``Settings.window_s``, or ``run_scale(..., window_s=)``):
+1 s by default; with longer windows (the production 60 s) the agent is measured over at
+least two window boundaries and the floor is the only baseline, publishing once per window.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -23,12 +28,20 @@ from bench.measure import cpu_percent, cpu_sample, rss_mb, summary
 from bench.procs import Child, wait_for, wait_json
 from bench.profiling import summarise
 
-__all__ = ["Farm", "Settings", "measure_agent", "run_scale", "start_farm", "window_latencies"]
+__all__ = ["Farm", "Settings", "measure_agent", "measured_s", "run_scale", "start_farm", "window_boundaries",
+           "window_latencies"]
+
+#: the Python baselines (bench/baselines.py), in the order they run
+PY_BASELINES = ("floor", "floor-uvloop", "naive")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How long to measure and what to compare; ``workdir`` holds every file of the run."""
+    """How long to measure and what to compare; ``workdir`` holds every file of the run.
+
+    ``window_s`` is the scenario's window length (``publish.interval_s``); ``long_window_s``
+    and ``long_window_plcs``: the long-window scenarios of the run (``--long-windows``).
+    """
 
     workdir: Path
     duration_s: float = 60.0
@@ -39,6 +52,9 @@ class Settings:
     nodered_dir: Path | None = None
     profile_plcs: tuple[int, ...] = ()
     profile_s: float = 30.0
+    window_s: int = 1
+    long_window_s: int = 60
+    long_window_plcs: tuple[int, ...] = ()
     nodered: dict[str, Any] = field(default_factory=dict)  # the install's outcome, filled once
 
 
@@ -80,6 +96,21 @@ def _parse_ts(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def window_boundaries(t0: float, t1: float, window_s: float) -> int:
+    """Window ends in (t0, t1]: the multiples of ``window_s`` since the Unix epoch.
+
+    The agent aligns windows to local midnight; in the benchmark's UTC that is the epoch's
+    grid whenever ``window_s`` divides 86,400 (the config requires it to divide 3,600).
+    """
+    return math.floor(t1 / window_s) - math.floor(t0 / window_s)
+
+
+def measured_s(base_s: float, window_s: float) -> float:
+    """How long to measure with ``window_s`` windows: ``base_s``, or longer for windows above 1 s
+    so the interval spans at least two window boundaries."""
+    return base_s if window_s <= 1 else max(base_s, 2 * window_s + 10)
+
+
 def window_latencies(arrivals: list[Arrival], t0: float, t1: float) -> tuple[list[float], int]:
     """Window-to-subscriber latencies of windows ending in (t0, t1], and how many arrived."""
     out: list[float] = []
@@ -102,7 +133,8 @@ def measure_agent(farm: Farm, broker: Broker, sub: Subscriber, s: Settings, tag:
     d.mkdir(parents=True, exist_ok=True)
     modbus_ports = {k: int(v) for k, v in farm.info["modbus"].items()}
     opcua = farm.info.get("opcua")
-    cfg = agent_config(modbus_ports=modbus_ports, opcua=opcua, broker_url=broker.url, state_db=d / "state.db")
+    cfg = agent_config(modbus_ports=modbus_ports, opcua=opcua, broker_url=broker.url, state_db=d / "state.db",
+                       interval_s=s.window_s)
     n_lines = len(cfg["lines"])
     cfg_path = write_config(d / "agent.yaml", cfg)
     stats_path = d / "agent-stats.json"
@@ -111,7 +143,8 @@ def measure_agent(farm: Farm, broker: Broker, sub: Subscriber, s: Settings, tag:
     child = Child.python("agent", "bench.agentproc", args, d)
     try:
         # running: a full window (every line and the plant) has reached the subscriber
-        wait_for(lambda: sub.count() >= n_lines + 1, 120, "the agent's first window arrives", child=child)
+        wait_for(lambda: sub.count() >= n_lines + 1, 120 + 2 * s.window_s, "the agent's first window arrives",
+                 child=child)
         time.sleep(s.warmup_s)
         sub.take()
         tr0, reads0 = farm.reads_at() if modbus_ports else (0.0, 0)
@@ -136,13 +169,14 @@ def measure_agent(farm: Farm, broker: Broker, sub: Subscriber, s: Settings, tag:
         code = child.stop(grace_s=30)
         stop_s = time.monotonic() - stopping
     lat, received = window_latencies(arrivals, t0, t1)
-    windows = math.floor(t1) - math.floor(t0)
+    windows = window_boundaries(t0, t1, s.window_s)
     polls: dict[str, list[list[float]]] = stats.get("polls", {})
     durations = [dur for src in polls.values() for (w, dur) in src if t0 <= w <= t1]
     per_source = {sid: sum(1 for (w, _) in src if t0 <= w <= t1) for sid, src in polls.items()}
     expected = math.floor(s.duration_s)
     return {
         "lines": n_lines,
+        "window_s": s.window_s,
         "sources": len(polls),
         "exit_code": code,
         "sigterm_to_exit_s": round(stop_s, 1),
@@ -175,13 +209,14 @@ def _snapshot(child: Child, path: Path) -> dict[str, Any]:
 
 
 def measure_baseline(mode: str, farm: Farm, broker: Broker, s: Settings, tag: str) -> dict[str, Any]:
-    """Run the floor or the naive poller on the farm; CPU, RSS and the cycles it achieved."""
+    """Run a Python baseline (floor, floor-uvloop, naive) on the farm; CPU, RSS and the cycles it
+    achieved. It publishes once per ``s.window_s`` per line (every cycle with 1 s windows)."""
     d = s.workdir / tag
     d.mkdir(parents=True, exist_ok=True)
     ports = {k: int(v) for k, v in farm.info["modbus"].items()}
     spec = d / f"{mode}-spec.json"
     spec.write_text(json.dumps({"ports": ports, "broker": [broker.host, broker.port],
-                                "topic_root": f"bench/{mode}"}))
+                                "topic_root": f"bench/{mode}", "publish_s": s.window_s}))
     stats_path = d / f"{mode}-stats.json"
     child = Child.python(mode, "bench.baselines", [mode, str(spec), str(stats_path)], d)
     try:
@@ -201,6 +236,7 @@ def measure_baseline(mode: str, farm: Farm, broker: Broker, s: Settings, tag: st
         child.stop()
     cycles = [dur for (w, dur) in stats["cycles"] if t0 <= w <= t1]
     return {
+        "publish_s": s.window_s,
         "cpu_pct": round(cpu_percent(c0, c1), 2),
         "peak_rss_mb": round(mem.get("VmHWM", math.nan), 1),
         "rss_mb": round(mem.get("VmRSS", math.nan), 1),
@@ -209,6 +245,7 @@ def measure_baseline(mode: str, farm: Farm, broker: Broker, s: Settings, tag: st
         "cycle_overruns": sum(1 for dur in cycles if dur > 1.0),
         "modbus_requests_per_s": round((reads1 - reads0) / (t1 - t0), 1),
         "errors": stats.get("errors", 0),
+        "event_loop": stats.get("loop"),
         "context": {"farm_cpu_pct": round(cpu_percent(f0, f1), 1),
                     "broker_cpu_pct": round(cpu_percent(b0, b1), 1)},
     }
@@ -262,33 +299,56 @@ def _ratios(agent: dict[str, Any], base: dict[str, Any]) -> dict[str, float] | N
             "peak_rss": round(agent["peak_rss_mb"] / base["peak_rss_mb"], 2)}
 
 
-def run_scale(name: str, modbus: int, opcua_lines: int, s: Settings) -> dict[str, Any]:
-    """One scale point: the agent, then each baseline that applies, on one farm and broker."""
+def _measure_floor_uvloop(farm: Farm, broker: Broker, s: Settings, tag: str) -> dict[str, Any]:
+    """The floor's code on uvloop's loop; skipped (not an error) where uvloop is not installed."""
+    if importlib.util.find_spec("uvloop") is None:
+        return {"skipped": "uvloop is not installed"}
+    try:
+        return measure_baseline("floor-uvloop", farm, broker, s, tag)
+    except RuntimeError as exc:
+        return {"skipped": f"floor-uvloop did not run: {str(exc)[:300]}"}
+
+
+def run_scale(name: str, modbus: int, opcua_lines: int, s: Settings, *,
+              window_s: int | None = None) -> dict[str, Any]:
+    """One scale point: the agent, then each baseline that applies, on one farm and broker.
+
+    ``window_s`` (default ``s.window_s``) is the window length. Above 1 s the agent and the
+    floor are measured for at least two window boundaries (:func:`measured_s`), the floor
+    (publishing once per window) is the only baseline and no profile is taken.
+    """
+    w = s.window_s if window_s is None else window_s
+    long = w > 1
+    s = replace(s, window_s=w, duration_s=measured_s(s.duration_s, w), baseline_s=measured_s(s.baseline_s, w))
     farm = start_farm(s.workdir, modbus, opcua_lines)
     broker = Broker(s.workdir / f"broker-{name}")
     sub: Subscriber | None = None
     result: dict[str, Any] = {"name": name, "plcs": modbus, "tags_per_plc": 30 if modbus else 0,
-                              "opcua_items": 2 * opcua_lines}
+                              "opcua_items": 2 * opcua_lines, "window_s": w}
     try:
         broker.start()
         sub = Subscriber(broker, [f"{TOPIC_ROOT}/lines/+/output", f"{TOPIC_ROOT}/plant/output"]).start()
         result["agent"] = measure_agent(farm, broker, sub, s, f"{name}-agent")
         if modbus:
-            for mode in ("floor", "naive"):
-                if mode in s.baselines:
+            for mode in PY_BASELINES:
+                if mode not in s.baselines or (long and mode != "floor"):
+                    continue
+                if mode == "floor-uvloop":
+                    result[mode] = _measure_floor_uvloop(farm, broker, s, f"{name}-{mode}")
+                else:
                     result[mode] = measure_baseline(mode, farm, broker, s, f"{name}-{mode}")
-            if "nodered" in s.baselines and modbus in s.nodered_plcs:
+            if "nodered" in s.baselines and modbus in s.nodered_plcs and not long:
                 try:
                     result["nodered"] = measure_nodered(farm, broker, s, f"{name}-nodered")
                 except RuntimeError as exc:
                     result["nodered"] = {"skipped": f"Node-RED did not run: {str(exc)[:300]}"}
-        if modbus in s.profile_plcs:
+        if modbus in s.profile_plcs and not long:
             prof = s.workdir / f"{name}-profile" / "agent.prof"
             prof.parent.mkdir(parents=True, exist_ok=True)
             quick = replace(s, duration_s=s.profile_s)
             measured = measure_agent(farm, broker, sub, quick, f"{name}-profile", profile=prof)
             result["profile"] = {"cpu_pct_under_profiler": measured["cpu_pct"], **summarise(prof)}
-        result["ratios"] = {b: r for b in ("floor", "naive", "nodered") if b in result
+        result["ratios"] = {b: r for b in (*PY_BASELINES, "nodered") if b in result
                             and (r := _ratios(result["agent"], result[b])) is not None}
     finally:
         if sub is not None:
