@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything plantfloor needs on a fresh machine: a virtual environment with the
 # project and its test tools, and (for the tests) the Mosquitto broker binary.
-#   scripts/bootstrap.sh          the virtual environment only (enough for the demo)
+#   scripts/bootstrap.sh          the virtual environment only (enough for the demo; with uvloop)
 #   scripts/bootstrap.sh --test   also Mosquitto, which the integration tests start on free ports
 #                                 (and PostgreSQL's binaries, for the roll-up's tests)
 set -euo pipefail
@@ -46,6 +46,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,uvloop]"
   touch "$stamp"
 fi
