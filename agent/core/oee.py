@@ -81,7 +81,10 @@ class Acc:
         Minor-stop time that became downtime of a reason (``reclassified_ms``) moves from
         minor stops to the reason, never more than this accumulator holds as minor.
         """
-        down = _plus(self.down_ms, split.down_ms)
+        # the dicts are never changed in place: one without news is shared, not copied
+        down = self.down_ms
+        if split.down_ms or split.reclassified_ms:
+            down = _plus(down, split.down_ms)
         minor = self.minor_ms + split.minor_ms
         for reason, ms in split.reclassified_ms.items():
             move = min(ms, minor)
@@ -93,9 +96,10 @@ class Acc:
             minor_ms=minor, unknown_ms=self.unknown_ms + split.unknown_ms,
             covered_ms=self.covered_ms + (split.planned_ms if covered else 0),
             minor_stops=self.minor_stops + split.minor_stops, down_ms=down,
-            stops=_plus(self.stops, split.stops),
-            unknown_values=_plus(self.unknown_values,
-                                 {str(k): v for k, v in split.unknown_values.items()}),
+            stops=_plus(self.stops, split.stops) if split.stops else self.stops,
+            unknown_values=(_plus(self.unknown_values,
+                                  {str(k): v for k, v in split.unknown_values.items()})
+                            if split.unknown_values else self.unknown_values),
             good=self.good + good, rejects=self.rejects + rejects,
             ideal_s=self.ideal_s + ideal_cycle_s * total,
             ideal_good_s=self.ideal_good_s + ideal_cycle_s * good)

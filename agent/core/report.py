@@ -226,14 +226,15 @@ class Reporter:
             "historical": historical,
         })
         year_units = (0 if totals.year != day.year else totals.year_units) + result.units
-        new = replace(totals, seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
-                      shift_downtime_s=downtime, day=day, day_units=day_units,
-                      last_window_end=end, year=day.year, year_units=year_units,
-                      shift_acc=shift_acc, day_acc=day_acc, count_carry=carry,
-                      shift_name=period.name, shift_start=period.start, shift_end=period.end,
-                      shift_date=period.production_date, shift_target=shift_target,
-                      shift_planned_ms=figures.period_planned_ms,
-                      shift_reported=False if new_shift else totals.shift_reported)
+        # every field given (dataclasses.replace would look each one up again)
+        new = LineTotals(seq=totals.seq + 1, shift_key=period.key, shift_units=shift_units,
+                         shift_downtime_s=downtime, day=day, day_units=day_units,
+                         last_window_end=end, year=day.year, year_units=year_units,
+                         shift_name=period.name, shift_start=period.start, shift_end=period.end,
+                         shift_date=period.production_date,
+                         shift_planned_ms=figures.period_planned_ms, shift_target=shift_target,
+                         shift_reported=False if new_shift else totals.shift_reported,
+                         shift_acc=shift_acc, day_acc=day_acc, count_carry=carry)
         reports: list[tuple[ShiftReport, Acc]] = []
         if unreported is not None:
             # a shift instance that ended without a window reaching its end (a calendar
@@ -369,12 +370,15 @@ _STATES = ("running", "stopped", "faulted", "unknown")
 
 
 def _state_seconds(seconds: dict[str, float]) -> dict[str, float]:
-    return {k: _r(seconds.get(k, 0.0)) for k in _STATES}
+    return {k: round(float(v), 3) if (v := seconds.get(k)) else 0.0 for k in _STATES}
 
 
 def _tags(tags: dict[str, int | float | None]) -> dict[str, int | float | None]:
-    # as the model's int | float | None: a boolean is its integer
-    return {k: int(v) if isinstance(v, bool) else v for k, v in tags.items()}
+    out = dict(tags)  # the tracker's dict goes on changing
+    if bool in map(type, out.values()):
+        # as the model's int | float | None: a boolean is its integer
+        out = {k: int(v) if isinstance(v, bool) else v for k, v in out.items()}
+    return out
 
 
 def _s(ms: int) -> float:
@@ -385,10 +389,15 @@ def _window_time(result: WindowResult) -> dict[str, Any]:
     t = result.time
     return {
         "planned_s": _s(t.planned_ms), "run_s": _s(t.run_ms), "minor_stop_s": _s(t.minor_ms),
-        "down_s": {r: _s(ms) for r, ms in sorted(t.down_ms.items())}, "unknown_s": _s(t.unknown_ms),
-        "unknown_values": {str(k): _s(ms) for k, ms in sorted(t.unknown_values.items())},
-        "stops": dict(sorted(t.stops.items())), "minor_stops": t.minor_stops,
-        "reclassified_s": {r: _s(ms) for r, ms in sorted(t.reclassified_ms.items())}}
+        "down_s": _seconds_by(t.down_ms), "unknown_s": _s(t.unknown_ms),
+        "unknown_values": {str(k): _s(ms) for k, ms in sorted(t.unknown_values.items())}
+        if t.unknown_values else {},
+        "stops": dict(sorted(t.stops.items())) if t.stops else {}, "minor_stops": t.minor_stops,
+        "reclassified_s": _seconds_by(t.reclassified_ms)}
+
+
+def _seconds_by(ms: dict[str, int]) -> dict[str, float]:
+    return {r: _s(v) for r, v in sorted(ms.items())} if ms else {}
 
 
 def _second(result: WindowResult) -> dict[str, Any] | None:
