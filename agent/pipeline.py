@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ from agent.payloads import StatusPayload, encode
 from agent.publisher import Publisher
 from agent.readings import Reading, SourceHealth
 from agent.sources.base import make_source
-from agent.sources.supervisor import SourceSupervisor
+from agent.sources.supervisor import SourceSupervisor, poll_phase
 from agent.status import Alarms
 from agent.store import Store
 from agent.windows import WindowCloser
@@ -172,7 +173,7 @@ class Agent:
                 make_source(cfg, src_cfg), poll_interval_s=src_cfg.poll_interval_s,
                 backoff_max_s=src_cfg.backoff_max_s,
                 on_readings=functools.partial(self._on_readings, src_cfg.id),
-                on_health=self._on_health)
+                on_health=self._on_health, phase_s=poll_phase(src_cfg.poll_interval_s))
             self.supervisors.append(self.supervisor_of[src_cfg.id])
 
     def _open_sparkplug(self, formats: dict[str, OutputFormat]) -> None:
@@ -214,6 +215,11 @@ class Agent:
         log.info("plantfloor %s on the %s event loop", __version__,
                  type(asyncio.get_running_loop()).__module__.split(".")[0])
         await self._open()
+        # what start-up built (the config's models, the trackers) lives as long as the
+        # agent: out of the collector's sight, a full collection no longer walks it (at
+        # 500 PLCs, some 300,000 objects every few seconds otherwise)
+        gc.collect()
+        gc.freeze()
         assert self.publisher
         assert self.forwarder
         assert self.closer

@@ -16,7 +16,7 @@ from agent.errors import SourceUnavailable
 from agent.readings import Quality, Reading, SourceHealth
 from agent.sources.modbus import ModbusTcpSource
 from agent.sources.modbus_plan import PointRef
-from agent.sources.supervisor import SourceSupervisor, backoff_delay
+from agent.sources.supervisor import SourceSupervisor, backoff_delay, poll_phase
 from tests.test_modbus_source import modbus_cfg
 from tests.waiting import wait_until as wait_for
 
@@ -304,3 +304,33 @@ async def test_network_loss_of_ten_seconds(modbus_plc: Any) -> None:
     assert len(set(sup.backoffs)) > 1                     # jittered
     assert _counter(readings[-1]).value == 10
     assert [h.connected for h in health] == [True, False, True]
+
+
+@pytest.mark.parametrize("start_wall", [1000.3, 1000.9, 1000.5, 1000.0])
+async def test_polls_after_the_first_fall_on_the_phase(start_wall: float) -> None:
+    """With a phase, every poll but the first starts half a second past a wall-clock second,
+    clear of the window boundaries; the first comes at once."""
+    clock = FakeClock()
+    src = ScriptedSource(clock)
+    src.read_cost_s = 0.1
+    base = clock.now
+    sup, _, _ = supervisor(src, poll_interval_s=1.0, clock=clock, sleep=clock.sleep,
+                           phase_s=poll_phase(1.0), wall=lambda: start_wall + clock.now - base)
+    async with running(sup):
+        await wait_for(lambda: sup.polls >= 5)
+    starts = [t - base for t in src.read_starts]
+    assert starts[0] == 0.0
+    assert [round((start_wall + t) % 1.0, 6) for t in starts[1:5]] == [0.5] * 4
+    gaps = [b - a for a, b in zip(starts[1:], starts[2:], strict=False)]
+    assert gaps[:3] == pytest.approx([1.0] * 3)
+    assert 0.5 <= starts[1] <= 1.5   # the first poll keeps its time
+    assert sup.overruns == 0
+
+
+def test_the_phase_stays_clear_of_whole_seconds() -> None:
+    assert poll_phase(1.0) == 0.5
+    assert poll_phase(0.5) == 0.25
+    assert poll_phase(5.0) == 0.5
+    for interval in (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 60.0):
+        phase = poll_phase(interval)
+        assert all((phase + k * interval) % 1.0 != 0 for k in range(50)), interval

@@ -82,6 +82,7 @@ class ShiftCalendar:
         self.holidays = frozenset(holidays)
         self._by_date: dict[date, tuple[Period, ...]] = {}
         self._year_total: dict[int, float] = {}
+        self._whole_days: dict[tuple[int, date], float] = {}
 
     @classmethod
     def from_config(cls, cfg: Config) -> ShiftCalendar:
@@ -242,8 +243,14 @@ class ShiftCalendar:
         # instances of earlier dates ended before t (shifts never overlap), except the
         # ones of the last two days, which are clipped exactly
         recent = max(date(year, 1, 1), pd - timedelta(days=2))
-        total = sum(p.planned_seconds
-                    for p in self._instances(date(year, 1, 1), recent - timedelta(days=1)))
+        total = self._whole_days.get((year, recent))
+        if total is None:
+            # asked for every window: the whole days so far are summed once a day
+            total = sum(p.planned_seconds
+                        for p in self._instances(date(year, 1, 1), recent - timedelta(days=1)))
+            if len(self._whole_days) >= 16:
+                self._whole_days.clear()
+            self._whole_days[(year, recent)] = total
         end = min(pd + timedelta(days=1), date(year, 12, 31))
         for p in self._instances(recent, end):
             if p.production_date.year == year:

@@ -24,9 +24,16 @@ from agent.errors import SourceUnavailable
 from agent.readings import Reading, SourceHealth
 from agent.sources.base import Source
 
-__all__ = ["SourceSupervisor", "backoff_delay"]
+__all__ = ["SourceSupervisor", "backoff_delay", "poll_phase"]
 
 log = logging.getLogger(__name__)
+
+
+def poll_phase(poll_interval_s: float) -> float:
+    """Where in each poll interval (seconds past a multiple of it, wall clock) polls fall,
+    so that they stay clear of window boundaries (whole seconds): half-way through an
+    interval of up to a second, half a second past one otherwise."""
+    return poll_interval_s / 2 if poll_interval_s <= 1 else 0.5
 
 
 def backoff_delay(attempt: int, *, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -50,7 +57,9 @@ class SourceSupervisor:
                  on_health: Callable[[SourceHealth], None],
                  stable_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, backoff_initial_s: float = 0.5,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 phase_s: float | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
         self.source = source
@@ -63,6 +72,10 @@ class SourceSupervisor:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
+        #: with a phase, polls after the first fall on wall-clock instants that are
+        #: ``phase_s`` past a multiple of the interval (:func:`poll_phase`)
+        self._phase_s = phase_s
+        self._wall = wall
         self.polls = 0
         self.overruns = 0
         self.reconnects = 0
@@ -109,6 +122,13 @@ class SourceSupervisor:
         # sources started together poll together: one wake-up serves many of them, which
         # costs about half the CPU of spreading them over the interval (see BENCHMARKS.md)
         scheduled = self._clock()
+        if self._phase_s is not None:
+            # the first poll at once, the next ones on the phase: away from the window
+            # boundaries, so closing a window never waits behind a burst of polls
+            ahead = (self._phase_s - self._wall()) % self.poll_interval_s
+            if ahead < self.poll_interval_s / 2:
+                ahead += self.poll_interval_s  # the first poll needs its time
+            scheduled += ahead - self.poll_interval_s
         while True:
             start = self._clock()
             self.polls += 1
