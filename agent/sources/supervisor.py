@@ -27,6 +27,7 @@ from agent.sources.base import Source
 __all__ = ["SourceSupervisor", "backoff_delay", "poll_phase"]
 
 log = logging.getLogger(__name__)
+_RNG = random.Random()
 
 
 def poll_phase(poll_interval_s: float) -> float:
@@ -70,7 +71,8 @@ class SourceSupervisor:
         self._on_readings = on_readings
         self._on_health = on_health
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        # one generator for every supervisor (a Random holds 2.5 KB of state)
+        self._rng = rng if rng is not None else _RNG
         self._sleep = sleep
         #: with a phase, polls after the first fall on wall-clock instants that are
         #: ``phase_s`` past a multiple of the interval (:func:`poll_phase`)
