@@ -179,9 +179,9 @@ class Forwarder:
         return _Outcome.EMPTY
 
     async def _live(self, skip: set[int]) -> list[OutboxRecord]:
-        newest = await self._store.pending(self._live_limit, oldest_first=False, only=self._only,
-                                             exclude=self._exclude)
         now = self._clock()
+        newest = await self._store.pending(self._live_limit, oldest_first=False, only=self._only,
+                                             exclude=self._exclude, ending_since=now - self._interval)
         live = [r for r in newest if r.id not in skip and now - r.window_end <= self._interval]
         live.reverse()
         return live

@@ -332,16 +332,23 @@ class Store:
 
     async def pending(self, limit: int, *, newer_than_id: int | None = None,
                       oldest_first: bool = True, only: Sequence[str] | None = None,
-                      exclude: Sequence[str] = ()) -> list[OutboxRecord]:
+                      exclude: Sequence[str] = (),
+                      ending_since: datetime | None = None) -> list[OutboxRecord]:
         """Up to ``limit`` unsent records with id > ``newer_than_id``, by id.
 
         ``only``/``exclude`` select records by output format (each output channel drains
-        its own formats).
+        its own formats). ``ending_since`` (newest first only): the records of windows
+        ending at or after it among the newest ``limit`` ids, so that looking for live
+        records during a long replay reads no backlog payloads.
         """
         order = "ASC" if oldest_first else "DESC"
         after = -1 if newer_than_id is None else newer_than_id
         where = "id > ?"
         params: list[object] = [after]
+        if ending_since is not None and not oldest_first:
+            # ISO 8601 in UTC sorts as time does; the id range bounds the scan
+            where += " AND id > (SELECT coalesce(max(id), 0) FROM outbox) - ? AND window_end >= ?"
+            params += [limit, _iso(ending_since)]
         if only is not None:
             where += f" AND format IN ({','.join('?' * len(only))})"
             params += list(only)

@@ -80,6 +80,24 @@ async def test_pending_paging_and_mark_sent(store: Store) -> None:
     assert [r.seq for r in await store.pending(100)] == [5, 6, 7, 8, 9, 10]
 
 
+async def test_live_records_are_read_without_the_backlog(store: Store) -> None:
+    """The newest records of windows ending since a moment, within the newest ids only."""
+    await store.commit_window([rec(i) for i in range(1, 21)], [], None)
+    since = T0 + timedelta(minutes=17)
+    live = await store.pending(10, oldest_first=False, ending_since=since)
+    assert [r.seq for r in live] == [20, 19, 18, 17]
+    # a window just after a second's start sorts after that second (ISO 8601 in UTC)
+    await store.commit_window([NewRecord(topic="p/plant/output", payload=b"{}", qos=1, retain=False,
+                                         line=None, seq=21, window_end=since + timedelta(microseconds=500))],
+                              [], None)
+    assert [r.seq for r in await store.pending(10, oldest_first=False, ending_since=since)][:2] == [21, 20]
+    # only the newest ids are looked at: an old window among them is not read
+    assert [r.seq for r in await store.pending(3, oldest_first=False, ending_since=T0)] == [21, 20, 19]
+    # sent records leave the range
+    await store.mark_sent([r.id for r in live])
+    assert [r.seq for r in await store.pending(10, oldest_first=False, ending_since=since)] == [21]
+
+
 async def test_failing_commit_changes_nothing(store: Store) -> None:
     await store.commit_window([rec(1)], [state("kei-ev", 1)], '{"p":1}')
     bad = LineState(line="kei-ev", totals_json=None)  # type: ignore[arg-type]
