@@ -224,6 +224,7 @@ def resolve_secret_file(path: Path) -> Path:
 class PublishConfig(_Model):
     interval_s: int = Field(60, ge=1, le=3600, description="window length in seconds; must divide 3600; windows align to wall-clock multiples from local midnight")
     status_interval_s: int = Field(60, ge=1, le=3600, description="how often R/status is republished")
+    replay_per_s: int = Field(3000, ge=0, le=1_000_000, description="at most this many backlog records a second while replaying the outbox (live windows go first and are not counted), so that a replay leaves the broker and the subscribers room for the live windows; 0: as fast as the broker acknowledges")
 
     @field_validator("interval_s")
     @classmethod

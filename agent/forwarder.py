@@ -10,7 +10,9 @@ code. Order of service on each pass:
 2. then the backlog in id order (commit order, hence ``seq`` order per line), one batch
    (100 records) at a time, checking for new live records between batches, so a long
    replay never holds the current windows back by more than one small batch (a batch is
-   handed to the connection at once, and a live window queues behind it).
+   handed to the connection at once, and a live window queues behind it). The replay is
+   paced at ``publish.replay_per_s`` records a second (3,000 by default), so that the
+   broker and the subscribers have room for the live windows while it lasts.
 
 Publishes are pipelined: a whole batch is handed to the publisher at once, which keeps
 up to its in-flight cap outstanding and awaits the acknowledgements concurrently; the
@@ -94,6 +96,7 @@ class Forwarder:
                  on_alarm: Callable[[str, str], None],
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  batch: int = 100, publish_timeout_s: float = 30.0, live_limit: int = 1_000,
+                 replay_per_s: int = 0,
                  formats: Mapping[str, OutputFormat] | None = None,
                  only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
         self._store = store
@@ -109,6 +112,7 @@ class Forwarder:
         self._batch = batch
         # the newest records looked at for live ones: a window's records in one read
         self._live_limit = live_limit
+        self._replay_per_s = replay_per_s  # 0: unpaced
         self._publish_timeout_s = publish_timeout_s
         self._wake = asyncio.Event()
         self._refusal: str | None = None  # message of the active publish_refused alarm
@@ -158,6 +162,8 @@ class Forwarder:
         """One pass over the outbox; refused records are skipped for the rest of the pass."""
         skip: set[int] = set()
         cursor: int | None = None
+        loop = asyncio.get_running_loop()
+        paced_since, paced = loop.time(), 0
         while True:
             live = await self._live(skip)
             if live and not await self._send(live, skip):
@@ -170,6 +176,13 @@ class Forwarder:
             rows = [r for r in raw if r.id not in skip]
             if rows and not await self._send(rows, skip):
                 return _Outcome.ERROR
+            paced += len(rows)
+            if self._replay_per_s:
+                ahead = paced / self._replay_per_s - (loop.time() - paced_since)
+                if ahead > 0:
+                    # the replay's pace; a live window committed meanwhile ends the wait
+                    self._wake.clear()
+                    await self._wait_wake(ahead)
         if skip or self._parked:
             return _Outcome.REFUSED
         if self._refusal is not None:

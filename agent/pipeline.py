@@ -162,7 +162,7 @@ class Agent:
         live_limit = max(1_000, 2 * (len(cfg.lines) + 1) + 50)
         self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
                                    on_alarm=self.alarms.on_alarm, clock=self.wall,
-                                   live_limit=live_limit,
+                                   live_limit=live_limit, replay_per_s=cfg.publish.replay_per_s,
                                    formats=plain or {"json": JsonFormat.from_config(cfg)},
                                    exclude=("sparkplug",) if self.sparkplug else ())
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
@@ -190,6 +190,7 @@ class Agent:
         self.sparkplug_forwarder = Forwarder(
             self.store, self.sparkplug, interval_s=self.cfg.publish.interval_s,
             on_alarm=self.alarms.on_alarm, clock=self.wall, formats={"sparkplug": fmt},
+            replay_per_s=self.cfg.publish.replay_per_s,
             only=("sparkplug",))
 
     def _sparkplug_status(self) -> dict[str, object]:

@@ -344,11 +344,12 @@ class Store:
         order = "ASC" if oldest_first else "DESC"
         after = -1 if newer_than_id is None else newer_than_id
         where = "id > ?"
-        params: list[object] = [after]
-        if ending_since is not None and not oldest_first:
-            # ISO 8601 in UTC sorts as time does; the id range bounds the scan
-            where += " AND id > (SELECT coalesce(max(id), 0) FROM outbox) - ? AND window_end >= ?"
-            params += [limit, _iso(ending_since)]
+        params: list[object] = []
+        newest = ending_since is not None and not oldest_first
+        if ending_since is not None and newest:
+            # ISO 8601 in UTC sorts as time does
+            where += " AND window_end >= ?"
+            params.append(_iso(ending_since))
         if only is not None:
             where += f" AND format IN ({','.join('?' * len(only))})"
             params += list(only)
@@ -357,9 +358,15 @@ class Store:
             params += list(exclude)
 
         def read(conn: sqlite3.Connection) -> list[OutboxRecord]:
+            low = after
+            if newest:
+                # one range of the newest ids bounds the scan (a filter alone would walk the
+                # whole backlog when fewer records than the limit are live)
+                top = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
+                low = max(after, top - limit)
             cur = conn.execute(
                 "SELECT id, topic, payload, qos, retain, line, seq, window_end, format FROM outbox"
-                f" WHERE {where} ORDER BY id {order} LIMIT ?", (*params, limit))
+                f" WHERE {where} ORDER BY id {order} LIMIT ?", (low, *params, limit))
             return [
                 OutboxRecord(id=i, topic=t, payload=bytes(p), qos=q, retain=bool(r), line=ln,
                              seq=s, window_end=datetime.fromisoformat(w), format=f)

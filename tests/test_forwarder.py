@@ -90,7 +90,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
 
     async def make(broker: MosquittoBroker, *, interval_s: float = 60.0,
                    clock_now: datetime | None = None, batch: int = 500,
-                   start: bool = True) -> Rig:
+                   start: bool = True, replay_per_s: int = 0) -> Rig:
         store = await Store.open(tmp_path / f"state-{len(rigs)}.db", max_bytes=100_000_000)
         publisher = Publisher(MqttConfig(url=broker.url), client_id=f"fwd-{len(rigs)}",
                               will_topic="plant/status", will_payload=b"offline",
@@ -99,7 +99,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
                   clock_now or datetime.now(UTC))
         rig.forwarder = Forwarder(store, publisher, interval_s=interval_s,
                                   on_alarm=lambda k, m: rig.alarms.append((k, m)),
-                                  clock=rig.clock, batch=batch)
+                                  clock=rig.clock, batch=batch, replay_per_s=replay_per_s)
         rigs.append(rig)
         if start:
             await rig.start()
@@ -227,6 +227,28 @@ async def test_live_windows_overtake_the_backlog(
     assert live_at < last_backlog
     assert msgs[live_at].json()["historical"] is False
     assert all(x.json()["historical"] is True for x in msgs if x.json()["line"] == "kei-ev")
+
+
+async def test_a_paced_replay_lets_live_windows_through_and_finishes(
+        mosquitto: MosquittoBroker, mqtt_subscriber: SubscriberFactory,
+        make_rig: Callable[..., object]) -> None:
+    """publish.replay_per_s: the backlog goes at its pace, a live window committed during it
+    is sent at once, and the replay still ends with every record acknowledged."""
+    sub = mqtt_subscriber(mosquitto, "plant/lines/#")
+    rig: Rig = await make_rig(mosquitto, batch=50, start=False, replay_per_s=500)  # type: ignore[misc]
+    old = rig.now - timedelta(hours=2)
+    for i in range(600):
+        await rig.commit(lines=("kei-ev",), window_end=old + timedelta(seconds=i))
+    await rig.start()
+    await wait_until(lambda: rig.forwarder.sent >= 100)
+    await rig.commit(lines=("rogue",))
+    msgs = await sub.wait_for(all_seen(rig), timeout=60)
+    order = [(x.json()["line"], x.json()["seq"]) for x in msgs]
+    assert order.index(("rogue", 1)) < max(i for i, key in enumerate(order) if key[0] == "kei-ev")
+    kei = [seq for line, seq in order if line == "kei-ev"]
+    assert sorted(set(kei)) == list(range(1, 601))
+    assert kei == sorted(kei)   # the backlog in order
+    await wait_until(lambda: rig.store.backlog == 0)
 
 
 async def test_backlog_replay_rate(mosquitto: MosquittoBroker,
