@@ -18,7 +18,14 @@ from agent.forwarder import Forwarder
 from agent.outputs.base import WindowOutputs
 from agent.outputs.sparkplug.format import SparkplugFormat
 from agent.outputs.sparkplug.node import EdgeNode
-from agent.payloads import DayTotals, LineOutput, LinePayload, PlantOutput, ShiftTotals, StateSeconds
+from agent.payloads import (
+    DayTotals,
+    LineOutput,
+    LinePayload,
+    PlantOutput,
+    ShiftTotals,
+    StateSeconds,
+)
 from agent.store import Store
 from tests.agentrig import Run, two_plcs, wait_until, write_yaml
 from tests.sparkplug_rig import HOST, Host, births, node, sessions, sparkplug_config, wait_node

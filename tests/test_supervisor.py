@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import time
@@ -321,7 +322,7 @@ async def test_polls_after_the_first_fall_on_the_phase(start_wall: float) -> Non
     starts = [t - base for t in src.read_starts]
     assert starts[0] == 0.0
     assert [round((start_wall + t) % 1.0, 6) for t in starts[1:5]] == [0.5] * 4
-    gaps = [b - a for a, b in zip(starts[1:], starts[2:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts[1:])]
     assert gaps[:3] == pytest.approx([1.0] * 3)
     assert 0.5 <= starts[1] <= 1.5   # the first poll keeps its time
     assert sup.overruns == 0
