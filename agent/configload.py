@@ -91,12 +91,13 @@ def _yaml(typ: str) -> YAML:
 def parse_yaml(path: Path) -> tuple[Any, bytes]:
     """The YAML document (round-trip nodes that remember line numbers) and the raw bytes."""
     raw = _read_bounded(path)
-    _check_expansion(_yaml("safe"), raw, str(path))
     return _parse_rt(raw, path), raw
 
 
 def _parse_rt(raw: bytes, path: Path) -> Any:
-    """The round-trip document, every YAML error as one sentence with its line."""
+    """The round-trip document, every YAML error as one sentence with its line; the
+    expansion bounds checked first with the same (pure) parser."""
+    _check_expansion(_yaml("rt"), raw, str(path))
     try:
         doc = _yaml("rt").load(raw)
     except DuplicateKeyError as exc:
@@ -344,11 +345,14 @@ def load_model(path: Path, model: type[M]) -> tuple[M, bytes]:
     A valid file is read once with the safe loader (libyaml's parser when ruamel.yaml.clib
     is there: a 500-PLC file in about a second and a third of the memory of the round-trip
     loader, which keeps every node's position); only a file that fails is read again with
-    the round-trip loader, whose positions name the line of the error.
+    the round-trip loader, whose positions name the line of the error (and a file the two
+    loaders could read differently, :data:`_SLOW_PATH`, is read with it alone).
     """
     raw = _read_bounded(path)
     doc = _json_document(raw)
-    if doc is None:
+    if doc is None and not _SLOW_PATH.search(raw):
+        # libyaml's parser stops at what it cannot read: the count is then incomplete, the
+        # safe load fails as well, and the round-trip path checks the bounds again
         _check_expansion(_yaml("safe"), raw, str(path))
         try:
             doc = _yaml("safe").load(raw)
@@ -365,6 +369,13 @@ def load_model(path: Path, model: type[M]) -> tuple[M, bytes]:
         return model.model_validate(_plain(rt)), raw
     except ValidationError as exc:
         raise validation_error(exc, rt, str(path)) from None
+
+
+#: what the safe loader reads otherwise than the round-trip loader, so such a file takes the
+#: round-trip path only: merge keys (the safe constructor does not refuse a duplicate key in
+#: a mapping with a merge key), a %YAML directive (libyaml reads every file as 1.2), tabs
+#: (libyaml accepts a tab after a colon)
+_SLOW_PATH = re.compile(rb"<<|%YAML|\t")
 
 
 def _json_document(raw: bytes) -> Any:
@@ -391,7 +402,8 @@ def _json_document(raw: bytes) -> Any:
         raise ValueError(f"{constant} is not JSON")
 
     try:
-        return json.loads(raw, object_pairs_hook=unique, parse_constant=refuse)
+        # UTF-8 only (json.loads would take UTF-16 and UTF-32 as well; YAML needs their BOM)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=unique, parse_constant=refuse)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         return None
 

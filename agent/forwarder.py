@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 _ERROR_PAUSE_S = 1.0
 #: first pause before a refused topic is probed again (doubles up to one window)
 _FIRST_PROBE_S = 0.5
+#: the longest wait of a paced replay before live windows are looked for again
+_PACE_SLICE_S = 0.05
 
 
 
@@ -168,6 +170,14 @@ class Forwarder:
             live = await self._live(skip)
             if live and not await self._send(live, skip):
                 return _Outcome.ERROR
+            ahead = (paced / self._replay_per_s - (loop.time() - paced_since)
+                     if self._replay_per_s else 0.0)
+            if ahead > 0:
+                # the replay's pace, in short waits: live windows are looked for after each
+                # (a commit meanwhile ends the wait at once)
+                self._wake.clear()
+                await self._wait_wake(min(ahead, _PACE_SLICE_S))
+                continue
             raw = await self._store.pending(self._batch, newer_than_id=cursor, only=self._only,
                                              exclude=self._exclude)
             if not raw:
@@ -177,12 +187,6 @@ class Forwarder:
             if rows and not await self._send(rows, skip):
                 return _Outcome.ERROR
             paced += len(rows)
-            if self._replay_per_s:
-                ahead = paced / self._replay_per_s - (loop.time() - paced_since)
-                if ahead > 0:
-                    # the replay's pace; a live window committed meanwhile ends the wait
-                    self._wake.clear()
-                    await self._wait_wake(ahead)
         if skip or self._parked:
             return _Outcome.REFUSED
         if self._refusal is not None:

@@ -158,11 +158,9 @@ class Agent:
         self._open_sparkplug(formats)
         # the JSON channel drains every format but Sparkplug's (which has its own session)
         plain = {name: fmt for name, fmt in formats.items() if name != "sparkplug"}
-        # the newest records the forwarder reads for live ones: two windows' worth
-        live_limit = max(1_000, 2 * (len(cfg.lines) + 1) + 50)
         self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
                                    on_alarm=self.alarms.on_alarm, clock=self.wall,
-                                   live_limit=live_limit, replay_per_s=cfg.publish.replay_per_s,
+                                   live_limit=_live_limit(cfg), replay_per_s=cfg.publish.replay_per_s,
                                    formats=plain or {"json": JsonFormat.from_config(cfg)},
                                    exclude=("sparkplug",) if self.sparkplug else ())
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
@@ -191,6 +189,7 @@ class Agent:
             self.store, self.sparkplug, interval_s=self.cfg.publish.interval_s,
             on_alarm=self.alarms.on_alarm, clock=self.wall, formats={"sparkplug": fmt},
             replay_per_s=self.cfg.publish.replay_per_s,
+            live_limit=_live_limit(self.cfg),
             only=("sparkplug",))
 
     def _sparkplug_status(self) -> dict[str, object]:
@@ -351,3 +350,9 @@ class Agent:
             return False
         overdue = self.mono() - closer.last_tick_mono
         return overdue < self.cfg.publish.interval_s * 2 + 30
+
+
+def _live_limit(cfg: Config) -> int:
+    """The newest records (of every format) among which a forwarder looks for live ones: a
+    window's records of both formats with their shift reports, and room to spare."""
+    return max(1_000, 4 * (len(cfg.lines) + 1) + 50)

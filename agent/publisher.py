@@ -172,7 +172,12 @@ class Publisher:
                             self._release_slots(1)
                         results[i] = PublishError("connection to the broker lost")
                         continue
-                    info = client.publish(topic, payload, qos=qos, retain=retain)
+                    try:
+                        info = client.publish(topic, payload, qos=qos, retain=retain)
+                    except BaseException:
+                        if qos > 0:
+                            self._release_slots(1)
+                        raise
                     if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                         if qos > 0:
                             self._release_slots(1)

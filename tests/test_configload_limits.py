@@ -203,3 +203,36 @@ def test_check_exits_2_with_one_line(tmp_path: Path, shape: str) -> None:
     assert "Traceback" not in err
     assert err.startswith(f"plantfloor: {f}:")
     assert (f"{MAX_CONFIG_NODES:,} YAML nodes" if shape == "laughs" else "8,388,608 bytes (8 MiB)") in err
+
+
+def test_laughs_behind_what_libyaml_cannot_read_are_refused_too(tmp_path: Path) -> None:
+    """A flow mapping that only ruamel's own parser reads ends libyaml's count early: the
+    bound is then checked again on the round-trip path, before anything is expanded."""
+    f = tmp_path / "laughs.yaml"
+    f.write_text("mqtt: {url: mqtt://h:1883}\n" + _billion_laughs())
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    assert f"{MAX_CONFIG_NODES:,} YAML nodes" in str(info.value)
+    assert info.value.key == "a6.2"
+
+
+@pytest.mark.parametrize("text", [
+    "z:\n  <<: {a: 1}\n  b: 2\n  b: 3\n",
+    "x: &x {a: 1}\nz:\n  a: 2\n  <<: *x\n  a: 3\n",
+])
+def test_a_duplicate_key_beside_a_merge_key_is_refused(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "dup.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match="duplicate key"):
+        load_config(f)
+
+
+def test_a_yaml_directive_reads_as_the_round_trip_loader_reads_it(tmp_path: Path) -> None:
+    """One reading of a file whichever loader gets it: a %YAML directive takes the
+    round-trip path (libyaml reads every file as 1.2 whatever the directive says)."""
+    f = tmp_path / "v11.yaml"
+    f.write_text("%YAML 1.1\n---\n" + KYUSHU.read_text().replace("port: 502 ", "port: 0502", 1))
+    doc, _ = parse_yaml(f)
+    source = next(s for s in doc["sources"] if s["kind"] == "modbus")
+    got = next(s for s in load_config(f).config.sources if s.id == source["id"])
+    assert got.port == source["port"]
