@@ -4,7 +4,8 @@ Delivery is at least once, so the same window can arrive more than once: keep on
 message per (line, epoch, seq) and the sum of ``units`` is exact. ``epoch`` changes when
 the agent's state store is created afresh (and ``seq`` starts again at 1), so a key
 without it would drop the new windows. Nothing is persisted: the
-totals count the windows received since this program started.
+totals count the windows received since this program started; Ctrl-C or SIGTERM (a
+service manager stopping it) prints them.
 
     python examples/subscriber.py --broker mqtt://127.0.0.1:1883 --root plantfloor/kyushu
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -53,6 +55,13 @@ client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subsc
 if url.scheme == "mqtts":
     client.tls_set()  # the system's trusted CAs
 client.connect(url.hostname or "127.0.0.1", url.port or (8883 if url.scheme == "mqtts" else 1883))
+
+
+def stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends it as Ctrl-C does
+
+
+signal.signal(signal.SIGTERM, stop)
 try:
     client.loop_forever()
 except KeyboardInterrupt:

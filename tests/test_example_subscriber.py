@@ -44,7 +44,8 @@ async def test_example_totals_survive_duplicates(mosquitto: MosquittoBroker) -> 
             line_output("rogue", 1, 9, epoch=EPOCH + 1, minute=3),
         ])
         await _read_until(proc.stdout, f"rogue epoch={EPOCH + 1} seq=1", seen)
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM: a job started in the background by a shell has SIGINT ignored
+        proc.send_signal(signal.SIGTERM)
         await _read_until(proc.stdout, "totals:", seen)
     finally:
         if proc.returncode is None:
