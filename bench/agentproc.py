@@ -1,6 +1,6 @@
 """The agent under test, run as its own process: ``python -m bench.agentproc CONFIG STATS.json [--profile FILE]``.
 
-This runs exactly what ``plantfloor run CONFIG`` runs (:class:`agent.pipeline.Agent`),
+This runs exactly what ``plantfloor run CONFIG`` runs (:class:`agent.runtime.pipeline.Agent`),
 with one addition for the measurement: every source the pipeline creates is wrapped so
 that each ``read()`` (one poll cycle of that source) is timed. SIGUSR1 writes
 ``STATS.json`` (atomically) with every poll's wall-clock start and duration so far; it is
@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import agent.pipeline
-from agent.cli import event_loop_factory
+import agent.runtime.pipeline
+from agent.cli.main import event_loop_factory
 from agent.config import Config, ModbusSource, OpcUaSource
-from agent.configload import load_config
-from agent.logconfig import configure_logging
-from agent.readings import Reading
+from agent.config.load import load_config
+from agent.contract.readings import Reading
+from agent.runtime.logconfig import configure_logging
 from agent.sources.base import Source, make_source
 
 __all__ = ["TimedSource", "main"]
@@ -88,12 +88,12 @@ async def _run(cfg: Config, sha: str, stats_path: Path, profiler: _Profiler | No
         return TimedSource(make_source(cfg, source), polls.setdefault(source.id, []))
 
     # the pipeline looks its factory up at run time: wrap every source it creates
-    agent.pipeline.make_source = timed_factory  # type: ignore[attr-defined]
+    agent.runtime.pipeline.make_source = timed_factory  # type: ignore[attr-defined]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    the_agent = agent.pipeline.Agent(cfg, config_sha256=sha)
+    the_agent = agent.runtime.pipeline.Agent(cfg, config_sha256=sha)
 
     def stats() -> dict[str, Any]:
         return {

@@ -1,7 +1,7 @@
 """The outbox scenario: replay of a backlog after the broker returns, with live windows flowing.
 
 The backlog is built by filling the agent's store directly through :class:`agent.store.Store`
-(the agent's own module) with realistic payloads: one :class:`agent.payloads.LineOutput`
+(the agent's own module) with realistic payloads: one :class:`agent.contract.payloads.LineOutput`
 per line per 1 s window (counter, 28 tag values, shift and day totals) and one plant
 output per window, committed ten windows per transaction. The line state is set so the
 live windows continue the ``seq`` of the backlog. Then the agent starts against a broker
@@ -20,8 +20,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from agent.contract.payloads import (
+    DayTotals,
+    LineOutput,
+    PlantOutput,
+    ShiftTotals,
+    StateSeconds,
+    encode,
+)
 from agent.core.report import LineTotals, PlantTotals
-from agent.payloads import DayTotals, LineOutput, PlantOutput, ShiftTotals, StateSeconds, encode
 from agent.store import LineState, NewRecord, Store
 from bench.agentcfg import OTHER_TAGS, TOPIC_ROOT, agent_config, write_config
 from bench.broker import Broker, Subscriber, free_port

@@ -1,6 +1,6 @@
 """The roll-up benchmark's load: a site config, synthetic line windows, a QoS 1 publisher.
 
-Windows are what agents publish (``agent.payloads.LineOutput``), encoded once up front so
+Windows are what agents publish (``agent.contract.payloads.LineOutput``), encoded once up front so
 that generating them costs nothing during a measurement.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.payloads import DayTotals, LineOutput, ShiftTotals, StateSeconds, encode
+from agent.contract.payloads import DayTotals, LineOutput, ShiftTotals, StateSeconds, encode
 
 __all__ = ["GATEWAYS", "Publisher", "line_ids", "site_config", "window"]
 

@@ -5,7 +5,7 @@ good-unit counter, state (a raw code per reason: running, stopped, faulted, chan
 blocked, starved, ...) and optional reject or total counter it serves, each with its takt
 time and production randomness.
 :func:`load_sim_config` reads it as YAML 1.2 and turns every problem into one
-:class:`agent.errors.ConfigError` naming the file, line and key.
+:class:`agent.contract.errors.ConfigError` naming the file, line and key.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.config import Shift, TimeZoneName
-from agent.configload import load_model
+from agent.config.load import load_model
 
 __all__ = [
     "DEFAULT_STATE_CODES",

@@ -135,7 +135,7 @@ async def run_simulators(
 ) -> None:
     """Run the simulators of ``cfg_path`` until cancelled.
 
-    Raises :class:`agent.errors.ConfigError` for a bad file and ``OSError`` when a port
+    Raises :class:`agent.contract.errors.ConfigError` for a bad file and ``OSError`` when a port
     cannot be bound. ``on_ready`` is called once every PLC listens.
     """
     cfg = load_sim_config(cfg_path)

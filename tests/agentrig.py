@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.pipeline import Agent
+from agent.runtime.pipeline import Agent
 from simulators.config import (
     ModbusCounterTag,
     ModbusPlcConfig,

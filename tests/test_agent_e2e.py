@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from agent.config import Config
-from agent.payloads import LineOutput, LineStatePayload, PlantOutput, StatusPayload
-from agent.pipeline import Agent
+from agent.contract.payloads import LineOutput, LineStatePayload, PlantOutput, StatusPayload
+from agent.runtime.pipeline import Agent
 from tests.agentrig import ROOT_TOPIC, Windows, agent_config_dict, sim_config, wait_until
 
 

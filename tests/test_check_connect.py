@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.check import check_command
+from agent.cli.check import check_command
 from tests.agentrig import (
     ROOT_TOPIC,
     Windows,

@@ -12,7 +12,7 @@ import pytest
 
 from agent.cli import main
 from agent.config import Config
-from agent.configload import load_config
+from agent.config.load import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted(p for p in (ROOT / "tests" / "cases").iterdir() if (p / "expected.txt").exists())
@@ -64,7 +64,7 @@ def test_kyushu_targets_match_the_plan(capsys: pytest.CaptureFixture[str]) -> No
     assert "target 400,000 /year" in out
     for needle in ("plc-kei", "plc-rogue", "kei-ev", "rogue", "per shift", "per day", "per year"):
         assert needle in out
-    from agent.check import summary
+    from agent.cli.check import summary
 
     text = summary(load_config(ROOT / "config" / "kyushu.yaml").config, year=2028)
     share = float(re.search(r"\(([\d.]+) % of the plan\)", text).group(1))  # type: ignore[union-attr]
@@ -132,8 +132,8 @@ def test_password_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_broker_override_is_validated() -> None:
-    from agent.configload import with_broker
-    from agent.errors import ConfigError
+    from agent.config.load import with_broker
+    from agent.contract.errors import ConfigError
 
     cfg = load_config(ROOT / "config" / "demo.yaml").config
     assert with_broker(cfg, "mqtt://10.0.0.5:1884").mqtt.port == 1884
@@ -193,7 +193,7 @@ def test_point_identity_names_every_part_of_the_counter() -> None:
 
 
 def test_global_options_work_before_and_after_the_command() -> None:
-    from agent.cli import _parser
+    from agent.cli.main import _parser
 
     for argv in (["--debug", "--log-format", "json", "run", "x.yaml"],
                  ["run", "x.yaml", "--debug", "--log-format", "json"]):
@@ -205,7 +205,7 @@ def test_global_options_work_before_and_after_the_command() -> None:
 
 def test_yaml_is_read_as_yaml_1_2(tmp_path: Path) -> None:
     """0502 is 502 (not octal 322), `no` is a string, 12:30 is not sexagesimal."""
-    from agent.configload import parse_yaml
+    from agent.config.load import parse_yaml
 
     f = tmp_path / "x.yaml"
     f.write_text("port: 0502\nanswer: no\nat: 12:30\nflag: true\n")
@@ -234,7 +234,7 @@ def test_a_json_config_loads_like_its_yaml(tmp_path: Path) -> None:
 
 
 def test_a_json_config_with_a_duplicate_key_is_refused_naming_its_line(tmp_path: Path) -> None:
-    from agent.errors import ConfigError
+    from agent.contract.errors import ConfigError
 
     f = _kyushu_as_json(tmp_path)
     text = f.read_text().replace('"site": "kyushu",', '"site": "kyushu",\n  "site": "other",', 1)
@@ -246,7 +246,7 @@ def test_a_json_config_with_a_duplicate_key_is_refused_naming_its_line(tmp_path:
 
 
 def test_a_bad_value_in_a_json_config_names_its_line_and_key(tmp_path: Path) -> None:
-    from agent.errors import ConfigError
+    from agent.contract.errors import ConfigError
 
     def edit(doc: dict[str, Any]) -> None:
         doc["lines"][1]["target_per_hour"] = -5

@@ -10,7 +10,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from agent.core.counter import BASELINE_LAG_S, CounterDelta, CounterEngine, CounterMemory
-from agent.lines import CounterClock
+from agent.runtime.lines import CounterClock
 
 MODULI = [2**16, 2**31, 2**32, 2**64]
 FAST = 3.6e9  # a bound so loose that the rule under test is the only one that matters

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from agent.cli.demo import embedded_broker, packaged_config
 from agent.config import MqttConfig
-from agent.configload import load_config
-from agent.demo import embedded_broker, packaged_config
-from agent.publisher import Publisher
+from agent.config.load import load_config
+from agent.outputs.mqtt.publisher import Publisher
 from simulators.config import load_sim_config
 
 

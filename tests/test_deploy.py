@@ -49,7 +49,7 @@ def test_unit_directives() -> None:
 
 
 def test_drain_bound_agrees_with_the_unit_and_the_image() -> None:
-    from agent.pipeline import DRAIN_S
+    from agent.runtime.pipeline import DRAIN_S
 
     unit = re.search(r"drains for at most (\d+) s", UNIT.read_text())
     image = re.search(r"drains for up to (\d+) s", (REPO / "deploy" / "Dockerfile").read_text())
@@ -268,7 +268,7 @@ try:
 except PermissionError:
     pass
 import asyncio, sqlite3
-import agent.cli, agent.pipeline, asyncua, paho.mqtt.client, pymodbus.client, ruamel.yaml
+import agent.cli, agent.runtime.pipeline, asyncua, paho.mqtt.client, pymodbus.client, ruamel.yaml
 from asyncua.crypto import uacrypto
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.config import MqttConfig
-from agent.forwarder import Forwarder
+from agent.outputs.forwarder import Forwarder
 from agent.outputs.json import mark_historical
-from agent.publisher import Publisher
+from agent.outputs.mqtt.publisher import Publisher
 from agent.store import NewRecord, Store
 from tests.fixtures.mosquitto import MosquittoBroker, MqttSubscriber, ReceivedMessage
 from tests.waiting import wait_until
@@ -277,7 +277,7 @@ async def test_backlog_replay_rate(mosquitto: MosquittoBroker,
 
 def test_historical_is_the_last_key_of_every_window_payload() -> None:
     """mark_historical rewrites the payload's tail: the models must keep `historical` last."""
-    from agent.payloads import LineOutput, PlantOutput
+    from agent.contract.payloads import LineOutput, PlantOutput
 
     for model in (LineOutput, PlantOutput):
         assert list(model.model_fields)[-1] == "historical", model.__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import Config
-from agent.logconfig import REDACTED, collect_secrets, configure_logging
+from agent.runtime.logconfig import REDACTED, collect_secrets, configure_logging
 
 PASSWORD = "s3cr3t-Pa55!"
 OPCUA_PASSWORD = "opc-ua-pw-42"
@@ -63,7 +63,7 @@ def test_json_lines_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     out = io.StringIO()
     configure_logging(fmt="json", level=logging.DEBUG, stream=out)
-    log = logging.getLogger("agent.pipeline")
+    log = logging.getLogger("agent.runtime.pipeline")
     log.debug("window %s closed", 7, extra={"line": "kei-ev"})
     log.warning("naïve ünïcode ✓ and \"quotes\"\nand a newline")
     try:
@@ -75,7 +75,7 @@ def test_json_lines_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     objs = [json.loads(line) for line in lines]
     assert objs[0]["msg"] == "window 7 closed"
     assert objs[0]["level"] == "DEBUG"
-    assert objs[0]["logger"] == "agent.pipeline"
+    assert objs[0]["logger"] == "agent.runtime.pipeline"
     assert objs[0]["line"] == "kei-ev"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", objs[0]["ts"])
     assert objs[1]["msg"].endswith("and a newline")

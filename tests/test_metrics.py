@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import __version__
 from agent.config import MetricsConfig
-from agent.metrics import Metrics
+from agent.runtime.metrics import Metrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -15,8 +15,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.config import Config, ModbusSource
-from agent.errors import SourceUnavailable
-from agent.readings import Quality, Reading
+from agent.contract.errors import SourceUnavailable
+from agent.contract.readings import Quality, Reading
 from agent.sources.decode import encode
 from agent.sources.modbus import ModbusTcpSource, exception_text
 from agent.sources.modbus_plan import PointRef

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.notify import Notifier
+from agent.runtime.notify import Notifier
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ async def test_unreachable_socket_does_not_raise(tmp_path: Path,
 
 CHILD = textwrap.dedent("""
     import asyncio, signal, time
-    from agent.notify import Notifier
+    from agent.runtime.notify import Notifier
 
     async def main() -> None:
         n = Notifier()

@@ -24,12 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import Config, LineConfig
+from agent.contract.payloads import ShiftReport
+from agent.contract.readings import Quality, Reading
 from agent.core.calendar import ShiftCalendar
 from agent.core.oee import Acc
 from agent.core.report import LineTotals, LineWindow, Reporter
 from agent.core.tracker import LineTracker
-from agent.payloads import ShiftReport
-from agent.readings import Quality, Reading
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

@@ -20,8 +20,8 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
 from agent.config import OpcUaSecurity, OpcUaSource
-from agent.errors import SourceUnavailable
-from agent.readings import Quality, Reading
+from agent.contract.errors import SourceUnavailable
+from agent.contract.readings import Quality, Reading
 from agent.sources.opcua import OpcUaClientSource, OpcUaPoint, _Handler, parse_node_id, to_reading
 from simulators.opcua_plc import OpcUaPlc
 from tests.fixtures.opcua_certs import OpcUaCerts

@@ -16,14 +16,14 @@ def test_the_wheel_ships_the_demo_configs_and_the_simulators(tmp_path: Path) -> 
     wheel = next(tmp_path.glob("plantfloor-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("agent/config_data/demo.yaml", "agent/config_data/simulators.yaml",
-                 "agent/config_data/kyushu.yaml", "simulators/modbus_plc.py", "agent/cli.py"):
+                 "agent/config_data/kyushu.yaml", "simulators/modbus_plc.py", "agent/cli/main.py"):
         assert name in names, name
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                     str(wheel)], check=True, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = ("import agent.demo as d; from agent.configload import load_config; "
+    probe = ("import agent.cli.demo as d; from agent.config.load import load_config; "
              "from simulators.config import load_sim_config; "
              "print(d.__file__); load_config(d.packaged_config('demo.yaml')); "
              "load_sim_config(d.packaged_config('simulators.yaml')); print(d.packaged_config('demo.yaml'))")

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import Config
+from agent.contract.payloads import Event, LineOutput, LinePayload, encode
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import LineTotals, Reporter
 from agent.core.timesplit import TimeSplit
 from agent.core.tracker import SecondResult, WindowResult
-from agent.payloads import Event, LineOutput, LinePayload, encode
 
 EVENTS = list(typing.get_args(Event))
 T0 = datetime(2028, 4, 3, 5, 0, tzinfo=UTC)

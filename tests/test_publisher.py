@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from agent.config import MqttConfig, TlsConfig
-from agent.errors import PublishError, PublishRefused
-from agent.publisher import Publisher
+from agent.contract.errors import PublishError, PublishRefused
+from agent.outputs.mqtt.publisher import Publisher
 from tests.fixtures.certs import TlsCerts
 from tests.fixtures.mosquitto import MosquittoBroker, MqttSubscriber, TlsListener
 from tests.waiting import wait_until

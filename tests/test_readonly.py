@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from agent.readings import Quality
+from agent.contract.readings import Quality
 from agent.sources.modbus import ModbusTcpSource
 from agent.sources.modbus_plan import PointRef
 from tests.test_modbus_source import modbus_cfg

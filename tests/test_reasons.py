@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from agent.cli.watch_view import WatchModel, plain_lines
 from agent.config import Config
-from agent.core.tracker import LineTracker
-from agent.lines import CounterClock, LineBoard, restore_counter, second_row
-from agent.payloads import (
+from agent.contract.payloads import (
     DayTotals,
     LineOutput,
     ShiftRef,
@@ -23,9 +22,10 @@ from agent.payloads import (
     StateSeconds,
     encode,
 )
-from agent.readings import Quality, Reading
+from agent.contract.readings import Quality, Reading
+from agent.core.tracker import LineTracker
+from agent.runtime.lines import CounterClock, LineBoard, restore_counter, second_row
 from agent.store import StoredState
-from agent.watch_view import WatchModel, plain_lines
 
 REASONS = {"stopped": "stopped", "faulted": "faulted", "fault": "faulted", "blocked": "stopped",
            "starved": "stopped", "changeover": "stopped"}
@@ -234,7 +234,7 @@ def test_watch_shows_the_oee_and_the_current_stop_reason() -> None:
 
 
 async def test_state_show_and_rebaseline_cover_the_second_counter(tmp_path: Path) -> None:
-    from agent import statecmd
+    from agent.cli import state as statecmd
     from agent.store import Store
 
     data = base(reject_counter={"source": "plc2", "address": 102})

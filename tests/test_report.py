@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.config import Config
+from agent.contract.payloads import LineOutput
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import LineTotals, PlantTotals, Reporter
 from agent.core.tracker import WindowResult
-from agent.payloads import LineOutput
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 H = 3600.0

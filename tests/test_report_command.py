@@ -15,13 +15,13 @@ import pytest
 
 from agent.cli import main
 from agent.config import Config
+from agent.contract.readings import Quality, Reading
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import Reporter
-from agent.lines import LineBoard
-from agent.readings import Quality, Reading
-from agent.status import Alarms
+from agent.runtime.lines import LineBoard
+from agent.runtime.status import Alarms
+from agent.runtime.windows import WindowCloser
 from agent.store import Store
-from agent.windows import WindowCloser
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]

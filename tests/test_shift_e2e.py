@@ -26,10 +26,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import agent.windows
+import agent.runtime.windows
 from agent.config import Config
 from agent.core.calendar import Interval, Period, ShiftCalendar
-from agent.pipeline import Agent
+from agent.runtime.pipeline import Agent
 from simulators.config import SimConfig
 from simulators.production import SimLine
 from tests.agentrig import ALL_DAYS, ROOT_TOPIC, wait_until
@@ -175,7 +175,7 @@ async def test_shift_reports_match_the_ledger(
         tmp_path: Path, mosquitto: Any, mqtt_subscriber: Callable[..., Any],
         simulator_set: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     # a window must close within a fraction of its (compressed) minute
-    monkeypatch.setattr(agent.windows, "TICK_S", 0.01)
+    monkeypatch.setattr(agent.runtime.windows, "TICK_S", 0.01)
     clock = CompressedClock(START)
     sims = await simulator_set(sim_config(), auto=False, clock=clock)
     sub = mqtt_subscriber(mosquitto, f"{ROOT_TOPIC}/#")

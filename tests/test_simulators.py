@@ -17,7 +17,7 @@ from pymodbus.exceptions import ModbusIOException
 from ruamel.yaml import YAML
 
 from agent.config import Config, ModbusSource, ModbusTag, OpcUaSource, OpcUaTag, Shift
-from agent.errors import ConfigError
+from agent.contract.errors import ConfigError
 from simulators.config import (
     ModbusPlcConfig,
     OpcUaPlcConfig,

@@ -14,11 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.forwarder import Forwarder
-from agent.outputs.base import WindowOutputs
-from agent.outputs.sparkplug.format import SparkplugFormat
-from agent.outputs.sparkplug.node import EdgeNode
-from agent.payloads import (
+from agent.contract.payloads import (
     DayTotals,
     LineOutput,
     LinePayload,
@@ -26,6 +22,10 @@ from agent.payloads import (
     ShiftTotals,
     StateSeconds,
 )
+from agent.outputs.base import WindowOutputs
+from agent.outputs.forwarder import Forwarder
+from agent.outputs.sparkplug.format import SparkplugFormat
+from agent.outputs.sparkplug.node import EdgeNode
 from agent.store import Store
 from tests.agentrig import Run, two_plcs, wait_until, write_yaml
 from tests.sparkplug_rig import HOST, Host, births, node, sessions, sparkplug_config, wait_node

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.check import warnings
+from agent.cli.check import warnings
+from agent.cli.watch_view import WatchModel
 from agent.config import Config, SparkplugConfig
-from agent.configload import load_config
-from agent.errors import PublishRefused
+from agent.config.load import load_config
+from agent.contract.errors import PublishRefused
 from agent.outputs import make_formats
 from agent.outputs.sparkplug.encoding import birth, ndeath, stamp, to_data
 from agent.outputs.sparkplug.format import SparkplugFormat
@@ -21,7 +22,6 @@ from agent.outputs.sparkplug.metrics import line_metrics, node_metrics
 from agent.outputs.sparkplug.proto import file_descriptor
 from agent.outputs.sparkplug.view import SparkplugReader
 from agent.store import OutboxRecord, Store
-from agent.watch_view import WatchModel
 from tests.sparkplug_wire import DATATYPES, SCHEMA, Node, decode
 from tests.test_sparkplug_delivery import _window
 

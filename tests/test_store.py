@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import StoreError
+from agent.contract.errors import StoreError
 from agent.store import ROW_OVERHEAD, LineState, NewRecord, Store
 
 T0 = datetime(2028, 4, 3, 6, 31, tzinfo=UTC)
@@ -241,7 +241,7 @@ async def test_a_locked_database_is_an_error_not_a_corruption(tmp_path: Path) ->
     """Only real corruption moves the file aside; a lock (or a full disk) keeps it."""
     import sqlite3
 
-    from agent.errors import StoreError
+    from agent.contract.errors import StoreError
 
     path = tmp_path / "state.db"
     store = await Store.open(path, max_bytes=1_000_000)
@@ -341,7 +341,7 @@ async def test_a_foreign_database_is_not_taken_over(tmp_path: Path) -> None:
 
 
 def test_sqlite_older_than_the_floor_is_refused_in_one_sentence() -> None:
-    from agent.statefile import check_sqlite_version
+    from agent.store.file import check_sqlite_version
 
     check_sqlite_version("3.24.0")
     check_sqlite_version("3.46.1")

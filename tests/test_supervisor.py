@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.errors import SourceUnavailable
-from agent.readings import Quality, Reading, SourceHealth
+from agent.contract.errors import SourceUnavailable
+from agent.contract.readings import Quality, Reading, SourceHealth
 from agent.sources.modbus import ModbusTcpSource
 from agent.sources.modbus_plan import PointRef
 from agent.sources.supervisor import SourceSupervisor, backoff_delay, poll_phase

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.contract.readings import Quality, Reading
 from agent.core.counter import CounterMemory
 from agent.core.tracker import LineTracker
-from agent.readings import Quality, Reading
 
 STATE_MAP = {0: "stopped", 1: "running", 2: "faulted"}
 

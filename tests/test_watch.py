@@ -24,7 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel
 from rich.console import Console
 
-from agent.payloads import (
+from agent.cli.watch import BrokerAddress, parse_broker_url, run_watch
+from agent.cli.watch_view import WatchModel, plain_lines, rich_view
+from agent.contract.payloads import (
     DayTotals,
     LineOutput,
     LineStatePayload,
@@ -36,8 +38,6 @@ from agent.payloads import (
     StatusPayload,
     encode,
 )
-from agent.watch import BrokerAddress, parse_broker_url, run_watch
-from agent.watch_view import WatchModel, plain_lines, rich_view
 from tests.fixtures.mosquitto import MosquittoBroker, free_port
 
 ROOT = "test/plant"

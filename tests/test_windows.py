@@ -14,10 +14,10 @@ from typing import Any
 from agent.config import Config
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import LineTotals, PlantTotals, Reporter
-from agent.lines import LineBoard
-from agent.status import Alarms
+from agent.runtime.lines import LineBoard
+from agent.runtime.status import Alarms
+from agent.runtime.windows import COMMIT_RECORDS, WindowCloser
 from agent.store import LineState, OutboxRecord, Store
-from agent.windows import COMMIT_RECORDS, WindowCloser
 
 ALL_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 

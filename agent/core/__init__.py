@@ -2,6 +2,10 @@
 
 Nothing here does I/O, imports a protocol library or touches the event loop; every time
 is an argument (an injected clock), so the rules are tested directly and with hypothesis.
+Where a reading becomes a unit: :mod:`agent.core.counter`; where units become a window's
+figures: :mod:`agent.core.tracker` and :mod:`agent.core.report`.
+
+May import: :mod:`agent.config`, :mod:`agent.contract`.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent.contract.payloads import Loss, ReasonTime, ShiftRef, ShiftReport, ShiftTime
 from agent.core.timesplit import TimeSplit
-from agent.payloads import Loss, ReasonTime, ShiftRef, ShiftReport, ShiftTime
 
 __all__ = ["Acc", "Figures", "ReportSubject", "counts", "figures", "losses", "shift_report"]
 

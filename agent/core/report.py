@@ -39,7 +39,7 @@ buckets (:mod:`agent.core.timesplit`) and added to the line's shift and day accu
 ``shift`` and ``day`` blocks carry availability, performance, quality and OEE so far
 (over the planned time of the windows published so far). The
 window whose end reaches its shift instance's end also yields the shift's report
-(:class:`~agent.payloads.ShiftReport`), built from the persisted accumulator.
+(:class:`~agent.contract.payloads.ShiftReport`), built from the persisted accumulator.
 
 Figures are rounded to 3 decimals (attainment, utilization and OEE figures to 4).
 """
@@ -52,12 +52,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from agent.config import Config, LineConfig, PlantConfig
-from agent.core.calendar import Period, ShiftCalendar
-from agent.core.oee import Acc, ReportSubject, counts, shift_report
-from agent.core.oee import figures as figures_of
-from agent.core.totals import LineTotals, PlantTotals
-from agent.core.tracker import WindowResult
-from agent.payloads import (
+from agent.contract.payloads import (
     OUTPUT_SCHEMA,
     LineOutput,
     LinePayload,
@@ -65,6 +60,11 @@ from agent.payloads import (
     ShiftRef,
     ShiftReport,
 )
+from agent.core.calendar import Period, ShiftCalendar
+from agent.core.oee import Acc, ReportSubject, counts, shift_report
+from agent.core.oee import figures as figures_of
+from agent.core.totals import LineTotals, PlantTotals
+from agent.core.tracker import WindowResult
 
 __all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter", "year_figures"]
 

@@ -28,9 +28,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from agent.contract.readings import Quality, Reading
 from agent.core.counter import CounterEngine, CounterMemory
 from agent.core.timesplit import RUNNING, UNKNOWN, StopClassifier, TimeSplit
-from agent.readings import Quality, Reading
 
 __all__ = ["DEFAULT_MODULUS", "STATES", "LineTracker", "SecondResult", "WindowResult"]
 

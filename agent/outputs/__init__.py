@@ -6,6 +6,13 @@ record (:meth:`wire`, when the forwarder publishes it: a record sent late is mar
 historical there). One outbox and one publisher carry every format's records; a record
 names its format, so the forwarder asks the right one. A new format is one module here
 and one entry in :func:`make_formats`.
+
+Lives here: ``base`` (the format interface), ``json`` and ``sparkplug/`` (the encoders),
+``forwarder`` (drains the outbox through the publisher, in order, paced) and ``mqtt/`` (the
+paho connection and publisher).
+
+May import: :mod:`agent.store` (the forwarder drains the outbox), :mod:`agent.core`,
+:mod:`agent.config`, :mod:`agent.contract`.
 """
 
 from __future__ import annotations

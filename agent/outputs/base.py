@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from agent.payloads import LinePayload, PlantOutput, ShiftReport
+from agent.contract.payloads import LinePayload, PlantOutput, ShiftReport
 from agent.store import NewRecord, OutboxRecord
 
 __all__ = ["OutputFormat", "WindowOutputs"]

@@ -4,8 +4,8 @@ window, and the retained shift reports ``R/lines/<line>/shift`` and ``R/plant/sh
 from __future__ import annotations
 
 from agent.config import Config
+from agent.contract.payloads import encode
 from agent.outputs.base import WindowOutputs
-from agent.payloads import encode
 from agent.store import NewRecord, OutboxRecord
 
 __all__ = ["HISTORICAL_FALSE", "HISTORICAL_TRUE", "JsonFormat", "mark_historical"]

@@ -18,6 +18,10 @@ Data flow, one way, with a named type at each hop::
 
 ``plantfloor report CONFIG --database URL`` reads the stored shift reports back
 (:mod:`agent.rollup.reports`).
+
+May import: :mod:`agent.outputs.mqtt`, :mod:`agent.views`, :mod:`agent.core`,
+:mod:`agent.config`, :mod:`agent.contract`, and :mod:`agent.runtime.logconfig`. Only the
+commands import it.
 """
 
 from __future__ import annotations

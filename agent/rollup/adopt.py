@@ -22,7 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from agent.errors import PublishError
+from agent.contract.errors import PublishError
 from agent.rollup import sql
 from agent.rollup.config import RollupConfig
 from agent.rollup.consumer import Consumer

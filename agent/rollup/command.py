@@ -22,14 +22,14 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from agent.contract.errors import ConfigError, PlantfloorError
 from agent.core.calendar import ShiftCalendar
-from agent.errors import ConfigError, PlantfloorError
-from agent.logconfig import configure_logging
-from agent.mqttloop import tls_context
+from agent.outputs.mqtt.loop import tls_context
 from agent.rollup import sql
 from agent.rollup.config import RollupConfig, load_rollup_config, replica_name
 from agent.rollup.migrate import migrations
 from agent.rollup.service import RollupService
+from agent.runtime.logconfig import configure_logging
 
 __all__ = ["rollup_command", "summary"]
 

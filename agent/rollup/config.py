@@ -2,7 +2,7 @@
 
 The plan (``plant``, ``shifts``, ``timezone``) and the broker (``mqtt``) use the agent's
 own models, so a site's figures come from the same definitions as a gateway's. Loading
-goes through :func:`agent.configload.load_model`: every error is one sentence naming the
+goes through :func:`agent.config.load.load_model`: every error is one sentence naming the
 file, the line and the key, and the CLI exits 2.
 """
 
@@ -25,11 +25,11 @@ from agent.config import (
     PlantConfig,
     Shift,
     TimeZoneName,
-    _check_shift_overlap,
     resolve_secret_file,
 )
-from agent.configload import load_model
-from agent.errors import ConfigError
+from agent.config.load import load_model
+from agent.config.models import _check_shift_overlap
+from agent.contract.errors import ConfigError
 
 __all__ = [
     "DatabaseConfig",

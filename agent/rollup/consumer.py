@@ -1,6 +1,6 @@
 """Receiving the gateways' windows: an MQTT 5 persistent session, acknowledged after the commit.
 
-paho-mqtt runs as the agent's publisher runs it (agent/publisher.py): in its external-loop
+paho-mqtt runs as the agent's publisher runs it (agent/outputs/mqtt/publisher.py): in its external-loop
 mode, its socket watched by the asyncio loop, callbacks on the loop's thread, only the
 blocking connect in a worker thread, a fresh client per connection, and reconnection with
 capped full-jitter backoff owned here alone.
@@ -33,8 +33,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import MqttConfig
-from agent.errors import PublishError
-from agent.mqttloop import attach, close_socket, describe, keepalive, tls_context, unwatch
+from agent.contract.errors import PublishError
+from agent.outputs.mqtt.loop import attach, close_socket, describe, keepalive, tls_context, unwatch
 
 __all__ = ["Consumer", "Delivery"]
 

@@ -25,7 +25,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from agent.errors import StoreError
+from agent.contract.errors import StoreError
 from agent.rollup import sql
 from agent.rollup.config import DatabaseConfig
 from agent.rollup.migrate import apply_migrations

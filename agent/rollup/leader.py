@@ -30,10 +30,10 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
+from agent.contract.errors import PublishError
+from agent.contract.payloads import encode
 from agent.core.calendar import ShiftCalendar
-from agent.errors import PublishError
-from agent.payloads import encode
-from agent.publisher import Publisher
+from agent.outputs.mqtt.publisher import Publisher
 from agent.rollup import sql
 from agent.rollup.config import RollupConfig
 from agent.rollup.database import SiteIdentity

@@ -15,7 +15,7 @@ from importlib import resources
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
-from agent.errors import StoreError
+from agent.contract.errors import StoreError
 from agent.rollup import sql
 
 __all__ = ["Migration", "apply_migrations", "migrations"]

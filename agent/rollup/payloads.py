@@ -1,7 +1,7 @@
 """The roll-up's MQTT payloads: what it reads from gateways and what it publishes for the site.
 
 * :class:`IncomingWindow` parses ``R/lines/<line>/output`` with the agent's own
-  :class:`~agent.payloads.LineOutput`, as a tolerant consumer should (docs/mqtt.md): unknown
+  :class:`~agent.contract.payloads.LineOutput`, as a tolerant consumer should (docs/mqtt.md): unknown
   fields and event names are accepted, the schema's major version is checked;
   :class:`IncomingShiftReport` does the same for ``R/lines/<line>/shift``.
 * :class:`SitePlantOutput` is ``S/plant/output``: the fields of ``R/plant/output``
@@ -16,7 +16,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.payloads import LineOutput, PlantOutput, ShiftReport, Timestamp
+from agent.contract.payloads import LineOutput, PlantOutput, ShiftReport, Timestamp
 
 __all__ = [
     "ROLLUP_STATUS_SCHEMA",

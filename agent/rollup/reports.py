@@ -15,10 +15,10 @@ from datetime import date, datetime
 import psycopg
 
 from agent.config import Config
-from agent.errors import ConfigError, StoreError
-from agent.payloads import ShiftReport
-from agent.reportcmd import report
+from agent.contract.errors import ConfigError, StoreError
+from agent.contract.payloads import ShiftReport
 from agent.rollup import sql
+from agent.views.report import report
 
 __all__ = ["read_reports", "report_from_database"]
 
@@ -38,7 +38,7 @@ def read_reports(url: str, site: str, day: date, shift: str | None = None) -> li
 
 def report_from_database(cfg: Config, url: str, *, day: str | None = None, shift: str | None = None,
                          fmt: str = "text", now: datetime | None = None) -> str:
-    """As :func:`agent.reportcmd.report`, from the roll-up's database at ``url``."""
+    """As :func:`agent.views.report.report`, from the roll-up's database at ``url``."""
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError(f"{url!r} is not a postgresql:// URI", key="--database")
     return report(cfg, day=day, shift=shift, fmt=fmt, now=now,

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent import __version__
+from agent.contract.errors import ConfigError
+from agent.contract.payloads import encode
 from agent.core.calendar import ShiftCalendar
-from agent.errors import ConfigError
-from agent.notify import Notifier
-from agent.payloads import encode
-from agent.publisher import Publisher
+from agent.outputs.mqtt.publisher import Publisher
 from agent.rollup import sql
 from agent.rollup.adopt import Adopter
 from agent.rollup.config import RollupConfig
@@ -41,6 +40,7 @@ from agent.rollup.leader import Leader
 from agent.rollup.payloads import RollupStatus
 from agent.rollup.rows import RowBuilder
 from agent.rollup.session import ReplicaSession, identity_key
+from agent.runtime.notify import Notifier
 
 __all__ = ["RollupService"]
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from agent.config import Config, ModbusSource, OpcUaSource
-from agent.readings import Reading
+from agent.contract.readings import Reading
 
 __all__ = ["PointSpec", "Source", "make_source"]
 
@@ -19,7 +19,7 @@ class Source(Protocol):
     """A PLC endpoint. Constructors do no I/O.
 
     ``connect`` opens the connection (and, for OPC UA in subscribe mode, creates the
-    subscription); it raises :class:`agent.errors.SourceUnavailable` on failure.
+    subscription); it raises :class:`agent.contract.errors.SourceUnavailable` on failure.
     ``read`` returns one :class:`Reading` for every point of the source, in any order:
     points that failed individually come back with quality bad and the error/code set;
     a failure of the whole connection raises ``SourceUnavailable`` (the supervisor then

@@ -36,8 +36,8 @@ from agent.config import (
     ModbusType,
     WordOrder,
 )
-from agent.errors import SourceUnavailable
-from agent.readings import Quality, Reading
+from agent.contract.errors import SourceUnavailable
+from agent.contract.readings import Quality, Reading
 from agent.sources.decode import decode
 from agent.sources.modbus_plan import PointRef, ReadPlan, ReadRequest
 

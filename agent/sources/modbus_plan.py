@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.config import TYPE_WIDTH, ModbusTable, ModbusType, WordOrder
-from agent.readings import TagRole
+from agent.contract.readings import TagRole
 
 __all__ = ["PointRef", "ReadPlan", "ReadRequest", "plan_reads", "split_request"]
 

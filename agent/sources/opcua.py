@@ -27,8 +27,8 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from agent.config import COUNTER_ROLES, Config, OpcUaSource, OpcUaTag, resolve_secret_file
-from agent.errors import SourceUnavailable
-from agent.readings import Quality, Reading, TagRole
+from agent.contract.errors import SourceUnavailable
+from agent.contract.readings import Quality, Reading, TagRole
 from agent.sources.opcua_security import ServerNotTrusted, configure_security
 
 __all__ = ["OpcUaClientSource", "OpcUaPoint", "parse_node_id", "status_name", "to_reading"]

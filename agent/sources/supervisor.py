@@ -20,8 +20,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from agent.errors import SourceUnavailable
-from agent.readings import Reading, SourceHealth
+from agent.contract.errors import SourceUnavailable
+from agent.contract.readings import Reading, SourceHealth
 from agent.sources.base import Source
 
 __all__ = ["SourceSupervisor", "backoff_delay", "poll_phase"]

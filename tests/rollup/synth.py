@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agent.payloads import (
+from agent.contract.payloads import (
     DayTotals,
     LineOutput,
     Loss,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from agent.cli import main
-from agent.configload import load_config
-from agent.errors import ConfigError
+from agent.config.load import load_config
+from agent.contract.errors import ConfigError
 from agent.rollup.config import RollupConfig, load_rollup_config, replica_name
 from tests.rollup.rig import rollup_config, write_yaml
 

@@ -13,10 +13,10 @@ import pytest
 
 from agent.cli import main
 from agent.config import Config
+from agent.contract.errors import StoreError
+from agent.contract.payloads import LineOutput
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import PlantTotals, Reporter
-from agent.errors import StoreError
-from agent.payloads import LineOutput
 from agent.rollup.config import RollupConfig
 from agent.rollup.consumer import Delivery
 from agent.rollup.database import Database

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agent.config import Config
-from agent.errors import PublishRefused
+from agent.contract.errors import PublishRefused
 from agent.outputs.base import WindowOutputs
 from agent.outputs.sparkplug.encoding import BirthMetric, Unknown, template, to_data
 from agent.outputs.sparkplug.metrics import (
@@ -109,7 +109,7 @@ class SparkplugFormat:
         """The body of the DDATA/NDATA (aliases, ``is_historical``); the node stamps ``seq``.
 
         A window of a line this configuration no longer has is refused
-        (:class:`~agent.errors.PublishRefused`: it stays in the outbox, alarmed), since the
+        (:class:`~agent.contract.errors.PublishRefused`: it stays in the outbox, alarmed), since the
         device was not born; a metric since removed is left out.
         """
         try:

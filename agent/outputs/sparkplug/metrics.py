@@ -1,8 +1,8 @@
 """Which metrics the edge node and its devices publish: names, datatypes, values.
 
 The metrics are derived from the payload models, so the Sparkplug output carries what the
-JSON output carries and a field added to :class:`~agent.payloads.LineOutput` or
-:class:`~agent.payloads.PlantOutput` becomes a metric without a change here. A nested
+JSON output carries and a field added to :class:`~agent.contract.payloads.LineOutput` or
+:class:`~agent.contract.payloads.PlantOutput` becomes a metric without a change here. A nested
 model becomes a folder (``shift/units``); the line's ``tags`` and the plant's ``lines``
 become one metric per configured tag or line (``tags/buffer``, ``plant/lines/kei``).
 
@@ -25,8 +25,8 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from agent.config import Config, LineConfig
+from agent.contract.payloads import LineOutput, PlantOutput
 from agent.outputs.sparkplug.proto import DATATYPES
-from agent.payloads import LineOutput, PlantOutput
 
 __all__ = [
     "BDSEQ",

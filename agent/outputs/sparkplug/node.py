@@ -1,6 +1,6 @@
 """The Sparkplug B 3.0 edge node session: bdSeq, births, seq, commands, the primary host.
 
-The node has an MQTT connection of its own (a :class:`~agent.publisher.Publisher`): its
+The node has an MQTT connection of its own (a :class:`~agent.outputs.mqtt.publisher.Publisher`): its
 will is the NDEATH, its first messages must be its births, and it disconnects when the
 primary host goes offline, none of which may disturb the JSON output. Per connection:
 
@@ -33,7 +33,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.config import Config
-from agent.errors import PublishError
+from agent.contract.errors import PublishError
+from agent.outputs.mqtt.publisher import Publisher
 from agent.outputs.sparkplug.encoding import (
     birth,
     decode_commands,
@@ -44,7 +45,6 @@ from agent.outputs.sparkplug.encoding import (
 )
 from agent.outputs.sparkplug.format import SparkplugFormat, Topics
 from agent.outputs.sparkplug.metrics import REBIRTH, STATUS_METRICS
-from agent.publisher import Publisher
 from agent.store import Store
 
 __all__ = ["EdgeNode"]

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.contract.payloads import OUTPUT_SCHEMA, PLANT_SCHEMA, STATUS_SCHEMA, LineOutput, rfc3339
 from agent.outputs.sparkplug.proto import DATATYPES, Payload
-from agent.payloads import OUTPUT_SCHEMA, PLANT_SCHEMA, STATUS_SCHEMA, LineOutput, rfc3339
 
 __all__ = ["SparkplugReader"]
 

@@ -34,8 +34,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
-from agent.errors import PublishError, PublishRefused
-from agent.mqttloop import close_socket, describe, tls_context, unwatch
+from agent.contract.errors import PublishError, PublishRefused
+from agent.outputs.mqtt.loop import close_socket, describe, tls_context, unwatch
 
 __all__ = ["NO_MATCHING_SUBSCRIBERS", "Publisher"]
 

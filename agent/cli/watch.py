@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.live import Live
 
-from agent.watch_view import WatchModel, plain_lines, rich_view
+from agent.cli.watch_view import WatchModel, plain_lines, rich_view
 
 if TYPE_CHECKING:
     from agent.outputs.sparkplug.view import SparkplugReader
@@ -140,7 +140,7 @@ async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "p
     """Show every line and the plant published under ``root`` until ``stop`` is set.
 
     Renders a live table when ``out`` (default stdout) is a terminal and ``plain`` is not
-    True; otherwise prints :func:`~agent.watch_view.plain_lines` every ``interval_s``
+    True; otherwise prints :func:`~agent.cli.watch_view.plain_lines` every ``interval_s``
     whenever something changed (and once more on stop). Returns 0 when stopped, 1 when
     the broker could not be reached within ``connect_timeout_s`` at start, 2 for a
     malformed URL. Cancellation (Ctrl-C in the CLI) closes the client and propagates.

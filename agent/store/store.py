@@ -1,6 +1,6 @@
 """The durable outbox and the pipeline's persisted state (SQLite, stdlib ``sqlite3``).
 
-One database file (schema, migrations, epoch and lock in :mod:`agent.statefile`) holds:
+One database file (schema, migrations, epoch and lock in :mod:`agent.store.file`) holds:
 
 - ``meta``: the file's ``epoch`` and each Sparkplug edge node's last bdSeq;
 - ``outbox``: MQTT messages waiting for the broker's acknowledgement, in insertion order
@@ -40,8 +40,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from agent.errors import StoreError
-from agent.statefile import StoreLock, connect, transaction
+from agent.contract.errors import StoreError
+from agent.store.file import StoreLock, connect, transaction
 
 __all__ = ["ROW_OVERHEAD", "LineState", "NewRecord", "OutboxRecord", "Store", "StoredReport",
            "StoredState"]
@@ -88,7 +88,7 @@ class LineState:
     ``anchor`` (the wall-clock time, and the monotonic time on the boot ``boot_id``);
     ``last_*`` is the last good reading; ``rebaseline`` is a pending re-baseline's reason.
     ``second_json`` is the same for the line's total or reject counter, as JSON (see
-    :mod:`agent.lines`), or None.
+    :mod:`agent.runtime.lines`), or None.
     """
 
     line: str

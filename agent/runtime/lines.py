@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.config import Config, LineConfig
+from agent.contract.payloads import LineStatePayload, SourceInfo, encode
+from agent.contract.readings import Reading, SourceHealth
 from agent.core.counter import CounterMemory
 from agent.core.tracker import DEFAULT_MODULUS, LineTracker, WindowResult
-from agent.payloads import LineStatePayload, SourceInfo, encode
-from agent.publisher import Publisher
-from agent.readings import Reading, SourceHealth
+from agent.outputs.mqtt.publisher import Publisher
 from agent.store import LineState, StoredState
 
 __all__ = ["LineBoard"]

@@ -18,22 +18,22 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import Config
+from agent.contract.payloads import StatusPayload, encode
+from agent.contract.readings import Reading, SourceHealth
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import Reporter
-from agent.forwarder import Forwarder
-from agent.lines import LineBoard
-from agent.metrics import Metrics
-from agent.notify import Notifier
 from agent.outputs import OutputFormat, make_formats
+from agent.outputs.forwarder import Forwarder
 from agent.outputs.json import JsonFormat
-from agent.payloads import StatusPayload, encode
-from agent.publisher import Publisher
-from agent.readings import Reading, SourceHealth
+from agent.outputs.mqtt.publisher import Publisher
+from agent.runtime.lines import LineBoard
+from agent.runtime.metrics import Metrics
+from agent.runtime.notify import Notifier
+from agent.runtime.status import Alarms
+from agent.runtime.windows import WindowCloser
 from agent.sources.base import make_source
 from agent.sources.supervisor import SourceSupervisor, poll_phase
-from agent.status import Alarms
 from agent.store import Store
-from agent.windows import WindowCloser
 
 if TYPE_CHECKING:
     from agent.outputs.sparkplug.node import EdgeNode

@@ -17,9 +17,9 @@ from agent.config import (
     OpcUaSource,
     OpcUaTag,
 )
-from agent.configload import load_config, with_broker
+from agent.config.load import load_config, with_broker
+from agent.contract.errors import PlantfloorError
 from agent.core.calendar import ShiftCalendar
-from agent.errors import PlantfloorError
 from agent.outputs.sparkplug import checks as sparkplug_checks
 
 __all__ = ["check_command", "summary", "warnings"]
@@ -158,7 +158,7 @@ async def _check_source(cfg: Config, src: ModbusSource | OpcUaSource) -> tuple[s
 
 
 async def _check_broker(cfg: Config) -> tuple[str, bool, str]:
-    from agent.publisher import Publisher
+    from agent.outputs.mqtt.publisher import Publisher
 
     name = f"broker {cfg.mqtt.url}"
     try:

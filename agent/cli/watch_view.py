@@ -22,7 +22,13 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.payloads import LineOutput, LineStatePayload, PlantOutput, ShiftReport, StatusPayload
+from agent.contract.payloads import (
+    LineOutput,
+    LineStatePayload,
+    PlantOutput,
+    ShiftReport,
+    StatusPayload,
+)
 
 __all__ = ["LineView", "PlantView", "WatchModel", "decode_payload", "plain_lines", "rich_view"]
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
+from agent.contract.errors import ConfigError, StoreError
 from agent.core.report import LineTotals, PlantTotals
-from agent.errors import ConfigError, StoreError
-from agent.lines import second_row
-from agent.statefile import StoreLock, connect, open_readonly, transaction
+from agent.runtime.lines import second_row
 from agent.store import LineState
+from agent.store.file import StoreLock, connect, open_readonly, transaction
 
 __all__ = ["rebaseline", "show"]
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from agent.payloads import Alarm
+from agent.contract.payloads import Alarm
 
 __all__ = ["Alarms"]
 

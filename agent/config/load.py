@@ -1,6 +1,6 @@
 """Load a configuration file: YAML 1.2 (ruamel.yaml), then the pydantic models.
 
-Every failure becomes one :class:`~agent.errors.ConfigError` sentence naming the file,
+Every failure becomes one :class:`~agent.contract.errors.ConfigError` sentence naming the file,
 the line and the key: ``config/x.yaml:42: lines.0.counter.source: ...``.
 
 Loading is bounded, so that a hostile or broken file is refused in milliseconds rather
@@ -48,7 +48,7 @@ from ruamel.yaml.events import (
 )
 
 from agent.config import Config
-from agent.errors import ConfigError
+from agent.contract.errors import ConfigError
 
 __all__ = [
     "MAX_CONFIG_ALIASES",

@@ -2,7 +2,7 @@
 
 The models describe every key of the configuration file; ``plantfloor schema config``
 prints their JSON Schema. Loading YAML and turning validation errors into one sentence
-naming file, line and key lives in :mod:`agent.configload`.
+naming file, line and key lives in :mod:`agent.config.load`.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Protocol
 
-from agent.errors import PublishError, PublishRefused, StoreError
+from agent.contract.errors import PublishError, PublishRefused, StoreError
 from agent.outputs.base import OutputFormat
 from agent.outputs.json import JsonFormat
 from agent.store import OutboxRecord, Store

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.config import Config, LineConfig
+from agent.contract.errors import StoreError
+from agent.contract.payloads import LinePayload, ShiftReport, encode
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import LineTotals, LineWindow, PlantTotals, Reporter
 from agent.core.tracker import WindowResult
-from agent.errors import StoreError
-from agent.lines import LineBoard
 from agent.outputs import OutputFormat, WindowOutputs, make_formats
-from agent.payloads import LinePayload, ShiftReport, encode
-from agent.status import Alarms
+from agent.runtime.lines import LineBoard
+from agent.runtime.status import Alarms
 from agent.store import LineState, NewRecord, Store, StoredReport, StoredState
 
 __all__ = ["WindowCloser"]

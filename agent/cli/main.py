@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.errors import ConfigError, PlantfloorError
+from agent.contract.errors import ConfigError, PlantfloorError
 
 __all__ = ["main"]
 
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from agent.logconfig import configure_logging
+    from agent.runtime.logconfig import configure_logging
 
     configure_logging(fmt=args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
     try:
@@ -158,24 +158,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schema":
         return _schema(args.what)
     if args.command == "check":
-        from agent.check import check_command
+        from agent.cli.check import check_command
 
         return check_command(args.config, connect=args.connect, broker=args.broker, year=args.year)
     if args.command == "run":
         return _run_agent(args)
     if args.command == "state":
-        from agent import statecmd
-        from agent.configload import load_config
+        from agent.cli import state
+        from agent.config.load import load_config
 
         cfg = load_config(args.config).config
         if args.state_command == "show":
-            print(statecmd.show(cfg, fmt=args.format))
+            print(state.show(cfg, fmt=args.format))
         else:
-            print(statecmd.rebaseline(cfg, args.line, args.reason))
+            print(state.rebaseline(cfg, args.line, args.reason))
         return 0
     if args.command == "report":
-        from agent.configload import load_config
-        from agent.reportcmd import report
+        from agent.config.load import load_config
+        from agent.views.report import report
 
         cfg = load_config(args.config).config
         if args.database:
@@ -183,7 +183,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(report_from_database(cfg, args.database, day=args.date, shift=args.shift, fmt=args.format))
             return 0
-        print(report(cfg, day=args.date, shift=args.shift, fmt=args.format))
+        from agent.store.reports import read_reports
+
+        path = cfg.storage.path
+        print(report(cfg, day=args.date, shift=args.shift, fmt=args.format,
+                     read=lambda d, name: read_reports(path, d, name)))
         return 0
     if args.command == "simulate":
         from simulators.runner import run_simulators
@@ -193,7 +197,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise PlantfloorError(f"the simulators cannot start: {exc}") from exc
     if args.command == "watch":
-        from agent.watch import run_watch
+        from agent.cli.watch import run_watch
 
         stop = asyncio.Event()
         return _run_until_signal(lambda: run_watch(broker_url=args.broker, root=args.root,
@@ -207,7 +211,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                               connect=args.connect, debug=args.debug, log_format=args.log_format,
                               run_until_signal=_run_until_signal)
     if args.command == "demo":
-        from agent.demo import run_demo
+        from agent.cli.demo import run_demo
 
         stop = asyncio.Event()
         return _run_until_signal(lambda: run_demo(broker=args.broker, config=args.config,
@@ -224,16 +228,16 @@ def _schema(what: str) -> int:
 
         print(json.dumps(Config.model_json_schema(), indent=2))
     else:
-        from agent.payloads import payload_schemas
+        from agent.contract.payloads import payload_schemas
 
         print(json.dumps(payload_schemas(), indent=2))
     return 0
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from agent.configload import load_config, with_broker
-    from agent.logconfig import collect_secrets, configure_logging
-    from agent.pipeline import Agent
+    from agent.config.load import load_config, with_broker
+    from agent.runtime.logconfig import collect_secrets, configure_logging
+    from agent.runtime.pipeline import Agent
 
     loaded = load_config(args.config)
     cfg = with_broker(loaded.config, args.broker) if args.broker else loaded.config

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.errors import StoreError
+from agent.contract.errors import StoreError
 
 __all__ = [
     "APPLICATION_ID",

@@ -1,8 +1,7 @@
-"""``plantfloor report``: the shift reports of a production day, from the state store.
+"""The shift reports of a production day rendered for people: text, CSV or JSON.
 
-It reads the ``shift_report`` table without writing to the file (a running agent is
-fine): the reports exactly as they were published on ``R/lines/<line>/shift`` and
-``R/plant/shift``. The day's figures (per line and for the plant) are computed from the
+The reports come from a reader (the gateway's state store or the roll-up's database),
+exactly as they were published on ``R/lines/<line>/shift`` and ``R/plant/shift``. The day's figures (per line and for the plant) are computed from the
 summed times and counts of its shift reports, never from averaged percentages.
 """
 
@@ -11,18 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.errors import ConfigError, StoreError
-from agent.payloads import ShiftReport
-from agent.statefile import open_readonly
+from agent.contract.errors import ConfigError
+from agent.contract.payloads import ShiftReport
 
-__all__ = ["day_totals", "read_reports", "report"]
+__all__ = ["Reader", "day_totals", "report"]
+
+#: the stored reports of a production date (and shift name): the gateway's state store or
+#: the roll-up's database
+Reader = Callable[[date, str | None], list[ShiftReport]]
 
 _CSV_FIELDS = [
     "date", "shift", "start", "end", "line", "units", "rejects", "total", "target", "attainment",
@@ -31,27 +31,6 @@ _CSV_FIELDS = [
     "availability", "performance",
     "quality", "oee", "quality_measured", "top_loss",
 ]
-
-
-def read_reports(path: Path, day: date, shift: str | None = None) -> list[ShiftReport]:
-    """The stored reports of production date ``day`` (of one shift name), by start, lines
-    first and the plant last."""
-    conn = open_readonly(path)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "shift_report" not in tables:
-            return []
-        query = "SELECT payload FROM shift_report WHERE date = ?"
-        args: list[object] = [day.isoformat()]
-        if shift is not None:
-            query += " AND shift = ?"
-            args.append(shift)
-        rows = conn.execute(query + " ORDER BY start, line = '', line", args).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read the state database {path}: {exc}") from exc
-    finally:
-        conn.close()
-    return [ShiftReport.model_validate_json(r[0]) for r in rows]
 
 
 def day_totals(reports: Sequence[ShiftReport]) -> list[dict[str, Any]]:
@@ -172,11 +151,11 @@ def _csv(reports: Sequence[ShiftReport]) -> str:
 
 def report(cfg: Config, *, day: str | None = None, shift: str | None = None,
            fmt: str = "text", now: datetime | None = None,
-           read: Callable[[date, str | None], list[ShiftReport]] | None = None) -> str:
+           read: Reader) -> str:
     """The shift reports of a production day (default: today in the site's time zone).
 
-    ``read`` gives the stored reports of a date (and shift name); by default the gateway's
-    state store (the roll-up passes its database).
+    ``read`` gives the stored reports of a date (and shift name): the gateway's state store
+    (``plantfloor report``) or the roll-up's database (``report --database``).
     """
     if day is None:
         when = (now or datetime.now(cfg.tz)).astimezone(cfg.tz)
@@ -189,7 +168,7 @@ def report(cfg: Config, *, day: str | None = None, shift: str | None = None,
     if shift is not None and shift not in {s.name for s in cfg.shifts}:
         raise ConfigError(f"shift {shift!r} is not in the config "
                           f"({', '.join(s.name for s in cfg.shifts)})", key="--shift")
-    reports = read(d, shift) if read is not None else read_reports(cfg.storage.path, d, shift)
+    reports = read(d, shift)
     if fmt == "json":
         return json.dumps({"date": d.isoformat(), "site": cfg.site,
                            "reports": [json.loads(r.model_dump_json(by_alias=True)) for r in reports],

@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.config import Config, SparkplugConfig
-from agent.configload import load_config, with_broker
-from agent.errors import ConfigError, PlantfloorError
+from agent.config.load import load_config, with_broker
+from agent.contract.errors import ConfigError, PlantfloorError
 
 __all__ = ["embedded_broker", "packaged_config", "run_demo"]
 
@@ -30,8 +30,8 @@ DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 def packaged_config(name: str) -> Path:
     """A demo config shipped in the wheel (agent/config_data) or, from a checkout, config/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "config_data" / name, here.parent / "config" / name):
+    package = Path(__file__).resolve().parent.parent  # agent/
+    for candidate in (package / "config_data" / name, package.parent / "config" / name):
         if candidate.is_file():
             return candidate
     raise ConfigError(f"the packaged demo configuration {name} is missing; pass it explicitly")
@@ -141,8 +141,8 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
     ``output`` overrides the config's (json, sparkplug, both); with ``sparkplug`` the view
     shows the Sparkplug edge node's lines.
     """
-    from agent.pipeline import Agent
-    from agent.watch import run_watch
+    from agent.cli.watch import run_watch
+    from agent.runtime.pipeline import Agent
     from simulators.config import load_sim_config
     from simulators.runner import SimulatorSet
 

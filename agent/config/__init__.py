@@ -1,0 +1,59 @@
+"""The configuration: what the file may say, and how it is read.
+
+Lives here: the pydantic models of every section (``types`` the constrained types,
+``mqtt`` the broker, Sparkplug and metrics, ``plant`` windows, storage, capacity, shifts and
+downtime reasons, ``sources`` the PLC endpoints, ``lines`` the points and lines, ``models``
+the whole file and its cross-field checks) and ``load``, which reads YAML 1.2 or JSON
+within bounds and turns a validation error into one sentence naming file, line and key.
+
+May import: :mod:`agent.contract` only. Everything above imports the models from here
+(``from agent.config import Config``).
+"""
+
+from agent.config.models import (
+    BUILTIN_REASONS,
+    COUNTER_ROLES,
+    DEFAULT_RATE_BOUND_FACTOR,
+    DEFAULT_STATE_MAP,
+    DEPRECATED_OPCUA_POLICIES,
+    HHMM,
+    ROLE_KEYS,
+    TYPE_MODULUS,
+    TYPE_WIDTH,
+    Break,
+    Config,
+    CounterRole,
+    DowntimeConfig,
+    Identifier,
+    LineConfig,
+    LineState,
+    MetricsConfig,
+    ModbusSource,
+    ModbusTable,
+    ModbusTag,
+    ModbusType,
+    MqttConfig,
+    OpcUaSecurity,
+    OpcUaSource,
+    OpcUaTag,
+    PlantConfig,
+    Port,
+    PositiveSeconds,
+    PublishConfig,
+    ReasonCategory,
+    ReasonConfig,
+    Shift,
+    SourceConfig,
+    SparkplugConfig,
+    SparkplugId,
+    StateName,
+    StorageConfig,
+    TagConfig,
+    TimeZoneName,
+    TlsConfig,
+    Weekday,
+    WordOrder,
+    resolve_secret_file,
+)
+
+__all__ = ['BUILTIN_REASONS', 'COUNTER_ROLES', 'DEFAULT_RATE_BOUND_FACTOR', 'DEFAULT_STATE_MAP', 'DEPRECATED_OPCUA_POLICIES', 'HHMM', 'ROLE_KEYS', 'TYPE_MODULUS', 'TYPE_WIDTH', 'Break', 'Config', 'CounterRole', 'DowntimeConfig', 'Identifier', 'LineConfig', 'LineState', 'MetricsConfig', 'ModbusSource', 'ModbusTable', 'ModbusTag', 'ModbusType', 'MqttConfig', 'OpcUaSecurity', 'OpcUaSource', 'OpcUaTag', 'PlantConfig', 'Port', 'PositiveSeconds', 'PublishConfig', 'ReasonCategory', 'ReasonConfig', 'Shift', 'SourceConfig', 'SparkplugConfig', 'SparkplugId', 'StateName', 'StorageConfig', 'TagConfig', 'TimeZoneName', 'TlsConfig', 'Weekday', 'WordOrder', 'resolve_secret_file']
