@@ -10,50 +10,47 @@ May import: :mod:`agent.contract` only. Everything above imports the models from
 (``from agent.config import Config``).
 """
 
-from agent.config.models import (
+from agent.config.lines import DEFAULT_STATE_MAP, LineConfig, ModbusTag, OpcUaTag, TagConfig
+from agent.config.models import Config
+from agent.config.mqtt import (
+    MetricsConfig,
+    MqttConfig,
+    SparkplugConfig,
+    SparkplugId,
+    TlsConfig,
+    resolve_secret_file,
+)
+from agent.config.plant import (
     BUILTIN_REASONS,
+    Break,
+    DowntimeConfig,
+    PlantConfig,
+    PublishConfig,
+    ReasonConfig,
+    Shift,
+    StorageConfig,
+)
+from agent.config.sources import ModbusSource, OpcUaSecurity, OpcUaSource, SourceConfig
+from agent.config.types import (
     COUNTER_ROLES,
     DEFAULT_RATE_BOUND_FACTOR,
-    DEFAULT_STATE_MAP,
     DEPRECATED_OPCUA_POLICIES,
     HHMM,
     ROLE_KEYS,
     TYPE_MODULUS,
     TYPE_WIDTH,
-    Break,
-    Config,
     CounterRole,
-    DowntimeConfig,
     Identifier,
-    LineConfig,
     LineState,
-    MetricsConfig,
-    ModbusSource,
     ModbusTable,
-    ModbusTag,
     ModbusType,
-    MqttConfig,
-    OpcUaSecurity,
-    OpcUaSource,
-    OpcUaTag,
-    PlantConfig,
     Port,
     PositiveSeconds,
-    PublishConfig,
     ReasonCategory,
-    ReasonConfig,
-    Shift,
-    SourceConfig,
-    SparkplugConfig,
-    SparkplugId,
     StateName,
-    StorageConfig,
-    TagConfig,
     TimeZoneName,
-    TlsConfig,
     Weekday,
     WordOrder,
-    resolve_secret_file,
 )
 
 __all__ = ['BUILTIN_REASONS', 'COUNTER_ROLES', 'DEFAULT_RATE_BOUND_FACTOR', 'DEFAULT_STATE_MAP', 'DEPRECATED_OPCUA_POLICIES', 'HHMM', 'ROLE_KEYS', 'TYPE_MODULUS', 'TYPE_WIDTH', 'Break', 'Config', 'CounterRole', 'DowntimeConfig', 'Identifier', 'LineConfig', 'LineState', 'MetricsConfig', 'ModbusSource', 'ModbusTable', 'ModbusTag', 'ModbusType', 'MqttConfig', 'OpcUaSecurity', 'OpcUaSource', 'OpcUaTag', 'PlantConfig', 'Port', 'PositiveSeconds', 'PublishConfig', 'ReasonCategory', 'ReasonConfig', 'Shift', 'SourceConfig', 'SparkplugConfig', 'SparkplugId', 'StateName', 'StorageConfig', 'TagConfig', 'TimeZoneName', 'TlsConfig', 'Weekday', 'WordOrder', 'resolve_secret_file']

@@ -11,15 +11,9 @@ May import: :mod:`agent.contract` only. The runtime writes through :class:`Store
 forwarder drains its outbox; commands open the file read-only.
 """
 
-from agent.store.store import (
-           ROW_OVERHEAD,
-           LineState,
-           NewRecord,
-           OutboxRecord,
-           Store,
-           StoredReport,
-           StoredState,
-)
+from agent.store.outbox import ROW_OVERHEAD
+from agent.store.records import LineState, NewRecord, OutboxRecord, StoredReport, StoredState
+from agent.store.store import Store
 
 __all__ = ["ROW_OVERHEAD", "LineState", "NewRecord", "OutboxRecord", "Store", "StoredReport",
            "StoredState"]

@@ -35,159 +35,31 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 from agent.contract.errors import StoreError
 from agent.store.file import StoreLock, connect, transaction
+from agent.store.outbox import DELETE_CHUNK, ROW_OVERHEAD, outbox_totals, row_cost, trim
+from agent.store.records import (
+    LineState,
+    NewRecord,
+    OutboxRecord,
+    StoredReport,
+    StoredState,
+    iso,
+)
 
 __all__ = ["ROW_OVERHEAD", "LineState", "NewRecord", "OutboxRecord", "Store", "StoredReport",
            "StoredState"]
 
 log = logging.getLogger(__name__)
 
-#: bytes counted per outbox row on top of its payload and topic (see the module docstring)
-ROW_OVERHEAD = 64
-#: ids per DELETE statement (well below SQLite's bound on host parameters)
-_DELETE_CHUNK = 500
 _LINE_COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
                  " anchor_mono, last_wall, last_mono, boot_id, rebaseline, second_json")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class NewRecord:
-    """An MQTT message to be kept until the broker acknowledges it."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    line: str | None
-    seq: int | None
-    window_end: datetime
-    #: the output format that encoded it (agent.outputs), which also gives its wire bytes
-    format: str = "json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class OutboxRecord(NewRecord):
-    """A record as stored, with its outbox id (ascending in commit order)."""
-
-    id: int
-
-
-@dataclass(frozen=True)
-class LineState:
-    """A line's persisted state: the pipeline's totals (opaque JSON) and the counter's memory.
-
-    ``baseline`` belongs to the counter named by ``identity`` and is bounded from
-    ``anchor`` (the wall-clock time, and the monotonic time on the boot ``boot_id``);
-    ``last_*`` is the last good reading; ``rebaseline`` is a pending re-baseline's reason.
-    ``second_json`` is the same for the line's total or reject counter, as JSON (see
-    :mod:`agent.runtime.lines`), or None.
-    """
-
-    line: str
-    totals_json: str
-    identity: str | None = None
-    state_identity: str | None = None
-    baseline: int | None = None
-    modulus: int | None = None
-    anchor_wall: datetime | None = None
-    anchor_mono: float | None = None
-    last_wall: datetime | None = None
-    last_mono: float | None = None
-    boot_id: str | None = None
-    rebaseline: str | None = None
-    second_json: str | None = None
-
-    def row(self) -> tuple[object, ...]:
-        return (self.line, self.totals_json, self.identity, self.state_identity,
-                _text(self.baseline), _text(self.modulus), _opt_iso(self.anchor_wall),
-                self.anchor_mono, _opt_iso(self.last_wall), self.last_mono, self.boot_id,
-                self.rebaseline, self.second_json)
-
-    @classmethod
-    def from_row(cls, row: tuple[object, ...]) -> LineState:
-        (line, totals, identity, state_identity, baseline, modulus, anchor_wall, anchor_mono,
-         last_wall, last_mono, boot_id, rebaseline, second_json) = row
-        return cls(str(line), str(totals), _opt_str(identity), _opt_str(state_identity),
-                   _opt_int(baseline), _opt_int(modulus), _opt_dt(anchor_wall),
-                   _opt_float(anchor_mono), _opt_dt(last_wall), _opt_float(last_mono),
-                   _opt_str(boot_id), _opt_str(rebaseline), _opt_str(second_json))
-
-
-@dataclass(frozen=True)
-class StoredReport:
-    """A shift instance's report as published, kept for ``plantfloor report``.
-
-    ``line`` is '' for the plant's report; ``key`` names the shift instance (name@start).
-    """
-
-    line: str
-    key: str
-    date: date
-    shift: str
-    start: datetime
-    payload: bytes
-
-    def row(self) -> tuple[object, ...]:
-        return (self.line, self.key, self.date.isoformat(), self.shift, _iso(self.start),
-                self.payload.decode())
-
-
-@dataclass(frozen=True)
-class StoredState:
-    """What :meth:`Store.load` found.
-
-    ``epoch`` names the file's lifetime; ``created`` is true when the file was created by
-    this open (first start, or a lost or corrupt file); ``recovered_from`` is where a
-    corrupt file was moved.
-    """
-
-    lines: dict[str, LineState]
-    plant_json: str | None
-    recovered_from: Path | None
-    epoch: int = 0
-    created: bool = False
-
-
-def _text(v: int | None) -> str | None:
-    return None if v is None else str(v)
-
-
-def _opt_iso(v: datetime | None) -> str | None:
-    return None if v is None else _iso(v)
-
-
-def _opt_str(v: object) -> str | None:
-    return None if v is None else str(v)
-
-
-def _opt_int(v: object) -> int | None:
-    return None if v is None else int(str(v))
-
-
-def _opt_float(v: object) -> float | None:
-    return None if v is None else float(str(v))
-
-
-def _opt_dt(v: object) -> datetime | None:
-    return None if v is None else datetime.fromisoformat(str(v))
-
-
-def _cost(topic: str, payload: bytes) -> int:
-    return len(payload) + len(topic.encode()) + ROW_OVERHEAD
-
-
-def _iso(ts: datetime) -> str:
-    if ts.tzinfo is None:
-        raise ValueError("window_end must be timezone-aware")
-    return ts.astimezone(UTC).isoformat()
 
 
 class Store:
@@ -229,7 +101,7 @@ class Store:
             raise
         store = cls(path, max_bytes=max_bytes, executor=executor, conn=conn,
                     recovered_from=recovered, created=created, lock=held)
-        store.backlog, store._outbox_bytes = await store._run(_outbox_totals)
+        store.backlog, store._outbox_bytes = await store._run(outbox_totals)
         return store
 
     @staticmethod
@@ -294,8 +166,8 @@ class Store:
         the database is left exactly as before the call.
         """
         rows = [
-            (r.topic, r.payload, r.qos, int(r.retain), r.line, r.seq, _iso(r.window_end),
-             _cost(r.topic, r.payload), r.format)
+            (r.topic, r.payload, r.qos, int(r.retain), r.line, r.seq, iso(r.window_end),
+             row_cost(r.topic, r.payload), r.format)
             for r in records
         ]
         states = [s.row() for s in lines]
@@ -320,7 +192,7 @@ class Store:
                         "INSERT INTO plant_state (id, plant_json) VALUES (1, ?)"
                         " ON CONFLICT(id) DO UPDATE SET plant_json = excluded.plant_json",
                         (plant_json,))
-                return _trim(conn, current + added - limit)
+                return trim(conn, current + added - limit)
 
         dropped, freed = await self._run(write)
         self.backlog += len(rows) - dropped
@@ -349,7 +221,7 @@ class Store:
         if ending_since is not None and newest:
             # ISO 8601 in UTC sorts as time does
             where += " AND window_end >= ?"
-            params.append(_iso(ending_since))
+            params.append(iso(ending_since))
         if only is not None:
             where += f" AND format IN ({','.join('?' * len(only))})"
             params += list(only)
@@ -385,8 +257,8 @@ class Store:
             freed = 0
             removed = 0
             with transaction(conn):
-                for start in range(0, len(unique), _DELETE_CHUNK):
-                    chunk = unique[start:start + _DELETE_CHUNK]
+                for start in range(0, len(unique), DELETE_CHUNK):
+                    chunk = unique[start:start + DELETE_CHUNK]
                     marks = ",".join("?" * len(chunk))
                     count, cost = conn.execute(
                         f"SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM outbox WHERE id IN ({marks})",
@@ -467,31 +339,6 @@ def _move_aside(path: Path) -> Path:
         raise StoreError(f"state database {path} is unusable and cannot be moved aside: {exc}") \
             from exc
     return target
-
-
-def _outbox_totals(conn: sqlite3.Connection) -> tuple[int, int]:
-    count, total = conn.execute("SELECT COUNT(*), COALESCE(SUM(cost), 0) FROM outbox").fetchone()
-    return int(count), int(total)
-
-
-def _trim(conn: sqlite3.Connection, excess: int) -> tuple[int, int]:
-    """Delete the oldest rows until ``excess`` bytes are freed; (rows, bytes) deleted."""
-    if excess <= 0:
-        return 0, 0
-    freed = 0
-    last_id = None
-    count = 0
-    cur = conn.execute("SELECT id, cost FROM outbox ORDER BY id ASC")
-    for row_id, cost in cur:
-        freed += cost
-        count += 1
-        last_id = row_id
-        if freed >= excess:
-            break
-    cur.close()
-    if last_id is not None:
-        conn.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
-    return count, freed
 
 
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:

@@ -1,7 +1,8 @@
 """paho-mqtt on the asyncio loop: the client's socket watched with ``add_reader``/``add_writer``,
 keepalives from a small task, no paho thread; TLS and connection errors in one sentence.
 
-Shared by the agent's publisher (agent/publisher.py) and the roll-up's consumer.
+Shared by the agent's publisher (:mod:`agent.outputs.mqtt.publisher`) and the roll-up's
+consumer.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import ssl
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttConfig, resolve_secret_file
 
-__all__ = ["attach", "close_socket", "describe", "keepalive", "tls_context", "unwatch"]
+__all__ = ["attach", "close_socket", "describe", "keepalive", "new_client", "tls_context", "unwatch"]
 
 _MISC_INTERVAL_S = 1.0
 
@@ -98,3 +100,24 @@ def describe(exc: BaseException, cfg: MqttConfig) -> str:
     if isinstance(exc, OSError):
         return f"cannot connect to {where}: {exc.strerror or exc}"
     return str(exc)
+
+
+def new_client(cfg: MqttConfig, *, client_id: str, will: tuple[str, bytes], will_retain: bool,
+               password: str | None, connect_timeout_s: float) -> mqtt.Client:
+    """A fresh paho client for one publishing session: no reconnect of its own (one layer
+    owns reconnection), the will set, in-flight capped by the publisher's own slots."""
+    v5 = cfg.version == "5"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        clean_session=None if v5 else True, reconnect_on_failure=False)
+    client.connect_timeout = connect_timeout_s
+    will_topic, will_payload = will
+    client.will_set(will_topic, will_payload, qos=1, retain=will_retain)
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, password)
+    # the publisher's own slots cap what is in flight (at the broker's Receive Maximum);
+    # paho's cap would only make it walk every unacknowledged message on each PUBACK
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(cfg.max_inflight)
+    return client
