@@ -99,7 +99,7 @@ def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
 
 def test_too_many_plain_nodes_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the same rule at a smaller bound, so the test stays quick
-    monkeypatch.setattr("agent.config.load.MAX_CONFIG_NODES", 50_000)
+    monkeypatch.setattr("agent.config.bounds.MAX_CONFIG_NODES", 50_000)
     f = tmp_path / "wide.yaml"
     f.write_text("site: kyushu\nx: [" + ", ".join(["1"] * (50_000 + 10)) + "]\n")
     with pytest.raises(ConfigError, match="bound of 50,000 YAML nodes"):
@@ -122,7 +122,7 @@ def test_an_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
 def test_a_file_at_the_size_bound_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the same rule at a smaller bound, so the test stays quick
     bound = 1 << 20
-    monkeypatch.setattr("agent.config.load.MAX_CONFIG_BYTES", bound)
+    monkeypatch.setattr("agent.config.bounds.MAX_CONFIG_BYTES", bound)
     f = tmp_path / "full.yaml"
     pad = bound - len(KYUSHU.read_bytes())
     f.write_bytes(KYUSHU.read_bytes() + (b"#" * 99 + b"\n") * (pad // 100) + b"#" * (pad % 100))
