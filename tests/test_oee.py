@@ -288,8 +288,11 @@ def test_time_and_count_identities_hold_for_every_window_shift_and_day(
                   "unknown_s"):
             assert round(getattr(p.time, k) * 1000) == sum(round(getattr(r.time, k) * 1000)
                                                            for r in lines)
-        if p.time.planned_busy_s:
-            assert p.availability == pytest.approx(p.time.run_s / p.time.planned_busy_s, abs=1e-4)
+        observed = p.time.planned_busy_s - p.time.unknown_s
+        if observed > 0.001:  # unobserved time is neither run time nor downtime
+            assert p.availability == pytest.approx(p.time.run_s / observed, abs=1e-4)
+        elif observed <= 0:
+            assert p.availability is None
     # every production day: the identity, and the sum of its windows
     for line in cfg.lines:
         acc = plant.totals[line.id].day_acc
@@ -404,7 +407,9 @@ def test_a_shift_the_agent_partly_saw_says_so_and_counts_its_outage_unknown() ->
     assert report.coverage == round(90 * 60 / (8 * 3600), 4)
     assert report.time.run_s == 90 * 60
     assert report.time.unknown_s == 30 * 60        # the windows of its outage
-    assert report.availability == round(90 / 120, 4)
+    # the outage is neither run time nor downtime: the line ran all it was observed
+    assert report.availability == 1.0
+    assert report.partial
 
 
 def test_a_line_without_state_tag_or_quality_counter_says_what_is_not_measured() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
@@ -79,6 +80,27 @@ TagConfig = Annotated[
 DEFAULT_STATE_MAP: dict[int, str] = {0: "stopped", 1: "running", 2: "faulted"}
 
 
+class RampStep(_Model):
+    """From a production day on, the line's target is a share of its full rate."""
+
+    from_: dt.date = Field(..., alias="from", description="first production day of this share")
+    share: float = Field(..., gt=0, le=1, description="share of the full rate planned from that day (1 = full rate)")
+
+
+class NotPlanned(_Model):
+    """Production days on which the line is not planned to build (a move, a retooling)."""
+
+    from_: dt.date = Field(..., alias="from", description="first production day not planned")
+    to: dt.date = Field(..., description="last production day not planned (inclusive)")
+    reason: str = Field(..., min_length=1, description="why, shown by plantfloor check")
+
+    @model_validator(mode="after")
+    def _check(self) -> NotPlanned:
+        if self.to < self.from_:
+            raise ValueError(f"to ({self.to}) is before from ({self.from_})")
+        return self
+
+
 class LineConfig(_Model):
     id: Identifier
     product: str = Field(..., min_length=1, description="product built on the line, e.g. Sakura")
@@ -108,6 +130,17 @@ class LineConfig(_Model):
         default_factory=dict,
         description="extra process values read with the counter (e.g. buffer level, andon); "
                     "the last good value of each is reported in every window")
+    start: dt.date | None = Field(
+        None, description="the line's first production day: before it the line has no planned "
+                          "time (no target, attainment or downtime); default planned all along")
+    ramp_up: list[RampStep] = Field(
+        default_factory=list,
+        description="the target as a share of the full rate from given production days, in date "
+                    "order; the full rate after the last step only if its share is 1")
+    not_planned: list[NotPlanned] = Field(
+        default_factory=list,
+        description="production days the line does not build (a move, a retooling): no planned "
+                    "time, so no target, attainment or downtime there")
 
     def points(self) -> Iterator[tuple[Literal["counter", "total", "rejects", "state", "tag"],
                                        str | None, TagConfig]]:
@@ -127,7 +160,28 @@ class LineConfig(_Model):
             raise ValueError("give exactly one of target_per_hour and takt_s")
         if self.total_counter is not None and self.reject_counter is not None:
             raise ValueError("give at most one of total_counter and reject_counter")
+        days = [step.from_ for step in self.ramp_up]
+        if days != sorted(set(days)):
+            raise ValueError("ramp_up steps must be in increasing date order")
         return self
+
+    def plan_share(self, day: dt.date) -> float:
+        """The share of the full rate planned on production day ``day``: 0 before ``start``
+        and in a ``not_planned`` period, the ramp-up's share where one applies, else 1."""
+        if self.start is not None and day < self.start:
+            return 0.0
+        if any(p.from_ <= day <= p.to for p in self.not_planned):
+            return 0.0
+        share = 1.0
+        for step in self.ramp_up:
+            if step.from_ <= day:
+                share = step.share
+        return share
+
+    @property
+    def has_plan(self) -> bool:
+        """The line has a calendar of its own (a start, a ramp-up or a period not planned)."""
+        return self.start is not None or bool(self.ramp_up or self.not_planned)
 
     @property
     def second_counter(self) -> tuple[Literal["total", "rejects"], TagConfig] | None:

@@ -90,13 +90,16 @@ class ShiftTotals(_Payload):
     name: str | None = Field(..., description="shift name; null outside every shift")
     units: int = Field(..., ge=0, description="units built so far in this shift (or off-shift period)")
     target: float = Field(..., ge=0, description="planned units for the whole shift")
-    projected: float = Field(..., ge=0, description="units + current rate x remaining planned time")
+    projected: float = Field(..., ge=0, description="the rate over the planned time counted (units / planned seconds since counted_since) x the shift's whole planned time: units + that rate x the planned time not counted (still to come, or before counting began)")
     downtime_s: float = Field(..., ge=0, description="stopped + faulted seconds so far in this shift")
-    availability: Ratio = Field(None, ge=0, description="run time / planned busy time so far; null while there is no planned busy time yet, or without a state tag")
+    availability: Ratio = Field(None, ge=0, description="run time / observed planned busy time so far (unobserved time is neither run time nor downtime); null while none was observed, or without a state tag")
     performance: Ratio = Field(None, ge=0, description="ideal cycle x total units / run time so far; null while the line has not run")
     quality: Ratio = Field(None, ge=0, description="good / total units so far; 1 when not measured (quality_measured false); null before the first unit")
     oee: Ratio = Field(None, ge=0, description="availability x performance x quality; null while one of them is")
     quality_measured: bool = Field(False, description="the line has a total or reject counter")
+    covered_s: float = Field(0.0, ge=0, description="planned seconds of the shift so far in windows the agent observed")
+    coverage: float = Field(1.0, ge=0, le=1, description="covered_s / planned seconds of the shift so far (1 while none has elapsed)")
+    counted_since: Timestamp | None = Field(None, description="start of the shift's first window in the agent's books: units are counted from there, and the rate of the projection is units / planned time since then")
 
 
 class DayTotals(_Payload):
@@ -107,6 +110,9 @@ class DayTotals(_Payload):
     performance: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
     quality: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
     oee: Ratio = Field(None, ge=0, description="as for the shift, over the production day so far")
+    covered_s: float = Field(0.0, ge=0, description="planned seconds of the production day so far in windows the agent observed")
+    coverage: float = Field(1.0, ge=0, le=1, description="covered_s / planned seconds of the production day so far (1 while none has elapsed)")
+    counted_since: Timestamp | None = Field(None, description="start of the production day's first window in the agent's books")
 
 
 class WindowTime(_Payload):
@@ -182,9 +188,13 @@ class PlantOutput(_Payload):
     target_today: float = Field(..., ge=0)
     capacity_per_year: int
     planned_utilization: float
-    utilization: float = Field(..., description="units_year_to_date / (capacity_per_year pro rata to the planned time counted this year)")
-    projected_year: float = Field(..., description="units_year_to_date + the year-to-date rate x the planned time left this year")
+    utilization: float = Field(..., description="units_year_to_date / (capacity_per_year pro rata to the planned time counted this year, the opening balance's included)")
+    projected_year: float = Field(..., description="the year-to-date rate (units_year_to_date / planned time counted) x the year's planned time")
     year_counted_since: Timestamp | None = Field(None, description="start of the first window counted this production year")
+    year_covered_s: float = Field(0.0, ge=0, description="planned seconds of the production year in windows the agent observed (some line counting)")
+    year_coverage: float = Field(1.0, ge=0, le=1, description="year_covered_s / planned seconds of the production year so far")
+    year_opening_units: int = Field(0, ge=0, description="units recorded by an operator as built earlier in the production year (plantfloor state opening), included in units_year_to_date: measured = units_year_to_date - year_opening_units")
+    year_opening_through: dt.date | None = Field(None, description="the last production day the opening balance covers; null without one")
     lines: dict[str, int] = Field(..., description="units per line in this window")
     quality: Literal["good", "uncertain", "bad"]
     historical: bool = False
@@ -302,6 +312,7 @@ class ShiftReport(_Payload):
     quality_measured: bool
     top_losses: list[Loss] = Field(..., description="the largest losses of planned busy time, largest first")
     coverage: float = Field(..., ge=0, le=1, description="covered_s / calendar_s (1 when nothing was planned): how much of the shift the agent saw")
+    partial: bool = Field(False, description="coverage below 0.9: the figures describe the part of the shift the agent observed")
     historical: bool = Field(False, description="sent later than one window after the shift's end")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -357,7 +368,8 @@ class LinePayload:
         if self._json is None:
             f = self.fields
             self._json = orjson.dumps({**f, "window_start": rfc3339(f["window_start"]),
-                                       "window_end": rfc3339(f["window_end"])})
+                                       "window_end": rfc3339(f["window_end"]),
+                                       "shift": _stamped(f["shift"]), "day": _stamped(f["day"])})
         return self._json
 
     def model(self) -> LineOutput:
@@ -365,6 +377,12 @@ class LinePayload:
         if self._model is None:
             self._model = LineOutput.model_validate(self.fields)
         return self._model
+
+
+def _stamped(block: dict[str, Any]) -> dict[str, Any]:
+    """A shift or day block with its ``counted_since`` as the contract writes a timestamp."""
+    since = block.get("counted_since")
+    return {**block, "counted_since": rfc3339(since)} if isinstance(since, datetime) else block
 
 
 def encode(model: BaseModel) -> bytes:

@@ -8,7 +8,11 @@ Times are integer milliseconds, so that every identity holds exactly:
 * ``P = run + minor stops + downtime by reason (planned stops included) + unknown``
 * planned busy time ``PBT = P - planned stops = run + minor + downtime of unplanned and
   idle reasons + unknown``
-* availability ``A = run / PBT``; performance ``Pf = ideal cycle x total count / run``;
+* observed busy time ``OBT = PBT - unknown``: time the agent did not observe (it was not
+  running, the gateway was off, the state was unreadable or unmapped) is neither run
+  time nor downtime, so a restart never lowers the availability of a line that kept
+  running; how much was observed is always published beside the figures (coverage)
+* availability ``A = run / OBT``; performance ``Pf = ideal cycle x total count / run``;
   quality ``Q = good / total``, where total = good + rejects from the line's second
   counter (without one Q is 1 and ``quality_measured`` is false); ``OEE = A x Pf x Q``
 * losses, in seconds of PBT: downtime of each unplanned or idle reason, minor stops,
@@ -30,10 +34,13 @@ from typing import Any, Literal
 from agent.contract.payloads import Loss, ReasonTime, ShiftRef, ShiftReport, ShiftTime
 from agent.core.timesplit import TimeSplit
 
-__all__ = ["Acc", "Figures", "ReportSubject", "counts", "figures", "losses", "shift_report"]
+__all__ = ["COVERAGE_THRESHOLD", "Acc", "Figures", "ReportSubject", "counts", "figures", "losses", "shift_report"]
 
 #: how many losses a shift report names
 TOP_LOSSES = 5
+#: a shift report whose coverage is below this share of its planned time is marked
+#: ``partial``: its figures describe the part the agent observed, not the whole shift
+COVERAGE_THRESHOLD = 0.9
 _LOST_COUNTS = frozenset({"counter_reset", "rebaselined", "implausible_jump"})
 
 
@@ -157,6 +164,11 @@ class Figures:
     oee: float | None
     quality_measured: bool
 
+    @property
+    def observed_busy_ms(self) -> int:
+        """Planned busy time the agent observed: availability's denominator."""
+        return self.busy_ms - self.unknown_ms
+
 
 def category(categories: Mapping[str, str], reason: str) -> str:
     """A reason's category; a reason no longer configured counts as unplanned."""
@@ -177,8 +189,9 @@ def figures(acc: Acc, categories: Mapping[str, str], *,
     planned_stop = sum(ms for r, ms in acc.down_ms.items() if category(categories, r) == "planned")
     down = sum(acc.down_ms.values()) - planned_stop
     busy = planned - planned_stop
+    observed = busy - unknown  # unobserved time is neither run time nor downtime
     run_s = acc.run_ms / 1000
-    availability = acc.run_ms / busy if time_measured and busy > 0 else None
+    availability = acc.run_ms / observed if time_measured and observed > 0 else None
     performance = acc.ideal_s / run_s if time_measured and acc.run_ms > 0 else None
     quality = (acc.good / acc.total if acc.total > 0 else None) if counted else 1.0
     oee = None
@@ -251,6 +264,7 @@ def shift_report(subject: ReportSubject, *, site: str, epoch: int, ref: ShiftRef
     top = [Loss(cause=c, kind=k, seconds=round(s, 3))
            for c, k, s in losses(acc, fig, categories, time_measured=subject.time_measured)
            if s > 0][:TOP_LOSSES]
+    coverage = round(min(1.0, fig.covered_ms / calendar_ms), 4) if calendar_ms else 1.0
     downtime = {r: ReasonTime(category=category(categories, r),
                               seconds=_s(ms), stops=acc.stops.get(r, 0))
                 for r, ms in sorted(acc.down_ms.items())}
@@ -271,5 +285,5 @@ def shift_report(subject: ReportSubject, *, site: str, epoch: int, ref: ShiftRef
         ideal_cycle_s=subject.ideal_cycle_s,
         availability=_ratio(fig.availability), performance=_ratio(fig.performance),
         quality=_ratio(fig.quality), oee=_ratio(fig.oee),
-        quality_measured=subject.quality_measured, top_losses=top,
-        coverage=round(min(1.0, fig.covered_ms / calendar_ms), 4) if calendar_ms else 1.0)
+        quality_measured=subject.quality_measured, top_losses=top, coverage=coverage,
+        partial=coverage < COVERAGE_THRESHOLD)

@@ -10,12 +10,22 @@ Line, per window ``[start, end)``:
 * window target units ``T = R * P(start, end) / 3600``;
   ``target_per_hour = T * 3600 / W`` (0 in breaks and off shift, a fraction at edges)
 * ``attainment = units / T``; null when ``T`` is 0
+* the line's own calendar: on a production day before ``lines[].start`` or within one of
+  its ``not_planned`` periods the line has no planned time (``R`` is 0: no target, no
+  attainment, no downtime, its window's time is not planned); during a ramp-up ``R`` is
+  the step's share of the full rate
 * shift = the period containing ``start``; its totals restart when the period changes.
   ``shift.units`` and ``shift.downtime_s`` (stopped + faulted seconds) are sums over the
-  period's windows so far; ``shift.target = R * P(period) / 3600``;
-  ``shift.projected = shift.units + rate * (P(period) - P(period.start, end))``, where
-  ``rate = shift.units / P(period.start, end)``, or the window's ``units / W`` when no
-  planned time has elapsed yet
+  period's windows so far; ``shift.target = R * P(period) / 3600``.
+  ``K`` = planned seconds of the period's windows in the agent's books (from
+  ``shift.counted_since``, the first one, outages included: units built during an outage
+  are counted when the counter is read again); ``rate = shift.units / K`` (the window's
+  ``units / W`` while ``K`` is 0); ``shift.projected = shift.units + rate * (P(period) -
+  K)``: the planned time not counted, still to come or before counting began, at the
+  counted rate. With counting from the shift's start this is ``units + rate * remaining``
+* coverage: ``covered_s`` = planned seconds in windows the agent observed (an outage's
+  windows are not observed); ``coverage = covered_s / P(period.start, end)`` for the
+  shift, the same over the production day's shifts for the day (1 while none has elapsed)
 * day = the production date of ``start``; ``day.units`` restarts on a new production
   date; ``day.target = R * (planned seconds of the shifts starting that date) / 3600``
 
@@ -23,21 +33,28 @@ Plant, per window (``Y`` = planned seconds of the production year, ``E`` = plann
 seconds of it elapsed by the window's end, ``C`` = ``capacity_per_year``):
 
 * ``units`` = sum of line units; ``lines`` = units per line
-* ``units_today`` by production date, ``units_year_to_date`` by production year
+* ``units_today`` by production date; ``units_year_to_date`` by production year, plus
+  the year's opening balance (``year_opening_units``, recorded with ``plantfloor state
+  opening`` for the production days up to ``year_opening_through``)
 * ``target_today`` = sum of the lines' ``day.target``
-* ``year_counted_since``: the start of the first window counted in this production year
-  (the agent cannot know what was built before it started counting); ``K`` = planned
-  seconds between it and the window's end
-* ``utilization = units_year_to_date / (C * K / Y)``; 0 while ``K`` is 0
-* ``projected_year = units_year_to_date + (units_year_to_date / K) * (Y - E)``; while
-  ``K`` is 0, ``C * planned_utilization``
+* ``year_counted_since``: the start of the first window counted in this production year;
+  ``K`` = planned seconds between it and the window's end, plus the opening balance's
+  planned seconds (the year's start to the end of ``year_opening_through``, not counted
+  twice)
+* one rule for both figures, the units known over the planned time they cover:
+  ``utilization = units_year_to_date / (C * K / Y)``;
+  ``projected_year = units_year_to_date / K * Y``; while ``K`` is 0, 0 and
+  ``C * planned_utilization``
+* ``year_covered_s``: planned seconds of the year in windows some line observed;
+  ``year_coverage = year_covered_s / E``
 * ``quality`` = the worst line quality (bad < uncertain < good)
 
 OEE (ISO 22400; :mod:`agent.core.oee`): each window's planned time is split into exact
 buckets (:mod:`agent.core.timesplit`) and added to the line's shift and day accumulators
 (``LineTotals.shift_acc``, ``day_acc``), persisted with every window; the window's
 ``shift`` and ``day`` blocks carry availability, performance, quality and OEE so far
-(over the planned time of the windows published so far). The
+(over the planned time of the windows published so far; availability over the time
+observed, :mod:`agent.core.oee`). The
 window whose end reaches its shift instance's end also yields the shift's report
 (:class:`~agent.contract.payloads.ShiftReport`), built from the persisted accumulator.
 
@@ -48,7 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from agent.config import Config, LineConfig, PlantConfig
@@ -59,11 +76,13 @@ from agent.contract.payloads import (
     PlantOutput,
     ShiftRef,
     ShiftReport,
+    rfc3339,
 )
 from agent.core.calendar import Period, ShiftCalendar
 from agent.core.oee import Acc, ReportSubject, counts, shift_report
 from agent.core.oee import figures as figures_of
-from agent.core.totals import LineTotals, PlantTotals
+from agent.core.timesplit import TimeSplit
+from agent.core.totals import LineTotals, PlantTotals, YearOpening
 from agent.core.tracker import WindowResult
 
 __all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter", "year_figures"]
@@ -80,6 +99,7 @@ class _WindowCalendar:
     period_elapsed: float     # planned seconds of the period before the window's end
     day: date                 # production date of the window
     day_planned: float        # planned seconds of that production day
+    day_elapsed: float        # planned seconds of that production day before the window's end
     planned_ms: int           # planned ms of the window within its period (truncated ms)
     period_planned_ms: int    # planned ms of the whole period
 
@@ -112,6 +132,8 @@ class Reporter:
         self.calendar = calendar
         self._window: tuple[datetime, datetime, _WindowCalendar] | None = None
         self._cats: dict[str, str] | None = None
+        #: the opening balance of each production year (the state file's, set at start)
+        self.openings: dict[int, YearOpening] = {}
 
     def _calendar_of(self, start: datetime, end: datetime) -> _WindowCalendar:
         """The calendar figures of a window, computed once for all its lines."""
@@ -125,6 +147,7 @@ class Reporter:
             planned=cal.planned_seconds(start, end), period=period,
             period_planned=period.planned_seconds, period_elapsed=period.planned_before(end), day=day,
             day_planned=cal.day_planned_seconds(day),
+            day_elapsed=sum(p.planned_before(end) for p in cal.shifts_on(day)),
             planned_ms=_planned_ms(period, end) - _planned_ms(period, start),
             period_planned_ms=round(period.planned_seconds * 1000))
         self._window = (start, end, figures)
@@ -153,20 +176,25 @@ class Reporter:
         ``uncertain``: what was built before its first reading is not known).
         """
         figures = self._calendar_of(start, end)
-        rate = line.rate_target
-        window_s = _seconds(start, end)
-        target_units = rate * figures.planned / 3600.0
-
         period = figures.period
+        # the line's own calendar: a day before its start or in a period not planned has
+        # no planned time for it (no target, attainment or downtime), a ramp-up a share
+        share = line.plan_share(period.production_date) if line.has_plan else 1.0
+        if share == 0.0:
+            result = replace(result, time=TimeSplit(), covered=False)
+        rate = line.rate_target * share
+        window_s = _seconds(start, end)
+        planned = figures.planned if share else 0.0
+        target_units = rate * planned / 3600.0
+
         new_shift = totals.shift_key != period.key
         shift_units = (0 if new_shift else totals.shift_units) + result.units
-        downtime = ((0.0 if new_shift else totals.shift_downtime_s)
-                    + result.state_seconds.get("stopped", 0.0)
-                    + result.state_seconds.get("faulted", 0.0))
-        period_planned = figures.period_planned
-        elapsed = figures.period_elapsed
-        pace = shift_units / elapsed if elapsed > 0 else result.units / window_s
-        projected = shift_units + pace * max(period_planned - elapsed, 0.0)
+        downtime = (0.0 if new_shift else totals.shift_downtime_s)
+        if share:
+            downtime += (result.state_seconds.get("stopped", 0.0)
+                         + result.state_seconds.get("faulted", 0.0))
+        period_planned = figures.period_planned if share else 0.0
+        shift_since = start if new_shift or totals.shift_since is None else totals.shift_since
 
         # a production day never goes back (windows tile time; this guards the totals too)
         day = figures.day if totals.day is None or figures.day >= totals.day else totals.day
@@ -196,6 +224,21 @@ class Reporter:
         shift_fig = figures_of(shift_acc, cats, **measured)
         day_fig = figures_of(day_acc, cats, **measured)
 
+        # the projection's rate is the units over the planned time counted (since the
+        # shift's first window in the books), extrapolated to the shift's whole planned
+        # time: what was not counted (still to come, or before counting began) at that rate
+        if new_shift:
+            counted_s = planned
+        elif totals.shift_since is None:
+            # totals of an older version, mid-shift: counted from the shift's start, as then
+            counted_s = figures.period_elapsed if share else 0.0
+        else:
+            counted_s = totals.shift_counted_s + planned
+        pace = shift_units / counted_s if counted_s > 0 else result.units / window_s
+        projected = shift_units + pace * max(period_planned - counted_s, 0.0)
+        shift_elapsed = figures.period_elapsed if share else 0.0
+        day_since = start if totals.day != day or totals.day_since is None else totals.day_since
+        day_elapsed = figures.day_elapsed if share else 0.0
         shift_target = rate * period_planned / 3600.0
         # the payload's fields by alias in the model's order, without validating them
         # again (LinePayload: its JSON equals the model's, tests/test_payloads_fast.py)
@@ -211,12 +254,15 @@ class Reporter:
                       "availability": _r4(shift_fig.availability),
                       "performance": _r4(shift_fig.performance),
                       "quality": _r4(shift_fig.quality), "oee": _r4(shift_fig.oee),
-                      "quality_measured": shift_fig.quality_measured},
+                      "quality_measured": shift_fig.quality_measured,
+                      **_coverage(shift_acc, shift_elapsed, shift_since)},
             "day": {"date": day, "units": day_units,
-                    "target": _r(rate * figures.day_planned / 3600.0),
+                    "target": _r(line.rate_target * line.plan_share(day) * figures.day_planned
+                                 / 3600.0),
                     "availability": _r4(day_fig.availability),
                     "performance": _r4(day_fig.performance),
-                    "quality": _r4(day_fig.quality), "oee": _r4(day_fig.oee)},
+                    "quality": _r4(day_fig.quality), "oee": _r4(day_fig.oee),
+                    **_coverage(day_acc, day_elapsed, day_since)},
             "state_seconds": _state_seconds(result.state_seconds),
             "quality": quality, "events": events, "counter": result.counter,
             "tags": _tags(result.tags), "reason": result.reason,
@@ -234,7 +280,9 @@ class Reporter:
                          shift_date=period.production_date,
                          shift_planned_ms=figures.period_planned_ms, shift_target=shift_target,
                          shift_reported=False if new_shift else totals.shift_reported,
-                         shift_acc=shift_acc, day_acc=day_acc, count_carry=carry)
+                         shift_acc=shift_acc, day_acc=day_acc, count_carry=carry,
+                         shift_since=shift_since, day_since=day_since,
+                         shift_counted_s=counted_s)
         reports: list[tuple[ShiftReport, Acc]] = []
         if unreported is not None:
             # a shift instance that ended without a window reaching its end (a calendar
@@ -296,9 +344,10 @@ class Reporter:
         return out
 
     def plant_output(self, outputs: Sequence[LinePayload | LineOutput], start: datetime, end: datetime,
-                     totals: PlantTotals, *, epoch: int = 0,
-                     historical: bool = False) -> tuple[PlantOutput, PlantTotals]:
-        """The ``R/plant/output`` payload and the plant's new totals."""
+                     totals: PlantTotals, *, epoch: int = 0, historical: bool = False,
+                     covered: bool = True) -> tuple[PlantOutput, PlantTotals]:
+        """The ``R/plant/output`` payload and the plant's new totals; ``covered``: some line
+        observed the window (the agent was counting)."""
         cal = self.calendar
         plant = self.cfg.plant
         units = sum(o.units for o in outputs)
@@ -309,38 +358,66 @@ class Reporter:
         new_year = totals.year != day.year
         ytd = (0 if new_year else totals.year_units) + units
         since = start if new_year or totals.counted_since is None else totals.counted_since
+        year_covered = ((0.0 if new_year else totals.year_covered_s)
+                        + (self._calendar_of(start, end).planned if covered else 0.0))
+        opening = self.openings.get(day.year)
+        opening_units = opening.units if opening is not None else 0
+        through = opening.through if opening is not None else None
 
-        utilization, projected = year_figures(cal, plant, ytd, since, end, day.year)
+        utilization, projected = year_figures(cal, plant, ytd, since, end, day.year,
+                                              opening_units=opening_units, through=through)
+        elapsed = min(cal.year_planned_elapsed(end, year=day.year),
+                      cal.year_planned_seconds(day.year))
         quality = min((o.quality for o in outputs), key=_QUALITY_RANK.__getitem__, default="bad")
 
         out = PlantOutput(
             site=self.cfg.site, epoch=epoch, seq=totals.seq + 1, window_start=start, window_end=end,
-            units=units, units_today=today, units_year_to_date=ytd,
+            units=units, units_today=today, units_year_to_date=ytd + opening_units,
             target_today=_r(sum(_day_target(o) for o in outputs)),
             capacity_per_year=plant.capacity_per_year,
             planned_utilization=plant.planned_utilization,
             utilization=_r(utilization, 4), projected_year=_r(projected),
-            year_counted_since=since,
+            year_counted_since=since, year_covered_s=_r(year_covered),
+            year_coverage=_r4(min(1.0, year_covered / elapsed)) if elapsed > 0 else 1.0,
+            year_opening_units=opening_units, year_opening_through=through,
             lines={o.line: o.units for o in outputs}, quality=quality, historical=historical,
         )
         new = replace(totals, seq=totals.seq + 1, day=day, day_units=today, year=day.year,
-                      year_units=ytd, last_window_end=end, counted_since=since)
+                      year_units=ytd, last_window_end=end, counted_since=since,
+                      year_covered_s=year_covered)
         return out, new
 
 
 def year_figures(cal: ShiftCalendar, plant: PlantConfig, ytd: int, since: datetime,
-                 end: datetime, year: int) -> tuple[float, float]:
+                 end: datetime, year: int, *, opening_units: int = 0,
+                 through: date | None = None) -> tuple[float, float]:
     """``utilization`` and ``projected_year`` of the production year ``year`` at ``end``.
 
-    ``ytd`` units were counted from ``since``; see the module docstring for the formulas.
+    ``ytd`` units were counted from ``since``; an opening balance of ``opening_units``
+    covers the production days up to ``through``. Both figures use one rate: the units
+    known over the planned time they cover (``K``); see the module docstring.
     """
     year_s = cal.year_planned_seconds(year)
     elapsed = min(cal.year_planned_elapsed(end, year=year), year_s)
-    counted = elapsed - min(cal.year_planned_elapsed(since, year=year), elapsed)
+    before = min(cal.year_planned_elapsed(since, year=year), elapsed)
+    counted = elapsed - before
+    if through is not None:
+        # the opening's planned time, up to where counting began (never counted twice)
+        upto = cal.midnight(through + timedelta(days=1))
+        counted += min(cal.year_planned_elapsed(upto, year=year), before)
+    known = ytd + opening_units
     if counted <= 0:
         return 0.0, plant.capacity_per_year * plant.planned_utilization
-    return (ytd / (plant.capacity_per_year * counted / year_s),
-            ytd + ytd / counted * (year_s - elapsed))
+    return known / (plant.capacity_per_year * counted / year_s), known / counted * year_s
+
+
+def _coverage(acc: Acc, elapsed_s: float, since: datetime) -> dict[str, Any]:
+    """A block's coverage fields: the planned time observed, its share of the planned time
+    elapsed (1 while none has), and where counting began."""
+    covered = acc.covered_ms / 1000
+    return {"covered_s": _r(covered),
+            "coverage": _r4(min(1.0, covered / elapsed_s)) if elapsed_s > 0 else 1.0,
+            "counted_since": rfc3339(since)}
 
 
 def _utc(t: datetime) -> datetime:

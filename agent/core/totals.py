@@ -16,7 +16,7 @@ import orjson
 
 from agent.core.oee import Acc
 
-__all__ = ["LineTotals", "PlantTotals"]
+__all__ = ["LineTotals", "PlantTotals", "YearOpening"]
 
 
 @dataclass
@@ -46,6 +46,11 @@ class LineTotals:
     day_acc: Acc = field(default_factory=Acc)
     #: good units a total counter has not shown yet (agent.core.oee.counts)
     count_carry: int = 0
+    #: start of the first window of the shift instance and of the production day in the books
+    shift_since: datetime | None = None
+    day_since: datetime | None = None
+    #: planned seconds of the shift instance's windows in the books (the projection's K)
+    shift_counted_s: float = 0.0
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""
@@ -57,11 +62,22 @@ class LineTotals:
         raw = json.loads(text)
         for key in ("day", "shift_date"):
             raw[key] = _date(raw.get(key))
-        for key in ("last_window_end", "shift_start", "shift_end"):
+        for key in ("last_window_end", "shift_start", "shift_end", "shift_since", "day_since"):
             raw[key] = _datetime(raw.get(key))
         for key in ("shift_acc", "day_acc"):
             raw[key] = Acc.from_dict(raw.get(key))
         return cls(**raw)
+
+
+@dataclass(frozen=True, slots=True)
+class YearOpening:
+    """Units an operator recorded as built in a production year before the agent counted
+    them, up to and including production day ``through`` (the plant's sum of the latest
+    entry per line and for the plant itself)."""
+
+    year: int
+    units: int
+    through: date
 
 
 @dataclass
@@ -75,6 +91,8 @@ class PlantTotals:
     year_units: int = 0
     last_window_end: datetime | None = None
     counted_since: datetime | None = None
+    #: planned seconds of the production year in windows some line observed
+    year_covered_s: float = 0.0
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""

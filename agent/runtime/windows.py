@@ -165,8 +165,9 @@ class WindowCloser:
             lines.append(self.board.line_state(
                 line.id, result.memory, w.totals.to_json(), wall, mono,
                 second_memory=result.second.memory if result.second is not None else None))
-        plant_out, self.plant = self.reporter.plant_output(outputs, start, end, self.plant,
-                                                           epoch=self.epoch)
+        plant_out, self.plant = self.reporter.plant_output(
+            outputs, start, end, self.plant, epoch=self.epoch,
+            covered=any(r.covered for r in results.values()))
         if ended:
             reports += self.reporter.plant_reports(ended, epoch=self.epoch)
         window = WindowOutputs(start, end, outputs, plant_out, reports)
