@@ -161,7 +161,8 @@ def test_days_before_the_start_and_not_planned_have_no_target_attainment_or_down
         o = outs[day]
         assert (o.target_per_hour, o.attainment, o.shift.target, o.day.target) == (0, None, 0, 0)
         assert o.shift.downtime_s == 0
-        assert o.shift.availability is None and o.time is not None
+        assert o.shift.availability is None
+        assert o.time is not None
     assert outs[3].shift.target == pytest.approx(30 * 8)           # half of 60/h, 8 planned h
     assert outs[3].attainment == pytest.approx(1 / 0.5)
     assert outs[3].shift.downtime_s == 30
@@ -177,7 +178,8 @@ def test_the_year_counts_the_opening_balance_and_one_rate_for_utilisation_and_pr
     line, _ = rep.line_output(cfg.lines[0], window(rep, start, 60, 1.0), start,
                               start + timedelta(minutes=1), LineTotals())
     out, totals = rep.plant_output([line], start, start + timedelta(minutes=1), PlantTotals())
-    assert out.units_year_to_date == 200_060 and totals.year_units == 60
+    assert out.units_year_to_date == 200_060
+    assert totals.year_units == 60
     assert (out.year_opening_units, out.year_opening_through) == (200_000, date(2026, 11, 30))
     end = start + timedelta(minutes=1)
     year_s = cal.year_planned_seconds(2026)

@@ -69,18 +69,45 @@ def summary(cfg: Config, *, year: int | None = None) -> str:
     out.append("lines:")
     total_year = 0.0
     for line in cfg.lines:
-        out.extend(_line_summary(cfg, line, year_h))
-        total_year += line.rate_target * year_h
-    share = total_year / plan * 100 if plan else 0.0
-    out.append(f"plant target for the year: {plan:,.0f}; the lines' targets add up to "
-               f"{total_year:,.0f} in {year} ({share:.1f} % of the plan)")
+        line_year = cal.year_planned_share_seconds(year, line.plan_share) / 3600 * line.rate_target
+        out.extend(_line_summary(cfg, line, line_year, year))
+        total_year += line_year
+    out.extend(_plant_plan(cfg, total_year, year))
     node = sparkplug_checks.describe(cfg)
     if node is not None:
         out.append(node)
     return "\n".join(out)
 
 
-def _line_summary(cfg: Config, line: LineConfig, year_h: float) -> list[str]:
+def _plant_plan(cfg: Config, total_year: float, year: int) -> list[str]:
+    """The lines' year plans summed against the plant's plan, with the gap named."""
+    plant = cfg.plant
+    plan = plant.capacity_per_year * plant.planned_utilization
+    share = total_year / plan * 100 if plan else 0.0
+    of = (f"{plan:,.0f} ({plant.planned_utilization * 100:g} % of "
+          f"{plant.capacity_per_year:,})")
+    gap = total_year - plan
+    if abs(gap) < 0.5:
+        verdict = "on the plan"
+    elif gap < 0:
+        verdict = f"short of the plan by {-gap:,.0f} units ({share:.1f} % of it)"
+    else:
+        verdict = f"over the plan by {gap:,.0f} units ({share:.1f} % of it)"
+    return [f"plant plan for {year}: the lines plan {total_year:,.0f} against {of}: {verdict}"]
+
+
+def _line_calendar(line: LineConfig) -> list[str]:
+    out = []
+    if line.start is not None:
+        out.append(f"from {line.start}")
+    if line.ramp_up:
+        steps = ", ".join(f"{s.share * 100:g} % from {s.from_}" for s in line.ramp_up)
+        out.append(f"ramp-up {steps}")
+    out.extend(f"not planned {p.from_} to {p.to} ({p.reason})" for p in line.not_planned)
+    return [f"    plan    {'; '.join(out)}"] if out else []
+
+
+def _line_summary(cfg: Config, line: LineConfig, line_year: float, year: int) -> list[str]:
     rate = line.rate_target
     per_shift = ", ".join(f"{s.name} {rate * s.planned_minutes() / 60:,.1f}" for s in cfg.shifts)
     per_day = rate * sum(s.planned_minutes() for s in cfg.shifts if "wed" in s.days) / 60
@@ -90,8 +117,9 @@ def _line_summary(cfg: Config, line: LineConfig, year_h: float) -> list[str]:
         f"  {line.id:<14} {line.product}",
         f"    counter {_tag(line.counter, cfg)}",
         f"    state   {_tag(line.state, cfg)}",
-        f"    target  {rate:,.1f} /h; per shift {per_shift}; per day {per_day:,.1f}; "
-        f"per year {rate * year_h:,.0f}{bound}",
+        f"    target  {rate:,.1f} /h at full rate; per shift {per_shift}; per day "
+        f"{per_day:,.1f}; in {year} {line_year:,.0f}{bound}",
+        *_line_calendar(line),
     ]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from pydantic import (
+    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -83,12 +84,20 @@ DEFAULT_STATE_MAP: dict[int, str] = {0: "stopped", 1: "running", 2: "faulted"}
 class RampStep(_Model):
     """From a production day on, the line's target is a share of its full rate."""
 
+    # "from" is a Python keyword: the field is from_, written and read as "from"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
     from_: dt.date = Field(..., alias="from", description="first production day of this share")
     share: float = Field(..., gt=0, le=1, description="share of the full rate planned from that day (1 = full rate)")
 
 
 class NotPlanned(_Model):
     """Production days on which the line is not planned to build (a move, a retooling)."""
+
+    # "from" is a Python keyword: the field is from_, written and read as "from"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              serialize_by_alias=True)
 
     from_: dt.date = Field(..., alias="from", description="first production day not planned")
     to: dt.date = Field(..., description="last production day not planned (inclusive)")

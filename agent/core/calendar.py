@@ -27,7 +27,7 @@ Definitions:
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -225,6 +225,13 @@ class ShiftCalendar:
             total = sum(p.planned_seconds for p in self._instances(date(year, 1, 1), date(year, 12, 31)))
             self._year_total[year] = total
         return total
+
+    def year_planned_share_seconds(self, year: int, share: Callable[[date], float]) -> float:
+        """Planned seconds of production year ``year``, each shift instance's weighted by
+        ``share`` of its production date (a line's own calendar: 0 before its start or on
+        a day not planned, a ramp-up's share)."""
+        return sum(p.planned_seconds * share(p.production_date)
+                   for p in self._instances(date(year, 1, 1), date(year, 12, 31)))
 
     def year_planned_elapsed(self, t: datetime, year: int | None = None) -> float:
         """Planned seconds of a production year before ``t``.
