@@ -121,7 +121,9 @@ async def test_a_report_is_built_from_the_store_across_a_restart_and_an_outage(t
     assert kei["coverage"] == round(300 / (6 * 3600), 4)
     assert kei["time"]["unknown_s"] == 5 * 60        # the windows of the outage
     assert kei["time"]["run_s"] == 300
-    assert kei["availability"] == 0.5
+    # the outage is neither run time nor downtime: the line ran all the time it was seen
+    assert kei["availability"] == 1.0
+    assert kei["partial"] is True                    # 5 minutes of 6 hours observed
     assert kei["historical"] is False
     assert (rogue["units"], rogue["rejects"], rogue["quality_measured"]) == (4, None, False)
     assert rogue["availability"] is None                 # no state tag: not measured
@@ -183,16 +185,17 @@ async def test_plantfloor_report_prints_a_days_reports(tmp_path: Path,
     a, b = (r for r in doc["reports"] if r["line"] == "kei")
     runs = a["time"]["run_s"] + b["time"]["run_s"]
     busy = a["time"]["planned_busy_s"] + b["time"]["planned_busy_s"]
-    assert day["kei"]["availability"] == round(runs / busy, 4)
+    unseen = a["time"]["unknown_s"] + b["time"]["unknown_s"]
+    assert day["kei"]["availability"] == round(runs / (busy - unseen), 4)
     assert day[None]["units"] == a["units"] + b["units"]
 
     code, out, _ = _run(capsys, "report", str(path), "--date", "2028-04-03", "--shift", "b")
     assert code == 0
-    assert "shift b 2028-04-03 12:00-18:00 (Asia/Tokyo)" in out
+    assert "shift b 2028-04-03 12:00-18:00 JST (Asia/Tokyo)" in out
     assert "shift a" not in out
     assert "line kei:" in out
     assert "plant (kei, rogue):" in out
-    assert "covered 0% of it" in out
+    assert "covered 0% of it (PARTIAL: below 90%" in out
 
     code, out, _ = _run(capsys, "report", str(path), "--date", "2028-04-03", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))

@@ -160,6 +160,8 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
                 version = await stack.enter_async_context(embedded_broker(state))
                 broker = DEFAULT_BROKER
         cfg = _demo_config(loaded.config, state, broker, version, output)
+        log.info("state database %s: plantfloor state show CONFIG --state %s; plantfloor "
+                 "report CONFIG --state %s", cfg.storage.path, state, state)
         spb = cfg.sparkplug
         node = f"{spb.group_id}/{spb.edge_node_id}" if spb and cfg.output == "sparkplug" else None
         sims = SimulatorSet(sim_cfg)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.config.mqtt import BROKER_FORMS, broker_url
 from agent.contract.errors import ConfigError, PlantfloorError
 
 __all__ = ["main"]
@@ -43,19 +44,21 @@ def _parser() -> argparse.ArgumentParser:
     _add = sub.add_parser
 
     def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return _add(name, parents=[common], **kw)
+        # --help shows each option's default
+        return _add(name, parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     run = sub.add_parser("run", help="run the agent in the foreground (systemd runs exactly this)")
     run.add_argument("config", type=Path)
-    run.add_argument("--broker", help="broker URL overriding mqtt.url, e.g. mqtt://127.0.0.1:1883")
+    run.add_argument("--broker", help=f"broker overriding mqtt.url: {BROKER_FORMS}")
 
     check = sub.add_parser("check", help="validate a config and print a summary")
     check.add_argument("config", type=Path)
     check.add_argument("--connect", action="store_true", help="also reach every PLC and the broker once")
-    check.add_argument("--broker", help="broker URL overriding mqtt.url")
-    check.add_argument("--year", type=int, help="calendar year for the yearly targets (default: this year)")
+    check.add_argument("--broker", help=f"broker overriding mqtt.url: {BROKER_FORMS}")
+    check.add_argument("--year", type=int, help="production year of the yearly plans (default: this year)")
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the config or of every MQTT payload")
     schema.add_argument("what", choices=["config", "payloads"])
@@ -65,10 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ledger", type=Path, help="keep a JSON ground-truth ledger up to date in this file")
 
     demo = sub.add_parser("demo", help="simulators, broker, agent and live view on this machine")
-    demo.add_argument("--broker", help="use this broker (default: 127.0.0.1:1883 if reachable, else an embedded one)")
+    demo.add_argument("--broker", help=f"use this broker ({BROKER_FORMS}); default: "
+                      "mqtt://127.0.0.1:1883 if reachable, else an embedded one")
     demo.add_argument("--config", type=Path, help="agent config (default: the packaged demo.yaml)")
     demo.add_argument("--sim-config", type=Path, help="simulator config (default: the packaged simulators.yaml)")
-    demo.add_argument("--state-dir", type=Path, help="folder for the demo's state database")
+    demo.add_argument("--state-dir", type=Path, help="folder for the demo's state database "
+                      "(default: $XDG_STATE_HOME/plantfloor, else ~/.local/state/plantfloor)")
     demo.add_argument("--plain", action="store_true", help="plain text view instead of the live table")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--output", choices=["json", "sparkplug", "both"],
@@ -76,35 +81,52 @@ def _parser() -> argparse.ArgumentParser:
 
     state = sub.add_parser("state", help="see and mend the state store (counter baselines, totals)")
     state_sub = state.add_subparsers(dest="state_command", required=True, metavar="ACTION")
+    state_help = ("the state database, or the folder holding it (e.g. the demo's "
+                  "~/.local/state/plantfloor); default: storage.path, a relative one read "
+                  "against the config file's folder")
     show = state_sub.add_parser("show", help="what the state store holds, per line")
     show.add_argument("config", type=Path)
     show.add_argument("--format", choices=["text", "json"], default="text")
+    show.add_argument("--state", type=Path, help=state_help)
     rebase = state_sub.add_parser(
         "rebaseline", help="the next reading of LINE's counter becomes its baseline without counting")
     rebase.add_argument("config", type=Path)
     rebase.add_argument("line")
     rebase.add_argument("--reason", help="why (kept in the log and the state store)")
+    rebase.add_argument("--state", type=Path, help=state_help)
+    opening = state_sub.add_parser(
+        "opening", help="record units a line (or the plant) built earlier in the production year, "
+        "through a production day, with a note; a correction is a new entry")
+    opening.add_argument("config", type=Path)
+    opening.add_argument("--units", type=int, required=True, help="units built in the year up to and including --through")
+    opening.add_argument("--through", required=True, metavar="YYYY-MM-DD",
+                         help="the last production day the figure covers (its year is the production year)")
+    opening.add_argument("--note", required=True, help="where the figure comes from")
+    opening.add_argument("--line", help="the line (default: the plant, units not attributed to a line)")
+    opening.add_argument("--state", type=Path, help=state_help)
 
     rep = sub.add_parser("report", help="the shift reports of a production day from the state store: "
                          "units, targets, OEE and its parts, downtime by reason")
     rep.add_argument("config", type=Path)
-    rep.add_argument("--date", help="production date YYYY-MM-DD (default: today in the site's time zone)")
+    rep.add_argument("--date", help="production date YYYY-MM-DD (default: the current production day: "
+                     "a night shift after midnight belongs to the day it started)")
     rep.add_argument("--shift", help="only this shift (by name)")
     rep.add_argument("--format", choices=["text", "csv", "json"], default="text")
     rep.add_argument("--database", metavar="URL",
                      help="read the site's reports from the roll-up's PostgreSQL (postgresql://...) "
                           "instead of the state store")
+    rep.add_argument("--state", type=Path, help=state_help)
 
     rollup = sub.add_parser("rollup", help="the site-wide service for several gateways: every line window "
                             "exactly once into PostgreSQL, one plant figure for the site")
     rollup.add_argument("rollupconfig", type=Path)
     rollup.add_argument("--replica", help="this replica's name (default: replica in the file, else the host name)")
-    rollup.add_argument("--broker", help="broker URL overriding mqtt.url")
+    rollup.add_argument("--broker", help=f"broker overriding mqtt.url: {BROKER_FORMS}")
     rollup.add_argument("--check", action="store_true", help="validate the config and print a summary; do not run")
     rollup.add_argument("--connect", action="store_true", help="with --check: also reach the database and the broker once")
 
     watch = sub.add_parser("watch", help="live terminal view of every line and the plant (an MQTT subscriber)")
-    watch.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    watch.add_argument("--broker", default="mqtt://127.0.0.1:1883", help=BROKER_FORMS)
     watch.add_argument("--root", default="plantfloor/kyushu", help="topic root R")
     watch.add_argument("--plain", action="store_true", help="plain periodic lines even on a terminal")
     watch.add_argument("--sparkplug", metavar="GROUP/NODE",
@@ -154,7 +176,18 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
+def _broker(args: argparse.Namespace) -> None:
+    """``--broker`` in any of its forms, as the URL every command uses (one refusal)."""
+    if getattr(args, "broker", None) is None:
+        return
+    try:
+        args.broker = broker_url(args.broker)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--broker") from None
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    _broker(args)
     if args.command == "schema":
         return _schema(args.what)
     if args.command == "check":
@@ -168,10 +201,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.config.load import load_config
 
         cfg = load_config(args.config).config
+        path = state.state_path(cfg, args.state)
         if args.state_command == "show":
-            print(state.show(cfg, fmt=args.format))
+            print(state.show(cfg, fmt=args.format, path=path))
+        elif args.state_command == "opening":
+            print(state.opening(cfg, units=args.units, through=args.through, note=args.note,
+                                line=args.line, path=path))
         else:
-            print(state.rebaseline(cfg, args.line, args.reason))
+            print(state.rebaseline(cfg, args.line, args.reason, path=path))
         return 0
     if args.command == "report":
         from agent.config.load import load_config
@@ -183,11 +220,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(report_from_database(cfg, args.database, day=args.date, shift=args.shift, fmt=args.format))
             return 0
+        from agent.cli.state import state_path
+        from agent.core.totals import year_openings
+        from agent.store.openings import read_openings
         from agent.store.reports import read_reports
 
-        path = cfg.storage.path
+        path = state_path(cfg, args.state)
+        openings = year_openings((e.year, e.line, e.units, e.through) for e in read_openings(path))
         print(report(cfg, day=args.date, shift=args.shift, fmt=args.format,
-                     read=lambda d, name: read_reports(path, d, name)))
+                     read=lambda d, name: read_reports(path, d, name), openings=openings))
         return 0
     if args.command == "simulate":
         from simulators.runner import run_simulators

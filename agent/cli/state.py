@@ -1,6 +1,11 @@
 """``plantfloor state show`` and ``plantfloor state rebaseline``: operators see and mend state.
 
-``show`` reads the state database without writing to it (a running agent is fine).
+``show`` reads the state database without writing to it (a running agent is fine); its
+times are the plant's local time with its zone. ``opening`` records units a line (or the
+plant) built earlier in the production year: an audited entry, never changed (a
+correction is a new entry), read by the agent when it starts, so it takes the lock too.
+Every action takes the state file or its folder explicitly (``--state``); without it,
+``storage.path`` of the config (a relative one read against the config file's folder).
 ``rebaseline`` takes the store's lock, so it is refused while an agent runs on the file;
 the next reading of the line's counter then becomes its baseline without counting, and
 that window carries ``rebaselined``. A line's second counter (``total_counter`` or
@@ -12,18 +17,20 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.config import Config
 from agent.contract.errors import ConfigError, StoreError
 from agent.core.report import LineTotals, PlantTotals
+from agent.core.totals import year_openings
 from agent.runtime.lines import second_row
 from agent.store import LineState
 from agent.store.file import StoreLock, connect, open_readonly, transaction
+from agent.store.openings import OpeningEntry, read_openings, record_opening
 
-__all__ = ["rebaseline", "show"]
+__all__ = ["opening", "rebaseline", "show", "state_path"]
 
 _COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
             " anchor_mono, last_wall, last_mono, boot_id, rebaseline")
@@ -61,8 +68,21 @@ def _read(path: Path) -> _Snapshot:
     return _Snapshot(epoch, lines, PlantTotals.from_json(row[0]) if row else None)
 
 
+def state_path(cfg: Config, given: Path | None) -> Path:
+    """The state file: ``given`` (a folder holds the file named as ``storage.path``'s),
+    else ``storage.path``."""
+    if given is None:
+        return cfg.storage.path
+    return given / cfg.storage.path.name if given.is_dir() else given
+
+
 def _time(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat(timespec="seconds")
+
+
+def _local(cfg: Config, t: datetime | None) -> str:
+    """A time for people: the plant's local time with its zone's abbreviation."""
+    return "-" if t is None else f"{t.astimezone(cfg.tz):%Y-%m-%d %H:%M:%S %Z}"
 
 
 def _line_view(cfg: Config, line_id: str, row: LineState | None) -> dict[str, Any]:
@@ -110,9 +130,11 @@ def _second_view(cfg: Config, line: Any, row: LineState | None) -> dict[str, Any
     }
 
 
-def show(cfg: Config, *, fmt: str = "text") -> str:
-    """What the store holds, per line and for the plant, as text or JSON."""
-    snap = _read(cfg.storage.path)
+def show(cfg: Config, *, fmt: str = "text", path: Path | None = None) -> str:
+    """What the store holds, per line and for the plant, as text (local times) or JSON (UTC)."""
+    path = path or cfg.storage.path
+    snap = _read(path)
+    entries = read_openings(path)
     ids = [ln.id for ln in cfg.lines] + sorted(set(snap.lines) - {ln.id for ln in cfg.lines})
     lines = [_line_view(cfg, line_id, snap.lines.get(line_id)) for line_id in ids]
     plant = snap.plant or PlantTotals()
@@ -120,19 +142,19 @@ def show(cfg: Config, *, fmt: str = "text") -> str:
         "seq": plant.seq, "day": plant.day.isoformat() if plant.day else None,
         "units_today": plant.day_units, "year": plant.year,
         "units_year_to_date": plant.year_units, "last_window_end": _time(plant.last_window_end)}
-    doc: dict[str, Any] = {"path": str(cfg.storage.path), "epoch": snap.epoch, "lines": lines,
-                           "plant": p}
+    doc: dict[str, Any] = {"path": str(path), "epoch": snap.epoch, "lines": lines,
+                           "plant": p, "opening_balance": [_entry_view(e) for e in entries]}
     if fmt == "json":
         return json.dumps(doc, indent=2)
-    out = [f"state database {doc['path']}", f"epoch {snap.epoch}"]
+    out = [f"state database {doc['path']}", f"epoch {snap.epoch}; times in {cfg.timezone}"]
     for v in lines:
         match = {True: "matches the config", False: "DIFFERS from the config: the next reading "
                  "re-baselines", None: "none stored"}[v["identity_matches_config"]]
         out += [
             f"line {v['line']}{'' if v['in_config'] else ' (not in the config)'}",
-            f"  seq {v['seq']}, last window ended {v['last_window_end'] or '-'}",
+            f"  seq {v['seq']}, last window ended {_local_iso(cfg, v['last_window_end'])}",
             f"  counter baseline {v['baseline'] if v['baseline'] is not None else '-'}, "
-            f"last good reading {v['last_reading'] or '-'}",
+            f"last good reading {_local_iso(cfg, v['last_reading'])}",
             f"  counter identity {v['counter_identity'] or '-'} ({match})",
             f"  shift {v['shift']['key'] or '-'}: {v['shift']['units']} units; "
             f"day {v['day']['date'] or '-'}: {v['day']['units']} units; "
@@ -150,17 +172,57 @@ def show(cfg: Config, *, fmt: str = "text") -> str:
                     f"  {sc['role']} counter identity {sc['counter_identity'] or '-'} ({match})"]
             if sc["rebaseline_pending"]:
                 out.append(f"  {sc['role']} counter re-baseline pending: {sc['rebaseline_pending']}")
+    year = year_openings((e.year, e.line, e.units, e.through) for e in entries).get(plant.year or 0)
+    opened = (f" counted, {year.units + plant.year_units} with the opening balance of "
+              f"{year.units} through {year.through}") if year else ""
     out.append(f"plant seq {p['seq']}: {p['units_today']} units on {p['day'] or '-'}, "
-               f"{p['units_year_to_date']} in {p['year'] or '-'}")
+               f"{p['units_year_to_date']} in {p['year'] or '-'}{opened}")
+    if entries:
+        out.append("opening balance (recorded; the latest entry per line counts):")
+        out.extend(f"  #{e.id} {e.year} {e.line or 'plant'}: {e.units:,} units through "
+                   f"{e.through}, recorded {_local(cfg, e.recorded_at)} by {e.recorded_by}: "
+                   f"{e.note}" for e in entries)
     return "\n".join(out)
 
 
-def rebaseline(cfg: Config, line_id: str, reason: str | None) -> str:
+def _local_iso(cfg: Config, iso: str | None) -> str:
+    return _local(cfg, datetime.fromisoformat(iso) if iso else None)
+
+
+def _entry_view(e: OpeningEntry) -> dict[str, Any]:
+    return {"id": e.id, "year": e.year, "line": e.line, "units": e.units,
+            "through": e.through.isoformat(), "note": e.note,
+            "recorded_at": e.recorded_at.isoformat(timespec="seconds"),
+            "recorded_by": e.recorded_by}
+
+
+def opening(cfg: Config, *, units: int, through: str, note: str, line: str | None = None,
+            path: Path | None = None, now: datetime | None = None) -> str:
+    """Record an opening balance entry: ``units`` built in the production year of
+    ``through`` up to and including that production day; refused while an agent runs."""
+    try:
+        day = date.fromisoformat(through)
+    except ValueError:
+        raise ConfigError(f"{through!r} is not a date (YYYY-MM-DD)", key="--through") from None
+    if line is not None and line not in {ln.id for ln in cfg.lines}:
+        raise ConfigError(f"line {line!r} is not in the config "
+                          f"({', '.join(ln.id for ln in cfg.lines)})", key="--line")
+    entry = record_opening(path or cfg.storage.path, year=day.year, line=line, units=units,
+                           through=day, note=note, lines=[ln.id for ln in cfg.lines], now=now)
+    who = f"line {line}" if line else "the plant"
+    return (f"recorded #{entry.id}: {who} built {units:,} units in {day.year} through {day} "
+            f"({note}); counted in year to date from the agent's next start")
+
+
+
+
+
+def rebaseline(cfg: Config, line_id: str, reason: str | None, *, path: Path | None = None) -> str:
     """Make the next reading of ``line_id``'s counter its baseline; refused while an agent runs."""
     if line_id not in {ln.id for ln in cfg.lines}:
         raise ConfigError(f"line {line_id!r} is not in the config "
                           f"({', '.join(ln.id for ln in cfg.lines)})", key="lines")
-    path = cfg.storage.path
+    path = path or cfg.storage.path
     if not path.exists():
         raise StoreError(f"there is no state database at {path} (storage.path): nothing to "
                          "re-baseline; the first reading becomes the baseline anyway")

@@ -13,11 +13,13 @@ May import: :mod:`agent.contract` only. Everything above imports the models from
 from agent.config.lines import DEFAULT_STATE_MAP, LineConfig, ModbusTag, OpcUaTag, TagConfig
 from agent.config.models import Config
 from agent.config.mqtt import (
+    BROKER_FORMS,
     MetricsConfig,
     MqttConfig,
     SparkplugConfig,
     SparkplugId,
     TlsConfig,
+    broker_url,
     resolve_secret_file,
 )
 from agent.config.plant import (
@@ -53,4 +55,4 @@ from agent.config.types import (
     WordOrder,
 )
 
-__all__ = ['BUILTIN_REASONS', 'COUNTER_ROLES', 'DEFAULT_RATE_BOUND_FACTOR', 'DEFAULT_STATE_MAP', 'DEPRECATED_OPCUA_POLICIES', 'HHMM', 'ROLE_KEYS', 'TYPE_MODULUS', 'TYPE_WIDTH', 'Break', 'Config', 'CounterRole', 'DowntimeConfig', 'Identifier', 'LineConfig', 'LineState', 'MetricsConfig', 'ModbusSource', 'ModbusTable', 'ModbusTag', 'ModbusType', 'MqttConfig', 'OpcUaSecurity', 'OpcUaSource', 'OpcUaTag', 'PlantConfig', 'Port', 'PositiveSeconds', 'PublishConfig', 'ReasonCategory', 'ReasonConfig', 'Shift', 'SourceConfig', 'SparkplugConfig', 'SparkplugId', 'StateName', 'StorageConfig', 'TagConfig', 'TimeZoneName', 'TlsConfig', 'Weekday', 'WordOrder', 'resolve_secret_file']
+__all__ = ['BROKER_FORMS', 'BUILTIN_REASONS', 'COUNTER_ROLES', 'DEFAULT_RATE_BOUND_FACTOR', 'DEFAULT_STATE_MAP', 'DEPRECATED_OPCUA_POLICIES', 'HHMM', 'ROLE_KEYS', 'TYPE_MODULUS', 'TYPE_WIDTH', 'Break', 'Config', 'CounterRole', 'DowntimeConfig', 'Identifier', 'LineConfig', 'LineState', 'MetricsConfig', 'ModbusSource', 'ModbusTable', 'ModbusTag', 'ModbusType', 'MqttConfig', 'OpcUaSecurity', 'OpcUaSource', 'OpcUaTag', 'PlantConfig', 'Port', 'PositiveSeconds', 'PublishConfig', 'ReasonCategory', 'ReasonConfig', 'Shift', 'SourceConfig', 'SparkplugConfig', 'SparkplugId', 'StateName', 'StorageConfig', 'TagConfig', 'TimeZoneName', 'TlsConfig', 'Weekday', 'WordOrder', 'broker_url', 'resolve_secret_file']

@@ -266,7 +266,18 @@ def load_config(path: Path | str) -> LoadedConfig:
     """Load and validate the agent's configuration file."""
     p = Path(path)
     cfg, raw = load_model(p, Config)
-    return LoadedConfig(config=cfg, path=p, sha256=hashlib.sha256(raw).hexdigest())
+    return LoadedConfig(config=anchor_storage(cfg, p.parent), path=p,
+                        sha256=hashlib.sha256(raw).hexdigest())
+
+
+def anchor_storage(cfg: Config, folder: Path) -> Config:
+    """A relative ``storage.path`` read against the config file's folder (not the current
+    one), so the agent, ``state`` and ``report`` find the same file from anywhere."""
+    path = cfg.storage.path
+    if path.is_absolute():
+        return cfg
+    storage = cfg.storage.model_copy(update={"path": (folder / path).absolute()})
+    return cfg.model_copy(update={"storage": storage})
 
 
 def with_broker(cfg: Config, url: str) -> Config:

@@ -33,6 +33,29 @@ class TlsConfig(_Model):
         return self
 
 
+#: the forms a broker may be given in on the command line, for the one refusal sentence
+BROKER_FORMS = "mqtt://host:port, mqtts://host:port, host:port or host"
+
+
+def broker_url(text: str) -> str:
+    """A broker as every command takes it (``--broker`` of run, check, demo and watch):
+    ``mqtt://host:port``, ``mqtts://host:port``, ``host:port`` or ``host`` (MQTT on 1883),
+    as an ``mqtt://`` or ``mqtts://`` URL. Raises ``ValueError`` with one sentence naming
+    the forms."""
+    url = text.strip()
+    if "://" not in url:
+        url = f"mqtt://{url}"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or port == -1
+            or parts.path not in ("", "/") or parts.query or parts.fragment):
+        raise ValueError(f"{text!r} is not a broker address: give {BROKER_FORMS}")
+    return url.rstrip("/")
+
+
 class MqttConfig(_Model):
     """The broker the agent publishes to."""
 

@@ -9,6 +9,7 @@ version load.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -16,7 +17,7 @@ import orjson
 
 from agent.core.oee import Acc
 
-__all__ = ["LineTotals", "PlantTotals", "YearOpening"]
+__all__ = ["LineTotals", "PlantTotals", "YearOpening", "year_openings"]
 
 
 @dataclass
@@ -78,6 +79,23 @@ class YearOpening:
     year: int
     units: int
     through: date
+
+
+def year_openings(entries: Iterable[tuple[int, str | None, int, date]]) -> dict[int, YearOpening]:
+    """Each production year's opening balance from the recorded entries ``(year, line,
+    units, through)`` in the order recorded: the latest entry per line (``None``: the
+    plant's own, units not attributed to a line) counts, a later one corrects an earlier
+    one; the year's balance sums them, through the latest of their days."""
+    latest: dict[tuple[int, str | None], tuple[int, date]] = {}
+    for year, line, units, through in entries:
+        latest.pop((year, line), None)  # re-inserted last: the order of the latest entries
+        latest[(year, line)] = (units, through)
+    out: dict[int, YearOpening] = {}
+    for (year, _), (units, through) in latest.items():
+        have = out.get(year)
+        out[year] = YearOpening(year=year, units=(have.units if have else 0) + units,
+                                through=max(have.through, through) if have else through)
+    return out
 
 
 @dataclass

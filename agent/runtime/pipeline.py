@@ -22,6 +22,7 @@ from agent.contract.payloads import StatusPayload, encode
 from agent.contract.readings import Reading, SourceHealth
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import Reporter
+from agent.core.totals import year_openings
 from agent.outputs import OutputFormat, make_formats
 from agent.outputs.forwarder import Forwarder
 from agent.outputs.json import JsonFormat
@@ -143,6 +144,10 @@ class Agent:
         self.store = await Store.open(cfg.storage.path, max_bytes=int(cfg.storage.max_mb * 1_000_000))
         stored = await self.store.load()
         self.epoch = stored.epoch
+        # the year-to-date opening balance (plantfloor state opening, recorded while no
+        # agent runs on the file): counted in units_year_to_date from the first window
+        self.reporter.openings = year_openings(
+            (e.year, e.line, e.units, e.through) for e in await self.store.openings())
         if stored.recovered_from is not None:
             self.alarms.raise_("store_corrupt",
                                f"state database was unreadable and moved to {stored.recovered_from}; "

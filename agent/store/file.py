@@ -11,7 +11,9 @@ One agent at a time: the agent holds an exclusive ``flock`` on ``<file>.lock`` w
 store is open; ``plantfloor state rebaseline`` takes the same lock, so it is refused
 while an agent runs on the file.
 
-Migrations run at open in one transaction. Version 1 (0.1.x) kept counter baselines
+Version 3 adds the ``opening_balance`` table (units built earlier in a production year,
+recorded by an operator; entries are immutable, a correction is a new entry). Migrations
+run at open in one transaction. Version 1 (0.1.x) kept counter baselines
 without their counter's identity: they are dropped on upgrade (the first reading of each
 line re-baselines with ``rebaselined``), the outbox, ``seq`` and the totals are kept, and
 the file gets its epoch.
@@ -44,7 +46,7 @@ __all__ = [
 
 #: ``PRAGMA application_id`` of a plantfloor state file ("plfl")
 APPLICATION_ID = 0x706C666C
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: UPSERT (``INSERT ... ON CONFLICT DO UPDATE``) needs 3.24; nothing newer is used
 MIN_SQLITE = (3, 24, 0)
 
@@ -93,7 +95,27 @@ CREATE TABLE IF NOT EXISTS shift_report (
     payload   TEXT NOT NULL,   -- the report as published (plantfloor.shift/1 JSON)
     PRIMARY KEY (line, shift_key)
 );
+CREATE TABLE IF NOT EXISTS opening_balance (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,   -- entries in the order recorded
+    year        INTEGER NOT NULL,   -- the production year
+    line        TEXT    NOT NULL,   -- the line, or '' for units not attributed to a line
+    units       INTEGER NOT NULL CHECK (units >= 0),   -- built in the year up to and including through
+    through     TEXT    NOT NULL,   -- the last production day covered (ISO date)
+    note        TEXT    NOT NULL,   -- where the figure comes from
+    recorded_at TEXT    NOT NULL,   -- when it was recorded (UTC, ISO)
+    recorded_by TEXT    NOT NULL    -- who recorded it (the operating system user)
+);
 """
+#: an opening balance is audited: an entry is never changed or removed, a correction is a
+#: new entry (the latest per year and line counts)
+_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS opening_balance_no_update BEFORE UPDATE ON opening_balance"
+    " BEGIN SELECT RAISE(ABORT, 'opening balance entries are never changed: record a"
+    " correction as a new entry'); END",
+    "CREATE TRIGGER IF NOT EXISTS opening_balance_no_delete BEFORE DELETE ON opening_balance"
+    " BEGIN SELECT RAISE(ABORT, 'opening balance entries are never removed: record a"
+    " correction as a new entry'); END",
+)
 
 
 def check_sqlite_version(version: str = sqlite3.sqlite_version) -> None:
@@ -151,6 +173,8 @@ def connect(path: Path) -> tuple[sqlite3.Connection, bool]:
             for statement in _TABLES.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            for trigger in _TRIGGERS:
+                conn.execute(trigger)
             _add_columns(conn)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                          (str(new_epoch()),))

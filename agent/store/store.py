@@ -41,6 +41,7 @@ from typing import TypeVar
 
 from agent.contract.errors import StoreError
 from agent.store.file import StoreLock, connect, transaction
+from agent.store.openings import OpeningEntry, entries_of
 from agent.store.outbox import DELETE_CHUNK, ROW_OVERHEAD, outbox_totals, row_cost, trim
 from agent.store.records import (
     LineState,
@@ -155,6 +156,10 @@ class Store:
         lines, plant, epoch = await self._run(read)
         return StoredState(lines=lines, plant_json=plant, recovered_from=self.recovered_from,
                            epoch=epoch, created=self.created)
+
+    async def openings(self) -> list[OpeningEntry]:
+        """The year-to-date opening balance's entries, in the order recorded."""
+        return await self._run(entries_of)
 
     async def commit_window(self, records: Sequence[NewRecord], lines: Sequence[LineState],
                             plant_json: str | None, reports: Sequence[StoredReport] = ()) -> int:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 from agent.config import Config
 from agent.contract.errors import ConfigError
 from agent.contract.payloads import ShiftReport
+from agent.core.calendar import ShiftCalendar
+from agent.core.oee import COVERAGE_THRESHOLD
+from agent.core.totals import YearOpening
 
 __all__ = ["Reader", "day_totals", "report"]
 
@@ -27,7 +30,8 @@ Reader = Callable[[date, str | None], list[ShiftReport]]
 _CSV_FIELDS = [
     "date", "shift", "start", "end", "line", "units", "rejects", "total", "target", "attainment",
     "calendar_s", "planned_s", "planned_stop_s", "planned_busy_s", "run_s", "minor_stop_s", "down_s",
-    "unknown_s", "covered_s", "ideal_run_s", "fully_productive_s", "coverage", "minor_stops",
+    "unknown_s", "covered_s", "ideal_run_s", "fully_productive_s", "coverage", "partial",
+    "minor_stops",
     "availability", "performance",
     "quality", "oee", "quality_measured", "top_loss",
 ]
@@ -49,8 +53,11 @@ def day_totals(reports: Sequence[ShiftReport]) -> list[dict[str, Any]]:
         target = sum(r.target for r in rs)
         measured = all(r.quality_measured for r in rs)
         counted = any(r.rejects is not None for r in rs)
-        timed = all(r.availability is not None or r.time.planned_busy_s == 0 for r in rs)
-        availability = t["run_s"] / t["planned_busy_s"] if timed and t["planned_busy_s"] else None
+        timed = all(r.availability is not None
+                    or r.time.planned_busy_s - r.time.unknown_s <= 0 for r in rs)
+        # over the observed busy time: unobserved time is neither run time nor downtime
+        observed = t["planned_busy_s"] - t["unknown_s"]
+        availability = t["run_s"] / observed if timed and observed > 0 else None
         performance = t["ideal_run_s"] / t["run_s"] if timed and t["run_s"] else None
         quality = (units / total if total else None) if counted else 1.0
         oee = None
@@ -85,9 +92,18 @@ def _unmeasured(r: ShiftReport) -> str:
     return " (not measured on every line)" if r.rejects is not None else " (not measured)"
 
 
-def _text(cfg: Config, day: date, reports: Sequence[ShiftReport]) -> str:
+def _opening(cfg: Config, opening: YearOpening | None) -> list[str]:
+    if opening is None:
+        return []
+    return [f"year {opening.year} to date includes an opening balance of {opening.units:,} "
+            f"units recorded through {opening.through} (plantfloor state opening)"]
+
+
+def _text(cfg: Config, day: date, reports: Sequence[ShiftReport],
+          opening: YearOpening | None = None) -> str:
     tz = cfg.tz
-    out = [f"{cfg.site}: shift reports of production day {day.isoformat()}"]
+    out = [f"{cfg.site}: shift reports of production day {day.isoformat()} (times in "
+           f"{cfg.timezone})", *_opening(cfg, opening)]
     if not reports:
         out.append("no shift report stored for this day")
         return "\n".join(out)
@@ -97,11 +113,15 @@ def _text(cfg: Config, day: date, reports: Sequence[ShiftReport]) -> str:
         if current != (ref.name, ref.start):
             current = (ref.name, ref.start)
             start, end = ref.start.astimezone(tz), ref.end.astimezone(tz)
-            out.append(f"\nshift {ref.name} {start:%Y-%m-%d %H:%M}-{end:%H:%M} ({cfg.timezone})")
+            out.append(f"\nshift {ref.name} {start:%Y-%m-%d %H:%M}-{end:%H:%M} {start:%Z} "
+                       f"({cfg.timezone})")
         t = r.time
         who = f"line {r.line}" if r.line else f"plant ({', '.join(r.lines or [])})"
         rej = f", {r.rejects} rejects" if r.rejects is not None else ""
         cover = "" if r.coverage >= 1 else f"; covered {r.coverage * 100:.0f}% of it"
+        if r.partial:
+            cover += (f" (PARTIAL: below {COVERAGE_THRESHOLD * 100:.0f}%, the figures "
+                      "describe the part observed)")
         out += [
             f"  {who}: {r.units} units{rej} of {r.target:g} planned ({_pct(r.attainment)}){cover}",
             f"    OEE {_pct(r.oee)} = availability {_pct(r.availability)} x performance "
@@ -137,7 +157,7 @@ def _csv(reports: Sequence[ShiftReport]) -> str:
             "start": r.shift.start.isoformat(), "end": r.shift.end.isoformat(),
             "line": r.line or "plant", "units": r.units, "rejects": r.rejects, "total": r.total,
             "target": r.target, "attainment": r.attainment, **r.time.model_dump(),
-            "coverage": r.coverage, "minor_stops": r.minor_stops, "availability": r.availability,
+            "coverage": r.coverage, "partial": r.partial, "minor_stops": r.minor_stops, "availability": r.availability,
             "performance": r.performance, "quality": r.quality, "oee": r.oee,
             "quality_measured": r.quality_measured,
             "top_loss": r.top_losses[0].cause if r.top_losses else None}
@@ -151,15 +171,17 @@ def _csv(reports: Sequence[ShiftReport]) -> str:
 
 def report(cfg: Config, *, day: str | None = None, shift: str | None = None,
            fmt: str = "text", now: datetime | None = None,
-           read: Reader) -> str:
-    """The shift reports of a production day (default: today in the site's time zone).
+           read: Reader, openings: Mapping[int, YearOpening] | None = None) -> str:
+    """The shift reports of a production day (default: the current production day, so a
+    night shift after midnight belongs to the day it started).
 
     ``read`` gives the stored reports of a date (and shift name): the gateway's state store
-    (``plantfloor report``) or the roll-up's database (``report --database``).
+    (``plantfloor report``) or the roll-up's database (``report --database``); ``openings``
+    the year-to-date opening balances recorded in the state store.
     """
     if day is None:
-        when = (now or datetime.now(cfg.tz)).astimezone(cfg.tz)
-        d = when.date()
+        when = now or datetime.now(UTC)
+        d = ShiftCalendar.from_config(cfg).production_date(when.astimezone(UTC))
     else:
         try:
             d = date.fromisoformat(day)
@@ -169,10 +191,14 @@ def report(cfg: Config, *, day: str | None = None, shift: str | None = None,
         raise ConfigError(f"shift {shift!r} is not in the config "
                           f"({', '.join(s.name for s in cfg.shifts)})", key="--shift")
     reports = read(d, shift)
+    opening = (openings or {}).get(d.year)
     if fmt == "json":
         return json.dumps({"date": d.isoformat(), "site": cfg.site,
                            "reports": [json.loads(r.model_dump_json(by_alias=True)) for r in reports],
-                           "day": day_totals(reports) if shift is None else None}, indent=2)
+                           "day": day_totals(reports) if shift is None else None,
+                           "year_opening": None if opening is None else {
+                               "year": opening.year, "units": opening.units,
+                               "through": opening.through.isoformat()}}, indent=2)
     if fmt == "csv":
         return _csv(reports)
-    return _text(cfg, d, reports)
+    return _text(cfg, d, reports, opening)
