@@ -58,7 +58,8 @@ async def test_an_opening_balance_is_audited_counted_flagged_and_shown(
                           "--through", through, "--note", "ERP export", "--line", "kei")
     assert code == 0, err
     assert out.startswith("recorded #1: line kei built 1,000 units")
-    assert db.exists() and not (elsewhere / "state").exists()
+    assert db.exists()
+    assert not (elsewhere / "state").exists()
     code, out, err = _run(capsys, "state", "opening", str(path), "--units", "1200",
                           "--through", through, "--note", "ERP export, corrected",
                           "--line", "kei", "--state", str(folder / "state"))
@@ -92,9 +93,13 @@ async def test_an_opening_balance_is_audited_counted_flagged_and_shown(
 
     code, out, err = _run(capsys, "state", "show", str(path))
     assert code == 0, err
-    assert "3 in" in out and "1203 with the opening balance of 1200" in out
-    assert "#1 " in out and "#2 " in out and "ERP export, corrected" in out
-    assert "JST" in out and "times in Asia/Tokyo" in out
+    assert "3 in" in out
+    assert "1203 with the opening balance of 1200" in out
+    assert "#1 " in out
+    assert "#2 " in out
+    assert "ERP export, corrected" in out
+    assert "JST" in out
+    assert "times in Asia/Tokyo" in out
     code, out, err = _run(capsys, "state", "show", str(path), "--format", "json")
     assert [e["units"] for e in json.loads(out)["opening_balance"]] == [1000, 1200]
     code, out, err = _run(capsys, "report", str(path), "--state", str(db), "--format", "json")
