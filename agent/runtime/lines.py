@@ -263,6 +263,24 @@ class LineBoard:
             category=self._category.get(tracker.reason),
             raw=tracker.raw)
 
+    def stopped_payload(self, line_id: str) -> LineStatePayload:
+        """The retained state a clean stop leaves: ``unknown``, the source disconnected
+        (nobody reads it any more), its last good reading kept."""
+        src = self._counter_source[line_id]
+        return LineStatePayload(
+            line=line_id, state="unknown",
+            source=SourceInfo(id=src, connected=False, last_ok=self.last_ok_wall.get(src),
+                              error="the agent stopped", code=None),
+            ts=self.wall().astimezone(UTC), reason="unknown", category=None, raw=None)
+
+    async def publish_stopped(self) -> None:
+        """On a clean stop: every line's retained state says ``unknown``, so no subscriber
+        reads a line as running while nothing watches it (after a crash the status topic's
+        will says ``offline``: docs/mqtt.md)."""
+        for line_id in sorted(self.trackers):
+            await self.publisher.publish(f"{self.root}/lines/{line_id}/state",
+                                         encode(self.stopped_payload(line_id)), qos=1, retain=True)
+
     async def run(self) -> None:
         """Publish retained state for lines that changed; on reconnect everything again."""
         while True:

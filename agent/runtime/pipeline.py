@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import Config
+from agent.contract.errors import PlantfloorError
 from agent.contract.payloads import StatusPayload, encode
 from agent.contract.readings import Reading, SourceHealth
 from agent.core.calendar import ShiftCalendar
@@ -43,6 +44,8 @@ __all__ = ["Agent"]
 
 log = logging.getLogger("plantfloor.agent")
 
+#: how long a clean stop waits for the lines' retained ``unknown`` state to be acknowledged
+STOPPED_STATE_S = 2.0
 DRAIN_S = 10.0         # how long shutdown waits for the outbox to reach the broker (the unit: TimeoutStopSec=20)
 READY_TIMEOUT_S = 30.0  # READY=1 waits this long for every source and the broker, then goes degraded
 
@@ -277,6 +280,12 @@ class Agent:
     async def _shutdown(self) -> None:
         if self.sparkplug is not None:
             await self.sparkplug.stop()  # NDEATH, then DISCONNECT
+        if self.publisher is not None and self.board is not None and self.publisher.connected.is_set():
+            try:
+                async with asyncio.timeout(STOPPED_STATE_S):
+                    await self.board.publish_stopped()
+            except (TimeoutError, PlantfloorError, OSError) as exc:
+                log.warning("the lines' stopped state was not published: %s", exc or "timed out")
         if self.publisher is not None:
             # bounded inside: 3 s for the offline status, 1 s for the disconnect
             await self.publisher.stop(final_topic=f"{self.root}/status",
