@@ -174,3 +174,27 @@ def test_malformed_call_neither_raises_nor_leaks(monkeypatch: pytest.MonkeyPatch
     text = out.getvalue()
     assert "one placeholder" in text
     assert PASSWORD not in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_text_on_a_terminal_shows_the_plants_local_time_and_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, a plant in Japan read its logs in the gateway's zone (UTC)."""
+    from zoneinfo import ZoneInfo
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    tty, pipe = _Terminal(), io.StringIO()
+    configure_logging(fmt="text", stream=tty, tz=ZoneInfo("Asia/Tokyo"))
+    record = logging.LogRecord("agent.x", logging.WARNING, __file__, 1, "hello", None, None)
+    record.created = 1_796_000_000.25                 # 2026-11-30T00:53:20.250Z
+    logging.getLogger().handlers[-1].handle(record)
+    assert tty.getvalue() == "2026-11-30 09:53:20.250 JST WARNING agent.x: hello\n"
+    # a file or a pipe keeps the machine-readable ISO form
+    configure_logging(fmt="text", stream=pipe, tz=ZoneInfo("Asia/Tokyo"))
+    logging.getLogger().handlers[-1].handle(record)
+    assert re.fullmatch(r"2026-11-\d\dT\d\d:\d\d:20\.250[+-]\d\d:\d\d WARNING agent\.x: hello\n",
+                        pipe.getvalue())

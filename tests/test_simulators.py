@@ -514,7 +514,7 @@ def test_load_sim_config_errors_name_file_line_and_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_sim_config(bad)
     assert err.value.line == 7
-    assert err.value.key == "plcs.0.lines.0.counter.colour"
+    assert err.value.key == "plcs[p].lines[a].counter.colour"  # list items by their id
     bad.write_text("seed: 1\nseed: 2\n")
     with pytest.raises(ConfigError, match=r"sim\.yaml:2"):
         load_sim_config(bad)

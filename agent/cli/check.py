@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -152,7 +154,7 @@ def check_command(path: Path, *, connect: bool = False, broker: str | None = Non
         print(f"warning: {w}", file=out)
     if not connect:
         return 0
-    results = asyncio.run(_connect_all(cfg))
+    results = asyncio.run(_quietly(_connect_all(cfg)))
     failed = 0
     for name, ok, detail in results:
         failed += not ok
@@ -160,21 +162,57 @@ def check_command(path: Path, *, connect: bool = False, broker: str | None = Non
     return 1 if failed else 0
 
 
+async def _quietly(work: Awaitable[list[tuple[str, bool, str]]]) -> list[tuple[str, bool, str]]:
+    """The connection attempts without their INFO logs: each endpoint's one line says it
+    (warnings and, with --debug, everything still show, before the table)."""
+    root = logging.getLogger()
+    level = root.level
+    if level > logging.DEBUG:
+        root.setLevel(logging.WARNING)
+    try:
+        return await work
+    finally:
+        root.setLevel(level)
+
+
 async def _connect_all(cfg: Config) -> list[tuple[str, bool, str]]:
     checks = [_check_source(cfg, s) for s in cfg.sources] + [_check_broker(cfg)]
     return list(await asyncio.gather(*checks))
 
 
+def reason(exc: BaseException, *, names: Sequence[str] = (), timeout_s: float | None = None) -> str:
+    """Why an endpoint failed, for its one line: the error's own sentence without the
+    names the line already shows, never a raw exception text (``[Errno 2] ...``)."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout_s:g} s" if timeout_s else "no answer in time"
+    if isinstance(exc, FileNotFoundError):
+        return f"{exc.filename}: no such file" if exc.filename else "a file is missing"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror[0].lower()}{exc.strerror[1:]}"
+    text = str(exc) or type(exc).__name__
+    for name in names:
+        for prefix in (f"source {name}: ", f"{name}: "):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+    return text
+
+
 async def _check_source(cfg: Config, src: ModbusSource | OpcUaSource) -> tuple[str, bool, str]:
     from agent.sources.base import make_source
 
-    source = make_source(cfg, src)
     name = f"source {src.id}"
+    where = src.endpoint if isinstance(src, OpcUaSource) else f"{src.host}:{src.port}"
+    timeout = max(5.0, src.timeout_s * 3)
     try:
-        await asyncio.wait_for(source.connect(), timeout=max(5.0, src.timeout_s * 3))
-        readings = await asyncio.wait_for(source.read(), timeout=max(5.0, src.timeout_s * 3))
+        source = make_source(cfg, src)
+    except (PlantfloorError, OSError) as exc:
+        return name, False, reason(exc, names=(src.id, where))
+    try:
+        await asyncio.wait_for(source.connect(), timeout=timeout)
+        readings = await asyncio.wait_for(source.read(), timeout=timeout)
     except (PlantfloorError, TimeoutError, OSError) as exc:
-        return name, False, str(exc) or type(exc).__name__
+        return name, False, reason(exc, names=(src.id, where), timeout_s=timeout)
     finally:
         await source.close()
     bad = [r for r in readings if r.quality != "good"]
@@ -204,7 +242,8 @@ async def _check_broker(cfg: Config) -> tuple[str, bool, str]:
         try:
             await asyncio.wait_for(pub.connected.wait(), timeout=5.0)
         except TimeoutError:
-            return name, False, pub.last_error or "no connection within 5 s"
-        return name, True, f"connected at {datetime.now(UTC).isoformat(timespec='seconds')}"
+            return name, False, reason(Exception(pub.last_error), names=(cfg.mqtt.url,)) \
+                if pub.last_error else "no connection within 5 s"
+        return name, True, f"connected at {datetime.now(cfg.tz):%Y-%m-%d %H:%M:%S %Z}"
     finally:
         await pub.stop()

@@ -26,6 +26,17 @@ __all__ = ["main"]
 log = logging.getLogger("plantfloor")
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """``--help`` names each option's default (where it has one its help does not name)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.default not in (None, False, argparse.SUPPRESS) and "default" not in text
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -45,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
         # --help shows each option's default
-        return _add(name, parents=[common], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                    **kw)
+        return _add(name, parents=[common], formatter_class=_DefaultsShown, **kw)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
@@ -86,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                   "against the config file's folder")
     show = state_sub.add_parser("show", help="what the state store holds, per line")
     show.add_argument("config", type=Path)
-    show.add_argument("--format", choices=["text", "json"], default="text")
+    show.add_argument("--format", choices=["text", "json"], default="text",
+                      help="text for people (local times), json for scripts (UTC)")
     show.add_argument("--state", type=Path, help=state_help)
     rebase = state_sub.add_parser(
         "rebaseline", help="the next reading of LINE's counter becomes its baseline without counting")
@@ -111,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--date", help="production date YYYY-MM-DD (default: the current production day: "
                      "a night shift after midnight belongs to the day it started)")
     rep.add_argument("--shift", help="only this shift (by name)")
-    rep.add_argument("--format", choices=["text", "csv", "json"], default="text")
+    rep.add_argument("--format", choices=["text", "csv", "json"], default="text",
+                     help="text for people (local times), csv or json for scripts")
     rep.add_argument("--database", metavar="URL",
                      help="read the site's reports from the roll-up's PostgreSQL (postgresql://...) "
                           "instead of the state store")
@@ -283,7 +295,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     loaded = load_config(args.config)
     cfg = with_broker(loaded.config, args.broker) if args.broker else loaded.config
     configure_logging(fmt=args.log_format, level=logging.DEBUG if args.debug else logging.INFO,
-                      secrets=collect_secrets(cfg))
+                      secrets=collect_secrets(cfg), tz=cfg.tz)
     _check_password(cfg)
     stop = asyncio.Event()
 

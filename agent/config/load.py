@@ -31,6 +31,7 @@ from agent.config.bounds import (
     check_expansion,
     read_bounded,
 )
+from agent.config.suggest import closest_key, named_key
 from agent.contract.errors import ConfigError
 
 __all__ = [
@@ -172,8 +173,10 @@ def _sentence(err: Mapping[str, Any]) -> str:
     return msg[0].lower() + msg[1:] if msg else msg
 
 
-def validation_error(exc: ValidationError, doc: Any, file: str) -> ConfigError:
-    """The first error of a ValidationError as one sentence naming file, line and key."""
+def validation_error(exc: ValidationError, doc: Any, file: str,
+                     model: type[BaseModel] | None = None) -> ConfigError:
+    """The first error of a ValidationError as one sentence naming file, line and key; an
+    unknown key is named with its list items' ids and the closest known key suggested."""
     errors = exc.errors(include_url=False)
     err = errors[0]
     loc: list[str | int] = list(err.get("loc", ()))
@@ -187,6 +190,11 @@ def validation_error(exc: ValidationError, doc: Any, file: str) -> ConfigError:
     else:
         sentence = _sentence(err)
     line, key = _locate(doc, loc)
+    if err.get("type") == "extra_forbidden":
+        key = named_key(doc, loc) or key
+        close = closest_key(model, loc) if model is not None and loc else None
+        if close is not None:
+            sentence = f"unknown key (not part of the configuration): did you mean {close}?"
     more = len(errors) - 1
     if more:
         sentence += f" (and {more} more error{'s' if more > 1 else ''})"
@@ -222,7 +230,7 @@ def load_model(path: Path, model: type[M]) -> tuple[M, bytes]:
     try:
         return model.model_validate(_plain(rt)), raw
     except ValidationError as exc:
-        raise validation_error(exc, rt, str(path)) from None
+        raise validation_error(exc, rt, str(path), model) from None
 
 
 #: what the safe loader reads otherwise than the round-trip loader, so such a file takes the

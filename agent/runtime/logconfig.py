@@ -2,8 +2,10 @@
 
 Text under systemd (``$JOURNAL_STREAM`` names our stderr): no timestamp, since journald
 adds its own, and a ``<N>`` syslog priority prefix so ``journalctl -p warning`` works.
-Text elsewhere: an ISO 8601 timestamp with milliseconds and offset. JSON: one object per
-line with ``ts``, ``level``, ``logger``, ``msg`` (and ``exc`` with a traceback).
+Text on a terminal, once the config is known: the plant's local time with its zone's
+abbreviation (people read it; a gateway's clock may be set to UTC). Text elsewhere (a file,
+a pipe): an ISO 8601 timestamp with milliseconds and offset. JSON: one object per line with
+``ts``, ``level``, ``logger``, ``msg`` (and ``exc`` with a traceback).
 
 Every configured secret (MQTT and OPC UA passwords) is replaced by ``***`` in the
 message, its arguments, the traceback and any extra field before a record is written,
@@ -17,7 +19,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Literal, TextIO
 
 from agent.config import Config, resolve_secret_file
@@ -77,10 +79,11 @@ class RedactSecrets(logging.Filter):
 
 
 class _TextFormatter(logging.Formatter):
-    def __init__(self, redact: RedactSecrets, *, journald: bool) -> None:
+    def __init__(self, redact: RedactSecrets, *, journald: bool, tz: tzinfo | None = None) -> None:
         super().__init__("%(levelname)s %(name)s: %(message)s")
         self.redact = redact
         self.journald = journald
+        self.tz = tz
 
     def format(self, record: logging.LogRecord) -> str:
         text = self.redact.redact(super().format(record))
@@ -89,6 +92,8 @@ class _TextFormatter(logging.Formatter):
             # record's priority instead of falling back to the stream's default (info).
             prio = _PRIORITY.get(record.levelno, 6)
             return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+        if self.tz is not None:
+            return f"{_local(record.created, self.tz)} {text}"
         return f"{_iso(record.created)} {text}"
 
 
@@ -122,6 +127,19 @@ def _iso(created: float) -> str:
     return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
 
 
+def _local(created: float, tz: tzinfo) -> str:
+    """A time for people: the plant's local wall time with milliseconds and its zone."""
+    t = datetime.fromtimestamp(created, tz)
+    return f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d} {t:%Z}"
+
+
+def _tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
 def _journald_stderr(stream: TextIO) -> bool:
     """True when ``stream`` is the journal stream systemd connected (``$JOURNAL_STREAM``)."""
     value = os.environ.get("JOURNAL_STREAM")
@@ -137,10 +155,12 @@ def _journald_stderr(stream: TextIO) -> bool:
 
 
 def configure_logging(*, fmt: Literal["text", "json"] = "text", level: int = logging.INFO,
-                      secrets: Iterable[str] = (), stream: TextIO | None = None) -> None:
+                      secrets: Iterable[str] = (), stream: TextIO | None = None,
+                      tz: tzinfo | None = None) -> None:
     """Install plantfloor's handler on the root logger (replacing one installed before).
 
-    ``stream`` defaults to ``sys.stderr``. Calling again (e.g. once the config, and so the
+    ``stream`` defaults to ``sys.stderr``; ``tz``, the plant's time zone: text written to a
+    terminal shows its local time with the zone. Calling again (e.g. once the config, and so the
     secrets, are known) replaces the previous handler rather than adding a second one.
     """
     out = sys.stderr if stream is None else stream
@@ -151,7 +171,10 @@ def configure_logging(*, fmt: Literal["text", "json"] = "text", level: int = log
     if fmt == "json":
         handler.setFormatter(_JsonFormatter(redact))
     else:
-        handler.setFormatter(_TextFormatter(redact, journald=_journald_stderr(out)))
+        journald = _journald_stderr(out)
+        handler.setFormatter(_TextFormatter(
+            redact, journald=journald, tz=tz if tz is not None and not journald and _tty(out)
+            else None))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == "plantfloor"]:
         root.removeHandler(old)
