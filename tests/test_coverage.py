@@ -139,6 +139,7 @@ def test_a_shift_report_below_the_coverage_threshold_is_marked_partial() -> None
     _, [seen] = shift(rep, outage=range(10, 40))
     _, [partly] = shift(rep, outage=range(10, 100))
     assert (seen.partial, partly.partial) == (False, True)
+    assert seen.counted_since == partly.counted_since == SHIFT_START
     assert seen.coverage == pytest.approx(450 / 480, abs=1e-4)
 
 

@@ -313,6 +313,7 @@ class ShiftReport(_Payload):
     top_losses: list[Loss] = Field(..., description="the largest losses of planned busy time, largest first")
     coverage: float = Field(..., ge=0, le=1, description="covered_s / calendar_s (1 when nothing was planned): how much of the shift the agent saw")
     partial: bool = Field(False, description="coverage below 0.9: the figures describe the part of the shift the agent observed")
+    counted_since: Timestamp | None = Field(None, description="start of the shift's first window in the agent's books (the plant: the earliest of its lines')")
     historical: bool = Field(False, description="sent later than one window after the shift's end")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

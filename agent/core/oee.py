@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from agent.contract.payloads import Loss, ReasonTime, ShiftRef, ShiftReport, ShiftTime
@@ -256,7 +257,8 @@ class ReportSubject:
 
 
 def shift_report(subject: ReportSubject, *, site: str, epoch: int, ref: ShiftRef, acc: Acc,
-                 calendar_ms: int, target: float, categories: Mapping[str, str]) -> ShiftReport:
+                 calendar_ms: int, target: float, categories: Mapping[str, str],
+                 counted_since: datetime | None = None) -> ShiftReport:
     """The ``plantfloor.shift/1`` payload of a shift instance that ended; ``calendar_ms`` is
     its whole planned time by the calendar."""
     fig = figures(acc, categories, time_measured=subject.time_measured,
@@ -286,4 +288,4 @@ def shift_report(subject: ReportSubject, *, site: str, epoch: int, ref: ShiftRef
         availability=_ratio(fig.availability), performance=_ratio(fig.performance),
         quality=_ratio(fig.quality), oee=_ratio(fig.oee),
         quality_measured=subject.quality_measured, top_losses=top, coverage=coverage,
-        partial=coverage < COVERAGE_THRESHOLD)
+        partial=coverage < COVERAGE_THRESHOLD, counted_since=counted_since)

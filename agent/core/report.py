@@ -314,7 +314,7 @@ class Reporter:
                                 quality_measured=line.second_counter is not None)
         return shift_report(subject, site=self.cfg.site, epoch=epoch, ref=ref, acc=acc,
                             calendar_ms=totals.shift_planned_ms, target=totals.shift_target,
-                            categories=self._categories)
+                            categories=self._categories, counted_since=totals.shift_since)
 
     def plant_reports(self, windows: Sequence[tuple[LineConfig, LineWindow]], *,
                       epoch: int = 0) -> list[ShiftReport]:
@@ -338,9 +338,11 @@ class Reporter:
                 ideal_cycle_s=None, time_measured=any(ln.state is not None for ln, _, _ in group),
                 quality_measured=all(ln.second_counter is not None for ln, _, _ in group),
                 quality_counted=any(ln.second_counter is not None for ln, _, _ in group))
+            since = [r.counted_since for _, r, _ in group if r.counted_since is not None]
             out.append(shift_report(subject, site=self.cfg.site, epoch=epoch,
                                     ref=group[0][1].shift, acc=total, calendar_ms=calendar_ms,
-                                    target=target, categories=self._categories))
+                                    target=target, categories=self._categories,
+                                    counted_since=min(since, default=None)))
         return out
 
     def plant_output(self, outputs: Sequence[LinePayload | LineOutput], start: datetime, end: datetime,
