@@ -3,6 +3,7 @@ from one rate, and a line's own calendar (start, ramp-up, days not planned)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -105,22 +106,54 @@ def test_a_restart_never_changes_the_availability_of_a_line_that_kept_running(
 
 
 @settings(max_examples=12, deadline=None)
-@given(first=st.integers(1, 400), checkpoint=st.integers(0, 120),
-       per_window=st.integers(1, 40))
+@given(outage_start=st.integers(0, 300), outage_len=st.integers(1, 240),
+       after=st.integers(1, 60), per_window=st.integers(1, 40))
 def test_a_projection_from_a_half_observed_shift_equals_the_full_shift_one(
-        first: int, checkpoint: int, per_window: int) -> None:
-    """Before, units counted since the agent started were spread over the planned time
-    since the shift began: 35 projected where 13,500 were on course."""
+        outage_start: int, outage_len: int, after: int, per_window: int) -> None:
+    """A shift the agent saw only part of (it was stopped; the counter, read again, brought
+    what was built meanwhile) projects as the one it saw whole."""
     rep = Reporter(config(), ShiftCalendar.from_config(config()))
-    until = min(first + checkpoint + 1, SHIFT_WINDOWS)
+    until = min(outage_start + outage_len + after, SHIFT_WINDOWS)
+    outage = range(outage_start, min(outage_start + outage_len, until - 1))
     full, _ = shift(rep, units=per_window, until=until)
-    late, _ = shift(rep, units=per_window, first=first, until=until)
-    if late[-1].shift.counted_since is not None and late[-1].shift.covered_s > 0:
-        assert late[-1].shift.projected == pytest.approx(full[-1].shift.projected, abs=1)
-        assert late[-1].shift.projected == pytest.approx(per_window * 480, abs=1)
-        assert late[-1].shift.coverage < 1
+    half, _ = shift(rep, units=per_window, until=until, outage=outage)
+    assert half[-1].shift.units == full[-1].shift.units
+    assert half[-1].shift.projected == pytest.approx(full[-1].shift.projected, abs=1)
+    assert half[-1].shift.covered_s <= full[-1].shift.covered_s
     assert full[-1].shift.coverage == 1.0
-    assert full[-1].shift.counted_since == SHIFT_START
+    assert full[-1].shift.counted_since == half[-1].shift.counted_since == SHIFT_START
+
+
+def test_an_agent_started_mid_shift_projects_units_plus_its_rate_times_the_time_left() -> None:
+    """Before: 35 projected against 13,500, the units since the start spread over the
+    planned time since the shift began."""
+    rep = Reporter(config(), ShiftCalendar.from_config(config()))
+    outs, _ = shift(rep, units=24, first=240, until=300)       # 10:30 to 11:30
+    last = outs[-1].shift
+    assert last.units == 24 * 60
+    assert last.projected == pytest.approx(24 * 60 + 24 * 60 / 3600 * (480 - 300) * 60, abs=1e-3)
+    assert last.counted_since == SHIFT_START + timedelta(minutes=240)
+    assert last.coverage == pytest.approx(60 / 300, abs=1e-4)
+    assert last.target == 60 * 8
+
+
+def test_units_lost_in_an_outage_leave_the_rate_to_the_time_observed() -> None:
+    """A counter reset across the outage (the line's PLC restarted): the outage's time is
+    not in the rate, which is that of the windows observed."""
+    rep = Reporter(config(), ShiftCalendar.from_config(config()))
+    line = rep.cfg.lines[0]
+    totals = LineTotals()
+    for i in range(60):
+        t = SHIFT_START + timedelta(minutes=i)
+        covered = not 20 <= i < 40
+        result = window(rep, t, 2 if covered else 0, 1.0, covered=covered)
+        if i == 40:
+            result = replace(result, events=("counter_reset",))
+        w = rep.line_window(line, result, t, t + timedelta(minutes=1), totals)
+        totals = w.totals
+    out = w.output.model().shift
+    assert out.units == 80
+    assert out.projected == pytest.approx(80 + 80 / (40 * 60) * (480 - 60) * 60, abs=1e-3)
 
 
 def test_a_restart_leaves_the_projection_at_units_plus_rate_times_remaining() -> None:
@@ -188,6 +221,7 @@ def test_the_year_counts_the_opening_balance_and_one_rate_for_utilisation_and_pr
                + cal.year_planned_elapsed(end) - cal.year_planned_elapsed(start))
     rate = 200_060 / counted
     assert out.utilization == pytest.approx(rate * year_s / 500_000, abs=1e-4)
-    assert out.projected_year == pytest.approx(rate * year_s, abs=1e-2)
+    assert out.projected_year == pytest.approx(
+        200_060 + rate * (year_s - cal.year_planned_elapsed(end)), abs=1e-2)
     assert out.year_covered_s == 60
     assert out.year_coverage == round(60 / cal.year_planned_elapsed(end), 4)

@@ -347,8 +347,8 @@ def test_plant_rates_count_only_the_planned_time_since_counting_began() -> None:
     counted = cal.year_planned_elapsed(end) - cal.year_planned_elapsed(start)
     year_s = cal.year_planned_seconds(2025)
     assert out.utilization == pytest.approx(60 / (500_000 * counted / year_s), abs=1e-4)
-    # one rule for utilisation and projection: the counted rate over the year's planned time
-    assert out.projected_year == pytest.approx(60 / counted * year_s, rel=1e-6)
+    assert out.projected_year == pytest.approx(
+        60 + 60 / counted * (year_s - cal.year_planned_elapsed(end)), rel=1e-6)
 
 
 def test_totals_never_go_back_with_the_date() -> None:

@@ -90,7 +90,7 @@ class ShiftTotals(_Payload):
     name: str | None = Field(..., description="shift name; null outside every shift")
     units: int = Field(..., ge=0, description="units built so far in this shift (or off-shift period)")
     target: float = Field(..., ge=0, description="planned units for the whole shift")
-    projected: float = Field(..., ge=0, description="the rate over the planned time counted (units / planned seconds since counted_since) x the shift's whole planned time: units + that rate x the planned time not counted (still to come, or before counting began)")
+    projected: float = Field(..., ge=0, description="units + the counted rate x the planned time left in the shift; the rate is units / the planned time they were built in (since counted_since; an outage's time once the counter brought its units)")
     downtime_s: float = Field(..., ge=0, description="stopped + faulted seconds so far in this shift")
     availability: Ratio = Field(None, ge=0, description="run time / observed planned busy time so far (unobserved time is neither run time nor downtime); null while none was observed, or without a state tag")
     performance: Ratio = Field(None, ge=0, description="ideal cycle x total units / run time so far; null while the line has not run")
@@ -189,7 +189,7 @@ class PlantOutput(_Payload):
     capacity_per_year: int
     planned_utilization: float
     utilization: float = Field(..., description="units_year_to_date / (capacity_per_year pro rata to the planned time counted this year, the opening balance's included)")
-    projected_year: float = Field(..., description="the year-to-date rate (units_year_to_date / planned time counted) x the year's planned time")
+    projected_year: float = Field(..., description="units_year_to_date + the year-to-date rate (over the planned time counted, the opening balance's included) x the planned time left this year")
     year_counted_since: Timestamp | None = Field(None, description="start of the first window counted this production year")
     year_covered_s: float = Field(0.0, ge=0, description="planned seconds of the production year in windows the agent observed (some line counting)")
     year_coverage: float = Field(1.0, ge=0, le=1, description="year_covered_s / planned seconds of the production year so far")

@@ -17,12 +17,13 @@ Line, per window ``[start, end)``:
 * shift = the period containing ``start``; its totals restart when the period changes.
   ``shift.units`` and ``shift.downtime_s`` (stopped + faulted seconds) are sums over the
   period's windows so far; ``shift.target = R * P(period) / 3600``.
-  ``K`` = planned seconds of the period's windows in the agent's books (from
-  ``shift.counted_since``, the first one, outages included: units built during an outage
-  are counted when the counter is read again); ``rate = shift.units / K`` (the window's
-  ``units / W`` while ``K`` is 0); ``shift.projected = shift.units + rate * (P(period) -
-  K)``: the planned time not counted, still to come or before counting began, at the
-  counted rate. With counting from the shift's start this is ``units + rate * remaining``
+  ``K`` = planned seconds in which the shift's units were built, as far as the agent
+  knows: its windows since ``shift.counted_since`` (the first in the agent's books), an
+  outage's windows included once the counter, read again, brought the units built
+  meanwhile (not when it lost them: ``counter_reset``, ``rebaselined``,
+  ``implausible_jump``); ``rate = shift.units / K`` (the window's ``units / W`` while
+  ``K`` is 0); ``shift.projected = shift.units + rate * (P(period) - P(period.start,
+  end))``: units so far and the counted rate over the planned time left
 * coverage: ``covered_s`` = planned seconds in windows the agent observed (an outage's
   windows are not observed); ``coverage = covered_s / P(period.start, end)`` for the
   shift, the same over the production day's shifts for the day (1 while none has elapsed)
@@ -41,10 +42,10 @@ seconds of it elapsed by the window's end, ``C`` = ``capacity_per_year``):
   ``K`` = planned seconds between it and the window's end, plus the opening balance's
   planned seconds (the year's start to the end of ``year_opening_through``, not counted
   twice)
-* one rule for both figures, the units known over the planned time they cover:
+* one rate for both figures, the units known over the planned time they cover (``K``):
   ``utilization = units_year_to_date / (C * K / Y)``;
-  ``projected_year = units_year_to_date / K * Y``; while ``K`` is 0, 0 and
-  ``C * planned_utilization``
+  ``projected_year = units_year_to_date + units_year_to_date / K * (Y - E)``; while
+  ``K`` is 0, 0 and ``C * planned_utilization``
 * ``year_covered_s``: planned seconds of the year in windows some line observed;
   ``year_coverage = year_covered_s / E``
 * ``quality`` = the worst line quality (bad < uncertain < good)
@@ -89,6 +90,8 @@ __all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter", "year_figures"
 
 QualityName = Literal["good", "uncertain", "bad"]
 _QUALITY_RANK: dict[str, int] = {"bad": 0, "uncertain": 1, "good": 2}
+#: events of a window whose counter lost what was built before it (an outage's units gone)
+_LOST_COUNTS = frozenset({"counter_reset", "rebaselined", "implausible_jump"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,19 +227,26 @@ class Reporter:
         shift_fig = figures_of(shift_acc, cats, **measured)
         day_fig = figures_of(day_acc, cats, **measured)
 
-        # the projection's rate is the units over the planned time counted (since the
-        # shift's first window in the books), extrapolated to the shift's whole planned
-        # time: what was not counted (still to come, or before counting began) at that rate
+        # the projection's rate is the units over the planned time they were built in: the
+        # windows counted since the shift's first one in the books, and an outage's windows
+        # once the counter, read again, brought the units built meanwhile (not when it had
+        # lost them: a reset, a re-baseline); then units + rate x the planned time left
+        shift_elapsed = figures.period_elapsed if share else 0.0
         if new_shift:
-            counted_s = planned
+            counted_s, pending_s = 0.0, 0.0
         elif totals.shift_since is None:
             # totals of an older version, mid-shift: counted from the shift's start, as then
-            counted_s = figures.period_elapsed if share else 0.0
+            counted_s, pending_s = max(shift_elapsed - planned, 0.0), 0.0
         else:
-            counted_s = totals.shift_counted_s + planned
+            counted_s, pending_s = totals.shift_counted_s, totals.shift_pending_s
+        if not result.covered:
+            pending_s += planned
+        elif _LOST_COUNTS.intersection(result.events):
+            counted_s, pending_s = counted_s + planned, 0.0
+        else:
+            counted_s, pending_s = counted_s + pending_s + planned, 0.0
         pace = shift_units / counted_s if counted_s > 0 else result.units / window_s
-        projected = shift_units + pace * max(period_planned - counted_s, 0.0)
-        shift_elapsed = figures.period_elapsed if share else 0.0
+        projected = shift_units + pace * max(period_planned - shift_elapsed, 0.0)
         day_since = start if totals.day != day or totals.day_since is None else totals.day_since
         day_elapsed = figures.day_elapsed if share else 0.0
         shift_target = rate * period_planned / 3600.0
@@ -282,7 +292,7 @@ class Reporter:
                          shift_reported=False if new_shift else totals.shift_reported,
                          shift_acc=shift_acc, day_acc=day_acc, count_carry=carry,
                          shift_since=shift_since, day_since=day_since,
-                         shift_counted_s=counted_s)
+                         shift_counted_s=counted_s, shift_pending_s=pending_s)
         reports: list[tuple[ShiftReport, Acc]] = []
         if unreported is not None:
             # a shift instance that ended without a window reaching its end (a calendar
@@ -410,7 +420,8 @@ def year_figures(cal: ShiftCalendar, plant: PlantConfig, ytd: int, since: dateti
     known = ytd + opening_units
     if counted <= 0:
         return 0.0, plant.capacity_per_year * plant.planned_utilization
-    return known / (plant.capacity_per_year * counted / year_s), known / counted * year_s
+    return (known / (plant.capacity_per_year * counted / year_s),
+            known + known / counted * (year_s - elapsed))
 
 
 def _coverage(acc: Acc, elapsed_s: float, since: datetime) -> dict[str, Any]:

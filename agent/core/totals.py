@@ -50,8 +50,10 @@ class LineTotals:
     #: start of the first window of the shift instance and of the production day in the books
     shift_since: datetime | None = None
     day_since: datetime | None = None
-    #: planned seconds of the shift instance's windows in the books (the projection's K)
+    #: planned seconds in which the shift's counted units were built (the projection's K),
+    #: and those of an outage not yet known to be (until the counter is read again)
     shift_counted_s: float = 0.0
+    shift_pending_s: float = 0.0
 
     def to_json(self) -> str:
         """Compact JSON; dates and datetimes as ISO 8601."""

@@ -136,7 +136,7 @@ def test_utilization_and_projection_follow_the_agents_formulas() -> None:
     elapsed = cal.year_planned_elapsed(end, year=2028)
     counted = elapsed - cal.year_planned_elapsed(T0 - timedelta(days=3), year=2028)
     assert fig["utilization"] == round(900 / (500_000 * counted / year_s), 4)
-    assert fig["projected_year"] == round(900 / counted * year_s, 3)
+    assert fig["projected_year"] == round(900 + 900 / counted * (year_s - elapsed), 3)
     assert fig["year_counted_since"] == "2028-03-31T01:31:00.000Z"
 
 
