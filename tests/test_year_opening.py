@@ -98,6 +98,7 @@ async def test_an_opening_balance_is_audited_counted_flagged_and_shown(
     assert "#1 " in out
     assert "#2 " in out
     assert "ERP export, corrected" in out
+    assert "+00:00" not in out                      # people read the plant's local time
     assert "JST" in out
     assert "times in Asia/Tokyo" in out
     code, out, err = _run(capsys, "state", "show", str(path), "--format", "json")

@@ -101,7 +101,8 @@ def _line_view(cfg: Config, line_id: str, row: LineState | None) -> dict[str, An
         "rebaseline_pending": row.rebaseline if row else None,
         "last_window_end": _time(totals.last_window_end),
         "second_counter": _second_view(cfg, line, row),
-        "shift": {"key": totals.shift_key, "units": totals.shift_units},
+        "shift": {"key": totals.shift_key, "units": totals.shift_units,
+                  "name": totals.shift_name, "start": _time(totals.shift_start)},
         "day": {"date": totals.day.isoformat() if totals.day else None, "units": totals.day_units},
         "year": {"year": totals.year, "units": totals.year_units},
     }
@@ -156,7 +157,7 @@ def show(cfg: Config, *, fmt: str = "text", path: Path | None = None) -> str:
             f"  counter baseline {v['baseline'] if v['baseline'] is not None else '-'}, "
             f"last good reading {_local_iso(cfg, v['last_reading'])}",
             f"  counter identity {v['counter_identity'] or '-'} ({match})",
-            f"  shift {v['shift']['key'] or '-'}: {v['shift']['units']} units; "
+            f"  shift {_shift_text(cfg, v['shift'])}: {v['shift']['units']} units; "
             f"day {v['day']['date'] or '-'}: {v['day']['units']} units; "
             f"year {v['year']['year'] or '-'}: {v['year']['units']} units",
         ]
@@ -168,7 +169,7 @@ def show(cfg: Config, *, fmt: str = "text", path: Path | None = None) -> str:
                      "re-baselines", None: "none stored"}[sc["identity_matches_config"]]
             base = sc["baseline"] if sc["baseline"] is not None else "-"
             out += [f"  {sc['role']} counter baseline {base}, last good reading "
-                    f"{sc['last_reading'] or '-'}",
+                    f"{_local_iso(cfg, sc['last_reading'])}",
                     f"  {sc['role']} counter identity {sc['counter_identity'] or '-'} ({match})"]
             if sc["rebaseline_pending"]:
                 out.append(f"  {sc['role']} counter re-baseline pending: {sc['rebaseline_pending']}")
@@ -183,6 +184,13 @@ def show(cfg: Config, *, fmt: str = "text", path: Path | None = None) -> str:
                    f"{e.through}, recorded {_local(cfg, e.recorded_at)} by {e.recorded_by}: "
                    f"{e.note}" for e in entries)
     return "\n".join(out)
+
+
+def _shift_text(cfg: Config, shift: dict[str, Any]) -> str:
+    """The shift instance for people: its name and local start (off shift: since when)."""
+    if shift["start"] is None:
+        return shift["key"] or "-"
+    return f"{shift['name'] or 'off shift'} from {_local_iso(cfg, shift['start'])}"
 
 
 def _local_iso(cfg: Config, iso: str | None) -> str:
