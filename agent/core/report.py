@@ -66,10 +66,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from datetime import date, datetime
+from typing import Literal
 
-from agent.config import Config, LineConfig, PlantConfig
+from agent.config import Config, LineConfig
 from agent.contract.payloads import (
     OUTPUT_SCHEMA,
     LineOutput,
@@ -77,14 +77,15 @@ from agent.contract.payloads import (
     PlantOutput,
     ShiftRef,
     ShiftReport,
-    rfc3339,
 )
+from agent.core import window_fields as part
 from agent.core.calendar import Period, ShiftCalendar
 from agent.core.oee import Acc, ReportSubject, counts, shift_report
 from agent.core.oee import figures as figures_of
 from agent.core.timesplit import TimeSplit
 from agent.core.totals import LineTotals, PlantTotals, YearOpening
 from agent.core.tracker import WindowResult
+from agent.core.year import year_figures
 
 __all__ = ["LineTotals", "LineWindow", "PlantTotals", "Reporter", "year_figures"]
 
@@ -186,7 +187,7 @@ class Reporter:
         if share == 0.0:
             result = replace(result, time=TimeSplit(), covered=False)
         rate = line.rate_target * share
-        window_s = _seconds(start, end)
+        window_s = part.window_seconds(start, end)
         planned = figures.planned if share else 0.0
         target_units = rate * planned / 3600.0
 
@@ -256,29 +257,29 @@ class Reporter:
             "schema": OUTPUT_SCHEMA, "site": self.cfg.site, "line": line.id,
             "product": line.product, "epoch": epoch, "seq": totals.seq + 1,
             "window_start": start, "window_end": end, "units": result.units,
-            "rate_per_hour": _r(result.units * 3600.0 / window_s),
-            "target_per_hour": _r(target_units * 3600.0 / window_s),
-            "attainment": _r(result.units / target_units, 4) if target_units > 0 else None,
-            "shift": {"name": period.name, "units": shift_units, "target": _r(shift_target),
-                      "projected": _r(projected), "downtime_s": _r(downtime),
-                      "availability": _r4(shift_fig.availability),
-                      "performance": _r4(shift_fig.performance),
-                      "quality": _r4(shift_fig.quality), "oee": _r4(shift_fig.oee),
+            "rate_per_hour": part.rnd(result.units * 3600.0 / window_s),
+            "target_per_hour": part.rnd(target_units * 3600.0 / window_s),
+            "attainment": part.rnd(result.units / target_units, 4) if target_units > 0 else None,
+            "shift": {"name": period.name, "units": shift_units, "target": part.rnd(shift_target),
+                      "projected": part.rnd(projected), "downtime_s": part.rnd(downtime),
+                      "availability": part.rnd4(shift_fig.availability),
+                      "performance": part.rnd4(shift_fig.performance),
+                      "quality": part.rnd4(shift_fig.quality), "oee": part.rnd4(shift_fig.oee),
                       "quality_measured": shift_fig.quality_measured,
-                      **_coverage(shift_acc, shift_elapsed, shift_since)},
+                      **part.coverage(shift_acc, shift_elapsed, shift_since)},
             "day": {"date": day, "units": day_units,
-                    "target": _r(line.rate_target * line.plan_share(day) * figures.day_planned
+                    "target": part.rnd(line.rate_target * line.plan_share(day) * figures.day_planned
                                  / 3600.0),
-                    "availability": _r4(day_fig.availability),
-                    "performance": _r4(day_fig.performance),
-                    "quality": _r4(day_fig.quality), "oee": _r4(day_fig.oee),
-                    **_coverage(day_acc, day_elapsed, day_since)},
-            "state_seconds": _state_seconds(result.state_seconds),
+                    "availability": part.rnd4(day_fig.availability),
+                    "performance": part.rnd4(day_fig.performance),
+                    "quality": part.rnd4(day_fig.quality), "oee": part.rnd4(day_fig.oee),
+                    **part.coverage(day_acc, day_elapsed, day_since)},
+            "state_seconds": part.state_seconds(result.state_seconds),
             "quality": quality, "events": events, "counter": result.counter,
-            "tags": _tags(result.tags), "reason": result.reason,
+            "tags": part.tags(result.tags), "reason": result.reason,
             "rejects": rejects if role is not None else None,
             "total": result.units + rejects if role is not None else None,
-            "time": _window_time(result), "second_counter": _second(result),
+            "time": part.window_time(result), "second_counter": part.second(result),
             "historical": historical,
         })
         year_units = (0 if totals.year != day.year else totals.year_units) + result.units
@@ -385,12 +386,12 @@ class Reporter:
         out = PlantOutput(
             site=self.cfg.site, epoch=epoch, seq=totals.seq + 1, window_start=start, window_end=end,
             units=units, units_today=today, units_year_to_date=ytd + opening_units,
-            target_today=_r(sum(_day_target(o) for o in outputs)),
+            target_today=part.rnd(sum(part.day_target(o) for o in outputs)),
             capacity_per_year=plant.capacity_per_year,
             planned_utilization=plant.planned_utilization,
-            utilization=_r(utilization, 4), projected_year=_r(projected),
-            year_counted_since=since, year_covered_s=_r(year_covered),
-            year_coverage=_r4(min(1.0, year_covered / elapsed)) if elapsed > 0 else 1.0,
+            utilization=part.rnd(utilization, 4), projected_year=part.rnd(projected),
+            year_counted_since=since, year_covered_s=part.rnd(year_covered),
+            year_coverage=part.rnd4(min(1.0, year_covered / elapsed)) if elapsed > 0 else 1.0,
             year_opening_units=opening_units, year_opening_through=through,
             lines={o.line: o.units for o in outputs}, quality=quality, historical=historical,
         )
@@ -398,101 +399,3 @@ class Reporter:
                       year_units=ytd, last_window_end=end, counted_since=since,
                       year_covered_s=year_covered)
         return out, new
-
-
-def year_figures(cal: ShiftCalendar, plant: PlantConfig, ytd: int, since: datetime,
-                 end: datetime, year: int, *, opening_units: int = 0,
-                 through: date | None = None) -> tuple[float, float]:
-    """``utilization`` and ``projected_year`` of the production year ``year`` at ``end``.
-
-    ``ytd`` units were counted from ``since``; an opening balance of ``opening_units``
-    covers the production days up to ``through``. Both figures use one rate: the units
-    known over the planned time they cover (``K``); see the module docstring.
-    """
-    year_s = cal.year_planned_seconds(year)
-    elapsed = min(cal.year_planned_elapsed(end, year=year), year_s)
-    before = min(cal.year_planned_elapsed(since, year=year), elapsed)
-    counted = elapsed - before
-    if through is not None:
-        # the opening's planned time, up to where counting began (never counted twice)
-        upto = cal.midnight(through + timedelta(days=1))
-        counted += min(cal.year_planned_elapsed(upto, year=year), before)
-    known = ytd + opening_units
-    if counted <= 0:
-        return 0.0, plant.capacity_per_year * plant.planned_utilization
-    return (known / (plant.capacity_per_year * counted / year_s),
-            known + known / counted * (year_s - elapsed))
-
-
-def _coverage(acc: Acc, elapsed_s: float, since: datetime) -> dict[str, Any]:
-    """A block's coverage fields: the planned time observed, its share of the planned time
-    elapsed (1 while none has), and where counting began."""
-    covered = acc.covered_ms / 1000
-    return {"covered_s": _r(covered),
-            "coverage": _r4(min(1.0, covered / elapsed_s)) if elapsed_s > 0 else 1.0,
-            "counted_since": rfc3339(since)}
-
-
-def _utc(t: datetime) -> datetime:
-    return t.astimezone(UTC)
-
-
-def _seconds(start: datetime, end: datetime) -> float:
-    s = (_utc(end) - _utc(start)).total_seconds()
-    if s <= 0:
-        raise ValueError(f"empty window {start.isoformat()} .. {end.isoformat()}")
-    return s
-
-
-def _r(x: float, digits: int = 3) -> float:
-    return round(float(x), digits)
-
-
-def _r4(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 4)
-
-
-def _day_target(o: LinePayload | LineOutput) -> float:
-    return o.day_target if isinstance(o, LinePayload) else o.day.target
-
-
-_STATES = ("running", "stopped", "faulted", "unknown")
-
-
-def _state_seconds(seconds: dict[str, float]) -> dict[str, float]:
-    return {k: round(float(v), 3) if (v := seconds.get(k)) else 0.0 for k in _STATES}
-
-
-def _tags(tags: dict[str, int | float | None]) -> dict[str, int | float | None]:
-    out = dict(tags)  # the tracker's dict goes on changing
-    if bool in map(type, out.values()):
-        # as the model's int | float | None: a boolean is its integer
-        out = {k: int(v) if isinstance(v, bool) else v for k, v in out.items()}
-    return out
-
-
-def _s(ms: int) -> float:
-    return round(ms / 1000, 3)
-
-
-def _window_time(result: WindowResult) -> dict[str, Any]:
-    t = result.time
-    return {
-        "planned_s": _s(t.planned_ms), "run_s": _s(t.run_ms), "minor_stop_s": _s(t.minor_ms),
-        "down_s": _seconds_by(t.down_ms), "unknown_s": _s(t.unknown_ms),
-        "unknown_values": {str(k): _s(ms) for k, ms in sorted(t.unknown_values.items())}
-        if t.unknown_values else {},
-        "stops": dict(sorted(t.stops.items())) if t.stops else {}, "minor_stops": t.minor_stops,
-        "reclassified_s": _seconds_by(t.reclassified_ms)}
-
-
-def _seconds_by(ms: dict[str, int]) -> dict[str, float]:
-    return {r: _s(v) for r, v in sorted(ms.items())} if ms else {}
-
-
-def _second(result: WindowResult) -> dict[str, Any] | None:
-    s = result.second
-    if s is None:
-        return None
-    return {"role": s.role, "units": s.units, "counter": s.counter, "quality": s.quality,
-            "events": list(s.events)}
