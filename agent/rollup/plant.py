@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Literal
 
 from agent.core.calendar import ShiftCalendar
-from agent.core.report import year_figures
+from agent.core.year import year_figures
 from agent.rollup.config import RollupConfig
 from agent.rollup.payloads import GatewayReport, SitePlantOutput
 
