@@ -111,3 +111,28 @@ async def test_check_connect_prints_one_line_per_endpoint_and_no_logs(
     assert table[-1].startswith(f"ok   broker {mosquitto.url}: connected at ")
     assert table[-1].endswith(" JST")
     assert " INFO " not in logs.getvalue()
+
+
+async def test_an_endpoint_that_drops_the_connection_is_not_called_lost(
+        tmp_path: Path, mosquitto: Any, simulator_set: Callable[..., Any]) -> None:
+    """Before: "connection lost" for a PLC the check never read."""
+    sims = await simulator_set(sim_config(), auto=False)
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    try:
+        data = agent_config_dict(tmp_path, mosquitto.url, sims)
+        data["sources"][0]["port"] = server.sockets[0].getsockname()[1]
+        config = write_yaml(tmp_path / "agent.yaml", data)
+        out = io.StringIO()
+        code = await asyncio.to_thread(check_command, config, connect=True, out=out)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert code == 1
+    [failed] = [ln for ln in out.getvalue().splitlines() if ln.startswith("FAIL")]
+    assert "lost" not in failed
+    assert failed.startswith(f"FAIL source {data['sources'][0]['id']}: ")

@@ -208,11 +208,17 @@ async def _check_source(cfg: Config, src: ModbusSource | OpcUaSource) -> tuple[s
         source = make_source(cfg, src)
     except (PlantfloorError, OSError) as exc:
         return name, False, reason(exc, names=(src.id, where))
+    connected = False
     try:
         await asyncio.wait_for(source.connect(), timeout=timeout)
+        connected = True
         readings = await asyncio.wait_for(source.read(), timeout=timeout)
     except (PlantfloorError, TimeoutError, OSError) as exc:
-        return name, False, reason(exc, names=(src.id, where), timeout_s=timeout)
+        why = reason(exc, names=(src.id, where), timeout_s=timeout)
+        if connected and "lost" in why:
+            # never reached as a PLC: the endpoint took the connection, then dropped it
+            why = "connected, but the connection ended before the first answer"
+        return name, False, why
     finally:
         await source.close()
     bad = [r for r in readings if r.quality != "good"]
