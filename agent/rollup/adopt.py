@@ -80,6 +80,7 @@ class Adopter:
         consumer = Consumer(self.cfg.mqtt, client_id=client_id, filters=self.cfg.filters(),
                             deliver=self.ingest.deliver, password=self.password,
                             receive_maximum=opts.receive_maximum, session_expiry_s=opts.session_expiry_s,
+                            max_packet_bytes=opts.max_packet_bytes,
                             subscribe=False, reconnect=False)
         task = asyncio.create_task(consumer.run(), name=f"adopt-{client_id}")
         try:

@@ -89,6 +89,10 @@ class GatewayConfig(_Model):
     id: Identifier = Field(..., description="the gateway's name in the site figure and the tables")
     topic_root: TopicRoot = Field(..., description="the agent's mqtt.topic_root (R of its R/lines/<line>/output)")
     lines: tuple[Identifier, ...] = Field(..., min_length=1, description="the lines the agent publishes (its lines.*.id)")
+    max_rate_per_hour: float = Field(3600.0, gt=0, le=1e7, description="the most units an hour any of these lines "
+                                                                       "can build: a window with more than this "
+                                                                       "rate allows over its length plus a day is "
+                                                                       "rejected (kept in rejected_message)")
 
     @field_validator("topic_root")
     @classmethod
@@ -124,6 +128,10 @@ class IngestConfig(_Model):
                                                                   "(they are acknowledged after their commit)")
     session_expiry_s: int = Field(86400, ge=60, le=2**32 - 1, description="how long the broker keeps a replica's session "
                                                                           "(and the windows queued in it) while it is away")
+    max_packet_bytes: int = Field(262_144, ge=4096, le=268_435_455, description="the largest MQTT packet a replica "
+                                                                            "accepts (CONNECT's maximum packet "
+                                                                            "size): the broker drops bigger ones "
+                                                                            "for it; a window is about 1-2 kB")
     drain_idle_s: float = Field(2.0, gt=0, le=60, description="a session being drained (shutdown, or a dead replica's "
                                                              "adopted) is done after this long without a window")
 

@@ -64,7 +64,8 @@ class Consumer:
 
     def __init__(self, cfg: MqttConfig, *, client_id: str, filters: Sequence[str],
                  deliver: Callable[[Delivery], None], password: str | None,
-                 receive_maximum: int, session_expiry_s: int, subscribe: bool = True,
+                 receive_maximum: int, session_expiry_s: int, max_packet_bytes: int = 262_144,
+                 subscribe: bool = True,
                  reconnect: bool = True, backoff_max_s: float = 30.0,
                  connect_timeout_s: float = 10.0) -> None:
         self._cfg = cfg
@@ -74,6 +75,7 @@ class Consumer:
         self._password = password
         self._receive_maximum = receive_maximum
         self._session_expiry_s = session_expiry_s
+        self._max_packet_bytes = max_packet_bytes
         self._subscribe = subscribe
         self._reconnect = reconnect
         self._backoff_max_s = backoff_max_s
@@ -249,6 +251,8 @@ class Consumer:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._session_expiry_s
         props.ReceiveMaximum = self._receive_maximum
+        # the broker drops a bigger message for this client rather than send it (MQTT 5, 3.1.2.11.4)
+        props.MaximumPacketSize = self._max_packet_bytes
         client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s,
                        clean_start=False, properties=props)
 

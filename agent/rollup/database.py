@@ -31,7 +31,7 @@ from agent.rollup.config import DatabaseConfig
 from agent.rollup.migrate import apply_migrations
 from agent.rollup.rows import Rejected, ShiftRow, WindowRow
 
-__all__ = ["BatchRefused", "Database", "DatabaseUnavailable", "SiteIdentity", "new_epoch"]
+__all__ = ["BatchRefused", "Database", "DatabaseUnavailable", "SiteIdentity", "new_epoch", "refuses_data"]
 
 log = logging.getLogger("plantfloor.rollup.db")
 
@@ -55,6 +55,21 @@ class SiteIdentity:
     epoch: int
     origin: datetime
     interval_s: int
+
+
+#: SQLSTATE classes about the data of a statement, not the database: 22 data exception
+#: (numeric out of range, invalid text), 23 integrity, 54 program limit (an index row too big)
+_DATA_CLASSES = ("22", "23", "54")
+
+
+def refuses_data(exc: BaseException) -> bool:
+    """True when PostgreSQL (or psycopg, before sending) refused the *values* of a statement:
+    retrying cannot help, the message is rejected. psycopg raises SQLSTATE 54000 as an
+    ``OperationalError``, like a lost connection: the class tells them apart."""
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and state[:2] in _DATA_CLASSES
 
 
 def new_epoch() -> int:
@@ -135,10 +150,14 @@ class Database:
         try:
             async with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except psycopg.Error as exc:
+            if refuses_data(exc):
+                raise BatchRefused(_one_line(exc)) from exc
+            if isinstance(exc, psycopg.OperationalError):
+                raise DatabaseUnavailable(f"PostgreSQL at {self.where}: {_one_line(exc)}") from exc
+            raise
+        except PoolTimeout as exc:
             raise DatabaseUnavailable(f"PostgreSQL at {self.where}: {_one_line(exc)}") from exc
-        except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            raise BatchRefused(_one_line(exc)) from exc
 
     async def connect_session(self) -> AsyncConnection[TupleRow]:
         """A dedicated connection (autocommit) outside the pool, for a replica's locks."""
@@ -176,9 +195,15 @@ class Database:
                 await conn.execute(sql.INSERT_SHIFT_REPORTS, _columns(reports, _REPORT_COLUMNS))
             if rejected:
                 await conn.execute(sql.INSERT_REJECTED, {
-                    "gateway": [r.gateway for r in rejected], "topic": [r.topic for r in rejected],
-                    "payload": [r.payload for r in rejected], "error": [r.error for r in rejected]})
+                    "gateway": [_text(r.gateway, 64) if r.gateway is not None else None for r in rejected],
+                    "topic": [_text(r.topic, 1024) for r in rejected],
+                    "payload": [r.payload for r in rejected], "error": [_text(r.error, 1000) for r in rejected]})
         return inserted
+
+
+def _text(value: str, limit: int) -> str:
+    """A rejection's text as PostgreSQL's text can hold it: bounded, without NUL."""
+    return value.replace("\0", "\\0")[:limit]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -8,6 +8,10 @@ when the stream is slow. Each batch is one transaction (one ``INSERT ... SELECT 
 unnest(...) ON CONFLICT DO NOTHING``); only after it commits is each message acknowledged
 to the broker. A lost database keeps the batch and retries it with capped backoff: the
 messages stay unacknowledged meanwhile, and the broker's receive maximum stops the flow.
+
+A batch the database refuses for its data (SQLSTATE classes 22, 23, 54, or a value psycopg
+cannot send) is split into single messages: each refused one is kept in
+``rejected_message`` and acknowledged, so one poison message never holds the others.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ _BACKOFF_MAX_S = 10.0
 class Ingest:
     """The replica's writer: one batch at a time, acknowledged in arrival order."""
 
-    def __init__(self, db: Database, builder: RowBuilder, *, batch_size: int, batch_delay_s: float) -> None:
+    def __init__(self, db: Database, builder: RowBuilder, *, batch_size: int, batch_delay_s: float,
+                 max_queued: int = 10_000) -> None:
         self._db = db
         self._builder = builder
         self._batch_size = batch_size
         self._batch_delay_s = batch_delay_s
+        self.max_queued = max_queued
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -45,15 +51,33 @@ class Ingest:
         self.duplicates = 0       # windows the database already held
         self.reports = 0          # shift reports received (stored once by their key)
         self.rejected = 0         # messages kept in rejected_message
+        self.dropped = 0          # QoS 0 messages that found the queue full
+        self.last_error: str | None = None
         self.batches = 0
         self.last_commit = time.monotonic()
         self._warned: set[str] = set()
         self._failing = False
 
     def deliver(self, delivery: Delivery) -> None:
-        """Called by a consumer for every message (on the loop's thread)."""
+        """Called by a consumer for every message (on the loop's thread).
+
+        The queue is bounded: QoS 1 deliveries are bounded by each session's receive
+        maximum (the broker sends no more until some are acknowledged, after their commit);
+        a QoS 0 message, which nothing bounds and nobody re-sends, is dropped and counted
+        when the queue holds ``max_queued`` already."""
+        if delivery.qos == 0 and self._queue.qsize() >= self.max_queued:
+            self.dropped += 1
+            if self.dropped == 1:
+                log.warning("the ingest queue is full (%d): QoS 0 messages are dropped and counted "
+                            "(a gateway's windows are QoS 1)", self.max_queued)
+            return
         self._idle.clear()
         self._queue.put_nowait(delivery)
+
+    @property
+    def failing(self) -> bool:
+        """True while the batch in hand cannot be committed (the database is away)."""
+        return self._failing
 
     @property
     def queued(self) -> int:
@@ -134,7 +158,14 @@ class Ingest:
                 topic = item.topic if isinstance(item, WindowRow) else f"{item.gateway}/lines/{item.line}/shift"
                 rejected.append(Rejected(item.gateway, topic, item.payload.encode(),
                                          f"the database refused it: {refused}"))
-        await self._retrying([], rejected)
+        try:
+            await self._retrying([], rejected)
+        except BatchRefused:
+            for one in rejected:
+                try:
+                    await self._retrying([], [one])
+                except BatchRefused as exc:   # not even its record can be stored: say so, go on
+                    log.error("a rejected message on %s could not be recorded: %s", one.topic[:200], exc)
         return inserted
 
     async def _retrying(self, rows: list[WindowRow], rejected: list[Rejected],
@@ -145,12 +176,17 @@ class Ingest:
             try:
                 inserted = await self._db.insert(rows, rejected, reports or ())
                 break
+            except BatchRefused:
+                raise
             except DatabaseUnavailable as exc:
                 attempt += 1
+                self.last_error = str(exc)
                 if not self._failing:
                     log.warning("cannot commit %d window(s): %s; retrying", len(rows) + len(rejected), exc)
                     self._failing = True
                 await asyncio.sleep(random.uniform(0, min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** min(attempt, 10))))
+            except Exception as exc:  # a value psycopg cannot send: about this data, never retried
+                raise BatchRefused(f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]) from exc
         if self._failing:
             log.info("committing windows again")
             self._failing = False

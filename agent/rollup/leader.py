@@ -17,6 +17,11 @@ Each tick, in one REPEATABLE READ transaction on that connection:
 Records go to ``plant_window`` (the figure's outbox) with the exact message; after the
 commit they are published in (seq, revision) order and marked, so a new leader re-sends
 whatever its predecessor recorded but did not get acknowledged, byte for byte.
+
+A tick that fails for any reason other than a lost database session is rolled back,
+logged with its traceback, raised as the ``leader_failing`` alarm in the replica's status,
+and tried again every second; the replica keeps committing windows meanwhile. Sums are
+numeric, so no stored rows can overflow them.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from agent.core.calendar import ShiftCalendar
 from agent.outputs.mqtt.publisher import Publisher
 from agent.rollup import sql
 from agent.rollup.config import RollupConfig
-from agent.rollup.database import SiteIdentity
+from agent.rollup.database import DatabaseUnavailable, SiteIdentity
 from agent.rollup.plant import LineAggregate, PeriodTotals, line_windows, site_figure
 from agent.rollup.session import ReplicaSession, leader_key
 
@@ -48,6 +53,8 @@ log = logging.getLogger("plantfloor.rollup.leader")
 MAX_PER_TICK = 500
 #: entries of the change queue taken per tick at most (the rest wait for the next ticks)
 MAX_CHANGES_PER_TICK = 1000
+#: how often a leader whose tick fails (for a reason other than the database's absence) retries
+_FAILING_TICK_S = 1.0
 
 
 class Leader:
@@ -69,6 +76,7 @@ class Leader:
         self.recorded = 0
         self.published = 0
         self._publish_error: str | None = None
+        self.failing: str | None = None      # why the last tick failed (alarm leader_failing)
 
     async def run(self) -> None:
         """Until cancelled: try for the lock; once held, tick (the lock goes with the session)."""
@@ -81,9 +89,28 @@ class Leader:
                 self.is_leader = True
                 log.info("leading site %s: publishing %s", self.cfg.site, self.topic)
                 self.on_change(True)
-            await self.tick()
-            await self.publish_pending()
+            try:
+                await self.tick()
+                await self.publish_pending()
+            except DatabaseUnavailable:
+                raise          # the session and its lock are gone: the replica starts again
+            except Exception as exc:  # a figure that cannot be computed must not stop ingest
+                self._failed(exc)
+                await asyncio.sleep(max(lead.tick_s, _FAILING_TICK_S))
+                continue
+            if self.failing is not None:
+                log.info("the site figure is computed again")
+                self.failing = None
+                self.on_change(True)
             await asyncio.sleep(lead.tick_s)
+
+    def _failed(self, exc: Exception) -> None:
+        """Log (once per distinct failure, with its traceback) and raise the alarm."""
+        text = f"the site figure cannot be computed: {type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        if text != self.failing:
+            log.error("%s; windows are still committed, the leader tries again", text, exc_info=exc)
+            self.failing = text
+            self.on_change(True)
 
     async def tick(self) -> int:
         """Record what is due now; returns the number of records (new windows and revisions)."""

@@ -33,17 +33,18 @@ ROLLUP_STATUS_SCHEMA: Final = "plantfloor.rollup-status/1"
 
 class IncomingWindow(LineOutput):
     """A gateway's line window as received: the agent's model, tolerant of additions (parse
-    with ``extra="ignore"``: unknown fields at any depth are dropped)."""
+    with ``extra="ignore"``: unknown fields at any depth are dropped). No infinity or NaN
+    here; at any depth, :func:`agent.rollup.bounds.out_of_bounds` checks the rest."""
 
     events: list[str]  # type: ignore[assignment]  # a newer agent may name new events
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class IncomingShiftReport(ShiftReport):
     """A gateway's ``R/lines/<line>/shift`` as received (parse with ``extra="ignore"``)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class _Payload(BaseModel):
@@ -81,7 +82,12 @@ class RollupStatus(_Payload):
     started_at: Timestamp
     windows: int = Field(..., ge=0, description="line windows this replica committed since it started")
     duplicates: int = Field(..., ge=0, description="line windows it received that the database already held")
-    rejected: int = Field(..., ge=0, description="messages it could not read (kept in rejected_message)")
+    rejected: int = Field(..., ge=0, description="messages it could not read or store (kept in rejected_message)")
+    dropped: int = Field(0, ge=0, description="QoS 0 messages dropped because its ingest queue was full")
+    alarms: list[str] = Field(default_factory=list, description="what needs an operator: leader_failing (the "
+                                                                 "site figure cannot be computed), writer_failing "
+                                                                 "(windows cannot be committed)")
+    last_error: str | None = Field(None, description="the last such failure, in one sentence")
     ts: Timestamp
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,7 +1,10 @@
 """From a received message to the row that stores it (pure: no I/O, times from the payload).
 
 A line window becomes a :class:`WindowRow`, a line's shift report a :class:`ShiftRow`,
-anything else a :class:`Rejected` with the reason.
+anything else a :class:`Rejected` with the reason: a message that is not valid JSON of
+the payload's schema, one outside the physical bounds (:mod:`agent.rollup.bounds`), or a
+line that the roll-up's config does not list under the gateway whose root it came on.
+``build`` never raises.
 
 A window is attributed to the site window (``period_start``) that contains its
 ``window_start`` on the site's grid (``publish.interval_s`` from local midnight, the grid
@@ -21,6 +24,7 @@ from datetime import date, datetime
 from pydantic import ValidationError
 
 from agent.core.calendar import Period, ShiftCalendar
+from agent.rollup.bounds import max_units, out_of_bounds
 from agent.rollup.config import RollupConfig
 from agent.rollup.payloads import IncomingShiftReport, IncomingWindow
 
@@ -91,10 +95,22 @@ class RowBuilder:
         self.interval = cfg.publish.interval_s
         self._gateway_of_root = {gw.topic_root: gw.id for gw in cfg.gateways}
         self._lines_of = {gw.id: frozenset(gw.lines) for gw in cfg.gateways}
+        self._rate_of = {gw.id: gw.max_rate_per_hour for gw in cfg.gateways}
         self._cache: dict[datetime, tuple[tuple[datetime, datetime], Period]] = {}
         self._warned: set[tuple[str, str]] = set()
 
     def build(self, topic: str, payload: bytes) -> WindowRow | ShiftRow | Rejected:
+        """The row of one message, or why it cannot be stored: never raises for any input
+        (a message is data; a bug it triggers makes it a rejection, not a stopped site)."""
+        try:
+            return self._build(topic, payload)
+        except Exception as exc:  # a message must never stop the service: it becomes a rejection
+            log.exception("a message on %s could not be read", topic[:200])
+            root, _, _ = topic.rpartition("/lines/")
+            return Rejected(self._gateway_of_root.get(root), topic, payload,
+                            f"could not be read: {type(exc).__name__}: {exc}"[:500])
+
+    def _build(self, topic: str, payload: bytes) -> WindowRow | ShiftRow | Rejected:
         root, _, rest = topic.rpartition("/lines/")
         topic_line, _, tail = rest.partition("/")
         gateway = self._gateway_of_root.get(root)
@@ -108,12 +124,24 @@ class RowBuilder:
             w = IncomingWindow.model_validate_json(payload, extra="ignore")
         except ValidationError as exc:
             return Rejected(gateway, topic, payload, _first_error(exc))
+        bad = out_of_bounds(w)
+        if bad is not None:
+            return Rejected(gateway, topic, payload, bad)
         if w.line != topic_line:
             return Rejected(gateway, topic, payload, f"the payload's line {w.line!r} is not the topic's {topic_line!r}")
+        if w.line not in self._lines_of[gateway]:
+            # another gateway's line (or none): counting it would let one gateway's root write,
+            # and pre-empt by its key, the windows of a line it does not have
+            return Rejected(gateway, topic, payload, f"line {w.line!r} is not a line of gateway {gateway!r} "
+                                                     "in the roll-up's config (gateways.*.lines)")
         if w.window_end <= w.window_start:
             return Rejected(gateway, topic, payload, "window_end is not after window_start")
         if max(w.epoch, w.seq, w.units) >= _BIGINT:
             return Rejected(gateway, topic, payload, "epoch, seq or units beyond a 64-bit integer")
+        limit = max_units(self._rate_of[gateway], w.window_start, w.window_end)
+        if w.units > limit:
+            return Rejected(gateway, topic, payload, f"units {w.units} exceed the {limit} that line {w.line!r} "
+                                                     "could build in the window (gateways.*.max_rate_per_hour)")
         (period_start, period_end), shift = self._calendar_of(w.window_start)
         self._notice(gateway, w, period_end)
         return WindowRow(
@@ -128,10 +156,22 @@ class RowBuilder:
             r = IncomingShiftReport.model_validate_json(payload, extra="ignore")
         except ValidationError as exc:
             return Rejected(gateway, topic, payload, _first_error(exc))
+        bad = out_of_bounds(r)
+        if bad is not None:
+            return Rejected(gateway, topic, payload, bad)
         if r.line != topic_line:
             return Rejected(gateway, topic, payload, f"the report's line {r.line!r} is not the topic's {topic_line!r}")
+        if r.line not in self._lines_of[gateway]:
+            return Rejected(gateway, topic, payload, f"line {r.line!r} is not a line of gateway {gateway!r} "
+                                                     "in the roll-up's config (gateways.*.lines)")
+        if r.shift.end <= r.shift.start:
+            return Rejected(gateway, topic, payload, "shift.end is not after shift.start")
         if max(r.epoch, r.units) >= _BIGINT:
             return Rejected(gateway, topic, payload, "epoch or units beyond a 64-bit integer")
+        limit = max_units(self._rate_of[gateway], r.shift.start, r.shift.end)
+        if r.units > limit:
+            return Rejected(gateway, topic, payload, f"units {r.units} exceed the {limit} that line {r.line!r} "
+                                                     "could build in the shift (gateways.*.max_rate_per_hour)")
         return ShiftRow(site=r.site, line=topic_line, epoch=r.epoch, shift_start=r.shift.start,
                         shift_end=r.shift.end, shift_name=r.shift.name, production_date=r.shift.date,
                         gateway=gateway, units=r.units, payload=payload.decode("utf-8"))
@@ -153,9 +193,6 @@ class RowBuilder:
         if w.site != self.cfg.site:
             notes.append(("site", f"line {w.line!r} of gateway {gateway!r} says site {w.site!r}, not "
                                   f"{self.cfg.site!r}: stored, but not in the site's figure"))
-        elif w.line not in self._lines_of.get(gateway, ()):
-            notes.append(("line", f"line {w.line!r} arrives from gateway {gateway!r}, which the roll-up's "
-                                  "config does not list for it: counted in the figure; add it to gateways"))
         if w.window_end > period_end and "agent_offline" not in w.events:
             notes.append(("grid", f"line {w.line!r} of gateway {gateway!r} has windows longer than the site's "
                                   f"{self.interval} s: its publish.interval_s must equal the site's"))

@@ -128,11 +128,13 @@ class RollupService:
                                                        "host": socket.gethostname(), "pid": os.getpid()})
             opts = self.cfg.ingest
             self.ingest = ingest = Ingest(self.db, RowBuilder(self.cfg, self.calendar),
-                                          batch_size=opts.batch_size, batch_delay_s=opts.batch_delay_s)
+                                          batch_size=opts.batch_size, batch_delay_s=opts.batch_delay_s,
+                                          # this session's and an adopted one's: each bounded by receive_maximum
+                                          max_queued=2 * opts.receive_maximum + opts.batch_size)
             self.consumer = consumer = Consumer(
                 self.cfg.mqtt, client_id=self.client_id, filters=self.cfg.filters(), deliver=ingest.deliver,
                 password=self.password, receive_maximum=opts.receive_maximum,
-                session_expiry_s=opts.session_expiry_s)
+                session_expiry_s=opts.session_expiry_s, max_packet_bytes=opts.max_packet_bytes)
             self.leader = leader = Leader(self.cfg, self.calendar, session, site, self.publisher, wall=self.wall,
                                           on_change=lambda _lead: self._status_due.set())
             self.adopter = Adopter(self.cfg, session, ingest, client_id=self.client_id, password=self.password,
@@ -232,7 +234,24 @@ class RollupService:
             leader=bool(self.leader and self.leader.is_leader and state == "online"),
             started_at=self.started_at, windows=ingest.windows if ingest else 0,
             duplicates=ingest.duplicates if ingest else 0, rejected=ingest.rejected if ingest else 0,
+            dropped=ingest.dropped if ingest else 0, alarms=self.alarms(), last_error=self.last_error(),
             ts=self.wall()))
+
+    def alarms(self) -> list[str]:
+        """What needs an operator now (``RollupStatus.alarms``)."""
+        found: list[str] = []
+        if self.leader is not None and self.leader.is_leader and self.leader.failing is not None:
+            found.append("leader_failing")
+        if self.ingest is not None and self.ingest.failing:
+            found.append("writer_failing")
+        return found
+
+    def last_error(self) -> str | None:
+        if self.leader is not None and self.leader.failing is not None:
+            return self.leader.failing
+        if self.ingest is not None and self.ingest.failing:
+            return self.ingest.last_error
+        return None
 
     async def _publish_status(self) -> None:
         if self.publisher is None:
@@ -252,4 +271,7 @@ class RollupService:
         ]
         if ingest and ingest.rejected:
             parts.append(f"rejected {ingest.rejected}")
+        if ingest and ingest.dropped:
+            parts.append(f"dropped {ingest.dropped}")
+        parts += [f"ALARM {a}" for a in self.alarms()]
         return "; ".join(parts)

@@ -11,8 +11,9 @@ Two kinds of session-level advisory lock live on this connection, and die with i
   (:mod:`agent.rollup.leader`). The leader's work runs on this same connection, so it can
   only ever write while it still holds the lock.
 
-Statements on the connection are serialised by an asyncio lock; a failed statement means
-the session (and every lock) is gone: :class:`SessionLost`.
+Statements on the connection are serialised by an asyncio lock; a statement that fails
+for want of a connection means the session (and every lock) is gone: :class:`SessionLost`.
+One that PostgreSQL refuses for its data (SQLSTATE classes 22, 23, 54) raises as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
 from agent.rollup import sql
-from agent.rollup.database import Database, DatabaseUnavailable
+from agent.rollup.database import Database, DatabaseUnavailable, refuses_data
 
 __all__ = ["ReplicaSession", "SessionLost", "identity_key", "leader_key"]
 
@@ -72,6 +73,8 @@ class ReplicaSession:
                 async with conn.transaction():
                     yield conn
             except psycopg.OperationalError as exc:
+                if refuses_data(exc):
+                    raise      # about the statement's data (SQLSTATE 54...), not the session
                 raise SessionLost(f"the replica's database session was lost: {exc}") from exc
 
     async def fetch(self, query: LiteralString, params: Mapping[str, Any] | None = None) -> list[TupleRow]:
@@ -82,6 +85,8 @@ class ReplicaSession:
                 cur = await conn.execute(query, params)
                 return await cur.fetchall() if cur.description is not None else []
             except psycopg.OperationalError as exc:
+                if refuses_data(exc):
+                    raise      # about the statement's data (SQLSTATE 54...), not the session
                 raise SessionLost(f"the replica's database session was lost: {exc}") from exc
 
     async def try_lock(self, key: str) -> bool:

@@ -137,6 +137,7 @@ SELECT payload::text FROM plantfloor.shift_report
  ORDER BY shift_start, line, epoch"""
 
 # --- the leader: changes, the figure's inputs, the outbox of the figure -------------------
+# (sums stay numeric, as sum() of bigint is: no accepted rows can overflow them)
 
 #: the leader's tick sees one snapshot: the queue it takes and the rows it sums agree
 REPEATABLE_READ: Final = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
@@ -152,7 +153,7 @@ ON CONFLICT (site, production_date) DO UPDATE SET stale = true"""
 REFRESH_DAYS: Final = """
 UPDATE plantfloor.plant_day AS d
    SET units = s.units, first_window = s.first_window, stale = false
-  FROM (SELECT pd.production_date, coalesce(sum(w.units), 0)::bigint AS units,
+  FROM (SELECT pd.production_date, coalesce(sum(w.units), 0) AS units,
                min(w.window_start) AS first_window
           FROM plantfloor.plant_day AS pd
           LEFT JOIN plantfloor.line_window AS w
@@ -167,7 +168,7 @@ PERIOD_REVISIONS: Final = """
 SELECT seq, revision, line_windows FROM plantfloor.plant_window
  WHERE site = %(site)s AND epoch = %(epoch)s AND period_start = %(period_start)s ORDER BY revision"""
 PERIOD_LINES: Final = """
-SELECT line, gateway, sum(units)::bigint AS units, count(*) AS windows,
+SELECT line, gateway, sum(units) AS units, count(*) AS windows,
        min(CASE quality WHEN 'bad' THEN 0 WHEN 'uncertain' THEN 1 ELSE 2 END) AS quality,
        max(day_target) AS day_target
   FROM plantfloor.line_window
@@ -175,11 +176,11 @@ SELECT line, gateway, sum(units)::bigint AS units, count(*) AS windows,
  GROUP BY line, gateway ORDER BY line, gateway"""
 PERIOD_TOTALS: Final = """
 WITH today AS (
-    SELECT coalesce(sum(units), 0)::bigint AS units, min(window_start) AS first_window
+    SELECT coalesce(sum(units), 0) AS units, min(window_start) AS first_window
       FROM plantfloor.line_window
      WHERE site = %(site)s AND production_date = %(day)s AND period_start <= %(period_start)s
 ), before AS (
-    SELECT coalesce(sum(units), 0)::bigint AS units, min(first_window) AS first_window
+    SELECT coalesce(sum(units), 0) AS units, min(first_window) AS first_window
       FROM plantfloor.plant_day
      WHERE site = %(site)s AND production_date >= %(year_start)s AND production_date < %(day)s
 )

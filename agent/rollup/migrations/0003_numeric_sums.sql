@@ -1,0 +1,13 @@
+-- plantfloor roll-up, schema version 3: sums that no accepted data can overflow.
+
+-- A day's or a site window's sum of bigint units is numeric (sum() of bigint is numeric):
+-- stored as such, it never overflows, whatever rows an earlier version accepted.
+DROP VIEW plantfloor.plant_window_latest;
+ALTER TABLE plantfloor.plant_day ALTER COLUMN units TYPE numeric;
+ALTER TABLE plantfloor.plant_window ALTER COLUMN units TYPE numeric;
+CREATE VIEW plantfloor.plant_window_latest AS
+SELECT DISTINCT ON (site, epoch, seq)
+       site, epoch, seq, revision, period_start, period_end, units,
+       message::jsonb AS payload, created_at, published_at
+  FROM plantfloor.plant_window
+ ORDER BY site, epoch, seq, revision DESC;
