@@ -85,7 +85,10 @@ install_venv() {
         echo "install.sh: $python is older than Python 3.11" >&2; exit 1; }
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
     # A directory requirement is always rebuilt and reinstalled: this is also the upgrade.
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$source_dir"
+    # the site service's PostgreSQL driver is an extra: only a roll-up host installs it
+    local req="$source_dir"
+    ((with_rollup)) && req="$source_dir[rollup]"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$req"
     say "installed $("$venv/bin/plantfloor" --version 2>/dev/null || echo plantfloor) in ${venv#"$R"}"
 }
 

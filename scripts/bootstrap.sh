@@ -46,6 +46,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,uvloop]"
+  .venv/bin/python -m pip install -q -e ".[test,uvloop,rollup]"
   touch "$stamp"
 fi

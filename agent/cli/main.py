@@ -181,6 +181,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _require_rollup_extra(command: str) -> None:
+    """The site service's PostgreSQL driver is the optional extra ``rollup``: without it,
+    one sentence saying how to install it (exit 2), not an ImportError."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"plantfloor {command} needs PostgreSQL's driver, which is not installed: "
+                          "pip install 'plantfloor[rollup]'") from None
+
+
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -228,6 +239,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config).config
         if args.database:
+            _require_rollup_extra("report --database")
             from agent.rollup.reports import report_from_database
 
             print(report_from_database(cfg, args.database, day=args.date, shift=args.shift, fmt=args.format))
@@ -258,6 +270,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                                                    sparkplug=args.sparkplug),
                                  stop=stop)
     if args.command == "rollup":
+        _require_rollup_extra("rollup")
         from agent.rollup.command import rollup_command
 
         return rollup_command(args.rollupconfig, replica=args.replica, broker=args.broker, check=args.check,
