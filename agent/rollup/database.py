@@ -200,6 +200,35 @@ class Database:
                     "payload": [r.payload for r in rejected], "error": [_text(r.error, 1000) for r in rejected]})
         return inserted
 
+    async def advance(self, rows: Sequence[WindowRow]) -> set[str]:
+        """Move each line's acknowledged progress (highest contiguous committed seq of its
+        epoch) over the committed ``rows``; returns the gateways whose progress moved."""
+        moved: set[str] = set()
+        for site, line, epoch, gateway in _progress_keys(rows):
+            params = {"site": site, "line": line, "epoch": epoch, "gateway": gateway}
+            try:
+                async with self.connection() as conn:
+                    cur = await conn.execute(sql.PROGRESS_START, params)
+                    if cur.rowcount:
+                        moved.add(gateway)
+                    cur = await conn.execute(sql.PROGRESS_ADVANCE, params)
+                    if await cur.fetchone() is not None:
+                        moved.add(gateway)
+            except BatchRefused as exc:   # about this key's values: the other lines go on
+                log.warning("the progress of line %r could not be recorded: %s", line[:80], exc)
+        return moved
+
+    async def progress(self, site: str, gateway: str) -> dict[str, tuple[int, int]]:
+        """Line -> (epoch, highest contiguous committed seq) of a gateway's lines, the
+        epoch that advanced last for each."""
+        async with self.connection() as conn:
+            cur = await conn.execute(sql.GATEWAY_PROGRESS, {"site": site, "gateway": gateway})
+            return {str(line): (int(epoch), int(seq)) for line, epoch, seq in await cur.fetchall()}
+
+
+def _progress_keys(rows: Sequence[WindowRow]) -> list[tuple[str, str, int, str]]:
+    return sorted({(r.site, r.line, r.epoch, r.gateway) for r in rows})
+
 
 def _text(value: str, limit: int) -> str:
     """A rejection's text as PostgreSQL's text can hold it: bounded, without NUL."""

@@ -9,6 +9,9 @@ unnest(...) ON CONFLICT DO NOTHING``); only after it commits is each message ack
 to the broker. A lost database keeps the batch and retries it with capped backoff: the
 messages stay unacknowledged meanwhile, and the broker's receive maximum stops the flow.
 
+After the commit, each line's acknowledged progress moves (:mod:`agent.rollup.ack`), then
+the broker gets its acknowledgements.
+
 A batch the database refuses for its data (SQLSTATE classes 22, 23, 54, or a value psycopg
 cannot send) is split into single messages: each refused one is kept in
 ``rejected_message`` and acknowledged, so one poison message never holds the others.
@@ -21,7 +24,9 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 
+from agent.contract.errors import StoreError
 from agent.rollup.consumer import Delivery
 from agent.rollup.database import BatchRefused, Database, DatabaseUnavailable
 from agent.rollup.rows import Rejected, RowBuilder, ShiftRow, WindowRow
@@ -38,8 +43,9 @@ class Ingest:
     """The replica's writer: one batch at a time, acknowledged in arrival order."""
 
     def __init__(self, db: Database, builder: RowBuilder, *, batch_size: int, batch_delay_s: float,
-                 max_queued: int = 10_000) -> None:
+                 max_queued: int = 10_000, on_commit: Callable[[set[str]], None] = lambda _gateways: None) -> None:
         self._db = db
+        self._on_commit = on_commit
         self._builder = builder
         self._batch_size = batch_size
         self._batch_delay_s = batch_delay_s
@@ -129,6 +135,13 @@ class Ingest:
                     log.warning("a message on %s is not a line window or shift report this site can store "
                                 "(%s): kept in plantfloor.rejected_message", d.topic, built.error)
         inserted = await self._insert(rows, reports, rejected)
+        if rows:
+            # the lines' acknowledged progress, before the broker's acknowledgement: a replica
+            # that dies in between gets the window again, and moves the progress then
+            try:
+                self._on_commit(await self._db.advance(rows))
+            except StoreError as exc:
+                log.warning("the lines' progress was not moved (it moves with their next window): %s", exc)
         for d in batch:
             d.ack()
         self.windows += inserted

@@ -8,6 +8,8 @@
   (``plantfloor.plant/1``) plus ``revision`` and ``gateways``. Additions are compatible, so
   a consumer of a gateway's plant figure reads the site's unchanged.
 * :class:`RollupStatus` is the retained ``S/rollup/<replica>/status`` of each replica.
+* :class:`SiteAck` is the retained ``S/rollup/ack/<gateway>``: what the site has committed
+  of each of the gateway's lines (the end-to-end acknowledgement).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.contract.payloads import LineOutput, PlantOutput, ShiftReport, Timestamp
 
 __all__ = [
+    "ACK_SCHEMA",
     "ROLLUP_STATUS_SCHEMA",
     "GatewayReport",
     "IncomingShiftReport",
     "IncomingWindow",
+    "LineAck",
     "RollupStatus",
+    "SiteAck",
     "SitePlantOutput",
     "site_payload_schemas",
 ]
@@ -93,9 +98,34 @@ class RollupStatus(_Payload):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+ACK_SCHEMA: Final = "plantfloor.rollup-ack/1"
+
+
+class LineAck(_Payload):
+    """What the site has committed of one line."""
+
+    epoch: int = Field(..., ge=0, description="the agent's epoch these windows belong to (the one that advanced last)")
+    seq: int = Field(..., ge=0, description="every window of this epoch up to this seq is committed at the site "
+                                            "(from the lowest seq of the epoch it received first)")
+
+
+class SiteAck(_Payload):
+    """``S/rollup/ack/<gateway>``: retained, QoS 1, republished after each commit that moved a
+    line of the gateway. Replicas publish it independently: keep the highest seq per epoch."""
+
+    schema_: Literal["plantfloor.rollup-ack/1"] = Field(ACK_SCHEMA, alias="schema")
+    site: str
+    gateway: str = Field(..., description="the gateway's id in the roll-up's config")
+    lines: dict[str, LineAck] = Field(..., description="per line of the gateway that the site has received")
+    ts: Timestamp
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 def site_payload_schemas() -> dict[str, Any]:
     """JSON Schema of the roll-up's own payloads, keyed by topic pattern."""
     return {
         "S/plant/output": SitePlantOutput.model_json_schema(by_alias=True),
         "S/rollup/<replica>/status": RollupStatus.model_json_schema(by_alias=True),
+        "S/rollup/ack/<gateway>": SiteAck.model_json_schema(by_alias=True),
     }

@@ -31,6 +31,7 @@ from agent.contract.payloads import encode
 from agent.core.calendar import ShiftCalendar
 from agent.outputs.mqtt.publisher import Publisher
 from agent.rollup import sql
+from agent.rollup.ack import AckPublisher
 from agent.rollup.adopt import Adopter
 from agent.rollup.config import RollupConfig
 from agent.rollup.consumer import Consumer
@@ -69,6 +70,7 @@ class RollupService:
         self.publisher: Publisher | None = None
         self.site: SiteIdentity | None = None
         self.ingest: Ingest | None = None
+        self.acks: AckPublisher | None = None
         self.consumer: Consumer | None = None
         self.leader: Leader | None = None
         self.adopter: Adopter | None = None
@@ -127,10 +129,13 @@ class RollupService:
             await session.fetch(sql.REGISTER_REPLICA, {"site": self.cfg.site, "client_id": self.client_id,
                                                        "host": socket.gethostname(), "pid": os.getpid()})
             opts = self.cfg.ingest
+            self.acks = acks = AckPublisher(self.db, self.publisher, site=self.cfg.site,
+                                            site_root=self.cfg.topic_root, wall=self.wall)
             self.ingest = ingest = Ingest(self.db, RowBuilder(self.cfg, self.calendar),
                                           batch_size=opts.batch_size, batch_delay_s=opts.batch_delay_s,
                                           # this session's and an adopted one's: each bounded by receive_maximum
-                                          max_queued=2 * opts.receive_maximum + opts.batch_size)
+                                          max_queued=2 * opts.receive_maximum + opts.batch_size,
+                                          on_commit=acks.note)
             self.consumer = consumer = Consumer(
                 self.cfg.mqtt, client_id=self.client_id, filters=self.cfg.filters(), deliver=ingest.deliver,
                 password=self.password, receive_maximum=opts.receive_maximum,
@@ -145,6 +150,7 @@ class RollupService:
                 work = [tg.create_task(leader.run(), name="rollup-leader"),
                         tg.create_task(self.adopter.run(), name="rollup-adopter"),
                         tg.create_task(self._heartbeat(session), name="rollup-heartbeat"),
+                        tg.create_task(acks.run(), name="rollup-acks"),
                         tg.create_task(self._wake_when_subscribed(consumer), name="rollup-subscribed")]
                 await stop.wait()
                 log.info("stopping: handing over leadership, draining the subscription")
