@@ -16,6 +16,7 @@ from agent.config.mqtt import (
     BROKER_FORMS,
     MetricsConfig,
     MqttConfig,
+    SiteAckConfig,
     SparkplugConfig,
     SparkplugId,
     TlsConfig,
@@ -55,4 +56,4 @@ from agent.config.types import (
     WordOrder,
 )
 
-__all__ = ['BROKER_FORMS', 'BUILTIN_REASONS', 'COUNTER_ROLES', 'DEFAULT_RATE_BOUND_FACTOR', 'DEFAULT_STATE_MAP', 'DEPRECATED_OPCUA_POLICIES', 'HHMM', 'ROLE_KEYS', 'TYPE_MODULUS', 'TYPE_WIDTH', 'Break', 'Config', 'CounterRole', 'DowntimeConfig', 'Identifier', 'LineConfig', 'LineState', 'MetricsConfig', 'ModbusSource', 'ModbusTable', 'ModbusTag', 'ModbusType', 'MqttConfig', 'OpcUaSecurity', 'OpcUaSource', 'OpcUaTag', 'PlantConfig', 'Port', 'PositiveSeconds', 'PublishConfig', 'ReasonCategory', 'ReasonConfig', 'Shift', 'SourceConfig', 'SparkplugConfig', 'SparkplugId', 'StateName', 'StorageConfig', 'TagConfig', 'TimeZoneName', 'TlsConfig', 'Weekday', 'WordOrder', 'broker_url', 'resolve_secret_file']
+__all__ = ['BROKER_FORMS', 'BUILTIN_REASONS', 'COUNTER_ROLES', 'DEFAULT_RATE_BOUND_FACTOR', 'DEFAULT_STATE_MAP', 'DEPRECATED_OPCUA_POLICIES', 'HHMM', 'ROLE_KEYS', 'TYPE_MODULUS', 'TYPE_WIDTH', 'Break', 'Config', 'CounterRole', 'DowntimeConfig', 'Identifier', 'LineConfig', 'LineState', 'MetricsConfig', 'ModbusSource', 'ModbusTable', 'ModbusTag', 'ModbusType', 'MqttConfig', 'OpcUaSecurity', 'OpcUaSource', 'OpcUaTag', 'PlantConfig', 'Port', 'PositiveSeconds', 'PublishConfig', 'ReasonCategory', 'ReasonConfig', 'Shift', 'SiteAckConfig', 'SourceConfig', 'SparkplugConfig', 'SparkplugId', 'StateName', 'StorageConfig', 'TagConfig', 'TimeZoneName', 'TlsConfig', 'Weekday', 'WordOrder', 'broker_url', 'resolve_secret_file']

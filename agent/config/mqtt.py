@@ -160,6 +160,27 @@ class SparkplugConfig(_Model):
 
 
 
+class SiteAckConfig(_Model):
+    """The site service this gateway serves (``plantfloor rollup``, docs/scale-out.md): its
+    windows stay in the state file until the site, not only the broker, has them."""
+
+    topic: str = Field(..., min_length=1, description="the site's acknowledgement of this gateway, "
+                                                      "S/rollup/ack/<gateway id in the roll-up's config>, "
+                                                      "e.g. plantfloor/site/rollup/ack/gw1")
+    timeout_s: float = Field(60.0, ge=1, le=86400, description="a window the broker took but the site has not "
+                                                              "acknowledged this long after is published again "
+                                                              "(then after twice as long, up to backoff_max_s)")
+    backoff_max_s: float = Field(900.0, ge=1, le=86400, description="the longest wait between two re-publications "
+                                                                   "of an unacknowledged window")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str) -> str:
+        if any(c in v for c in "#+\0"):
+            raise ValueError(f"{v!r} is not a topic to subscribe to exactly (no wildcards)")
+        return v
+
+
 class MetricsConfig(_Model):
     """Prometheus endpoint (off unless configured)."""
 

@@ -245,6 +245,8 @@ class StatusPayload(_Payload):
     dropped: int = Field(..., ge=0, description="window messages dropped since start, oldest first (outbox full)")
     alarms: list[Alarm] = Field(default_factory=list)
     ts: Timestamp
+    site_backlog: int | None = Field(None, ge=0, description="with site_ack: line windows the broker took that the site service has not acknowledged yet (kept in the state file); null without site_ack")
+    site_oldest_unacknowledged: Timestamp | None = Field(None, description="with site_ack: the window_end of the oldest of them; null when none")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -100,8 +100,11 @@ class Forwarder:
                  batch: int = 100, publish_timeout_s: float = 30.0, live_limit: int = 1_000,
                  replay_per_s: int = 0,
                  formats: Mapping[str, OutputFormat] | None = None,
-                 only: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> None:
+                 only: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                 on_sent: Callable[[Sequence[OutboxRecord]], Awaitable[None]] | None = None) -> None:
         self._store = store
+        # told of acknowledged records before they leave the outbox (the site hold, siteack.py)
+        self._on_sent = on_sent
         # the records of the formats this forwarder serves (one forwarder per channel)
         self._only = only
         self._exclude = exclude
@@ -236,6 +239,9 @@ class Forwarder:
             else:
                 acked.append(row.id)
         if acked:
+            if self._on_sent is not None:
+                done = set(acked)
+                await self._on_sent([r for r in ready if r.id in done])
             await self._store.mark_sent(acked)
             self.sent += len(acked)
         if failed is not None:
@@ -253,6 +259,8 @@ class Forwarder:
                 return False
             del self._parked[row.topic]
             log.info("broker accepts %s again", row.topic)
+            if self._on_sent is not None:
+                await self._on_sent([row])
             await self._store.mark_sent([row.id])
             self.sent += 1
         return True

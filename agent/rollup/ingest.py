@@ -139,7 +139,10 @@ class Ingest:
             # the lines' acknowledged progress, before the broker's acknowledgement: a replica
             # that dies in between gets the window again, and moves the progress then
             try:
-                self._on_commit(await self._db.advance(rows))
+                await self._db.advance(rows)
+                # every gateway of the batch, moved or not: a re-published window the site
+                # already had is answered too, so its agent stops holding it
+                self._on_commit({r.gateway for r in rows})
             except StoreError as exc:
                 log.warning("the lines' progress was not moved (it moves with their next window): %s", exc)
         for d in batch:

@@ -55,6 +55,12 @@ class Metrics:
         self._dropped = Counter(
             "plantfloor_windows_dropped_total",
             "Window messages dropped because the outbox was full (oldest first)", registry=r)
+        self._site_backlog = Gauge(
+            "plantfloor_site_backlog", "Line windows the site service has not acknowledged yet (site_ack)",
+            registry=r)
+        self._site_oldest = Gauge(
+            "plantfloor_site_oldest_unacknowledged_seconds",
+            "Age of the oldest line window the site service has not acknowledged (0 when none)", registry=r)
         self._last_good = Gauge(
             "plantfloor_last_good_read_timestamp_seconds",
             "Unix time of the line's last good counter reading", ["line"], registry=r)
@@ -109,6 +115,11 @@ class Metrics:
     def backlog(self, n: int) -> None:
         """The outbox now holds ``n`` window messages."""
         self._backlog.set(n)
+
+    def site_backlog(self, n: int, oldest_age_s: float) -> None:
+        """``n`` windows wait for the site's acknowledgement, the oldest for ``oldest_age_s``."""
+        self._site_backlog.set(n)
+        self._site_oldest.set(oldest_age_s)
 
     def dropped(self, n: int) -> None:
         """``n`` more window messages were just dropped from a full outbox (an increment)."""

@@ -28,6 +28,7 @@ from agent.outputs import OutputFormat, make_formats
 from agent.outputs.forwarder import Forwarder
 from agent.outputs.json import JsonFormat
 from agent.outputs.mqtt.publisher import Publisher
+from agent.outputs.siteack import SiteAcks
 from agent.runtime.lines import LineBoard
 from agent.runtime.metrics import Metrics
 from agent.runtime.notify import Notifier
@@ -71,6 +72,7 @@ class Agent:
         self.epoch: int | None = None
         self.publisher: Publisher | None = None
         self.forwarder: Forwarder | None = None
+        self.site_acks: SiteAcks | None = None
         self.sparkplug: EdgeNode | None = None
         self.sparkplug_forwarder: Forwarder | None = None
         self.board: LineBoard | None = None
@@ -96,6 +98,8 @@ class Agent:
             backlog=store.backlog if store else 0,
             dropped=(store.dropped if store else 0) + (self.closer.dropped_in_memory if self.closer else 0),
             alarms=self.alarms.active(), ts=self.wall(),
+            site_backlog=self.site_acks.backlog if self.site_acks else None,
+            site_oldest_unacknowledged=self.site_acks.oldest if self.site_acks else None,
         ))
 
     async def _publish_status(self, state: str = "online") -> None:
@@ -108,10 +112,16 @@ class Agent:
     async def _on_connect(self) -> None:
         """Birth: online status and every line's retained state, after each (re)connect."""
         await self._publish_status("online")
+        if self.site_acks is not None:
+            await self.site_acks.on_connect()
         if self.board is not None:
             self.board.republish_all()
         if self.forwarder is not None:
             self.forwarder.wake()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.site_acks is not None:
+            self.site_acks.on_message(topic, payload)
 
     # --- stages ----------------------------------------------------------------------
 
@@ -160,17 +170,22 @@ class Agent:
         self.publisher = Publisher(
             cfg.mqtt, client_id=cfg.client_id, will_topic=f"{self.root}/status",
             will_payload=self.status_payload("offline"), password=cfg.mqtt.password(),
-            on_connect=self._on_connect)
+            on_connect=self._on_connect, on_message=self._on_message if cfg.site_ack else None)
         self.board = LineBoard(cfg, self.publisher, stored, mono=self.mono, wall=self.wall)
         formats = make_formats(cfg)
         self._open_sparkplug(formats)
         # the JSON channel drains every format but Sparkplug's (which has its own session)
         plain = {name: fmt for name, fmt in formats.items() if name != "sparkplug"}
+        plain = plain or {"json": JsonFormat.from_config(cfg)}
+        if cfg.site_ack is not None:
+            self.site_acks = SiteAcks(self.store, self.publisher, cfg.site_ack, root=self.root,
+                                      lines=[line.id for line in cfg.lines], epoch=stored.epoch, formats=plain,
+                                      max_bytes=self.store.max_bytes, on_alarm=self.alarms.on_alarm, wall=self.wall)
         self.forwarder = Forwarder(self.store, self.publisher, interval_s=cfg.publish.interval_s,
                                    on_alarm=self.alarms.on_alarm, clock=self.wall,
                                    live_limit=_live_limit(cfg), replay_per_s=cfg.publish.replay_per_s,
-                                   formats=plain or {"json": JsonFormat.from_config(cfg)},
-                                   exclude=("sparkplug",) if self.sparkplug else ())
+                                   formats=plain, exclude=("sparkplug",) if self.sparkplug else (),
+                                   on_sent=self.site_acks.on_sent if self.site_acks else None)
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
                                    stored, wall=self.wall, mono=self.mono, alarms=self.alarms,
                                    on_committed=self._on_committed, formats=formats)
@@ -248,6 +263,8 @@ class Agent:
                 work.append(tg.create_task(self.board.run(), name="line-states"))
                 work.append(tg.create_task(self._status_loop(), name="status"))
                 work.append(tg.create_task(self._readiness(), name="readiness"))
+                if self.site_acks is not None:
+                    work.append(tg.create_task(self.site_acks.run(), name="site-acks"))
                 fwd = tg.create_task(self.forwarder.run(), name="forwarder")
                 forwarders = [fwd]
                 if self.sparkplug is not None and self.sparkplug_forwarder is not None:
@@ -316,6 +333,10 @@ class Agent:
             self.metrics.dropped(dropped - last_dropped)
         self._metrics_seen = (sent, dropped)
         self.metrics.backlog(self.store.backlog)
+        if self.site_acks is not None:
+            oldest = self.site_acks.oldest
+            self.metrics.site_backlog(self.site_acks.backlog,
+                                      (self.wall() - oldest).total_seconds() if oldest is not None else 0.0)
 
     def health_line(self) -> str:
         store = self.store
@@ -323,6 +344,8 @@ class Agent:
         parts = [f"sources {up}/{len(self.supervisors)} up",
                  "broker up" if self.publisher and self.publisher.connected.is_set() else "broker DOWN",
                  f"backlog {store.backlog if store else 0}", f"dropped {store.dropped if store else 0}"]
+        if self.site_acks is not None:
+            parts.append(f"site unacknowledged {self.site_acks.backlog}")
         if self.closer is not None:
             parts.append(f"windows {self.closer.windows_closed}")
         alarms = self.alarms.active()

@@ -105,6 +105,21 @@ CREATE TABLE IF NOT EXISTS opening_balance (
     recorded_at TEXT    NOT NULL,   -- when it was recorded (UTC, ISO)
     recorded_by TEXT    NOT NULL    -- who recorded it (the operating system user)
 );
+CREATE TABLE IF NOT EXISTS site_hold (
+    id         INTEGER PRIMARY KEY,   -- the record's outbox id (commit order)
+    topic      TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    qos        INTEGER NOT NULL,
+    retain     INTEGER NOT NULL,
+    line       TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    window_end TEXT    NOT NULL,
+    format     TEXT    NOT NULL,
+    cost       INTEGER NOT NULL,
+    sent_at    REAL    NOT NULL,      -- when the broker last took it (wall clock, epoch seconds)
+    attempts   INTEGER NOT NULL DEFAULT 0   -- publications after the first (for the backoff)
+);
+CREATE INDEX IF NOT EXISTS site_hold_line ON site_hold (line, seq)
 """
 #: an opening balance is audited: an entry is never changed or removed, a correction is a
 #: new entry (the latest per year and line counts)

@@ -141,6 +141,11 @@ class Store:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the store's thread: for the file's other tables
+        (:mod:`agent.store.hold`); sqlite errors become StoreError."""
+        return await self._run(fn)
+
     # --- public API -----------------------------------------------------------------------
 
     async def load(self) -> StoredState:
