@@ -70,7 +70,8 @@ def summary(cfg: RollupConfig, replica: str) -> str:
         f"database {_where(cfg.database.url)}: pool of {cfg.database.pool_size}, schema version "
         f"{migrations()[-1].version}",
         f"broker {cfg.mqtt.url}: shared subscription group {cfg.share_group}",
-        f"publishes {cfg.topic_root}/plant/output (leader) and {cfg.topic_root}/rollup/{replica}/status",
+        f"publishes {cfg.topic_root}/plant/output (leader), {cfg.topic_root}/rollup/{replica}/status and "
+        f"{cfg.topic_root}/rollup/ack/<gateway>",
         f"site window {cfg.publish.interval_s} s, grace {cfg.publish.grace_s:g} s for lines that are late",
         f"plan: capacity {cfg.plant.capacity_per_year:,} a year x {cfg.plant.planned_utilization:g}; "
         f"{planned_h:,.1f} planned hours in {year}",
