@@ -41,10 +41,10 @@ async def test_held_windows_are_released_by_the_acknowledgement_and_re_published
         await call(functools.partial(mark_republished, ids=[1, 2, 3, 4], now=1180.0))
         assert await call(functools.partial(next_due, timeout_s=60, backoff_max_s=200)) == 1180.0 + 200
 
-        # the site has l1 up to seq 2: those go, the rest stay
-        assert await call(functools.partial(release, acked={"l1": 2})) == 2
-        assert await call(held_totals) == (2, T0 + timedelta(minutes=3))
-        assert await call(functools.partial(release, acked={"l1": 9, "l2": 1})) == 2
+        # the site has l1 from seq 2 to 3 (seq 1 never reached it): 1 stays
+        assert await call(functools.partial(release, acked={"l1": (2, 3)})) == 2
+        assert await call(held_totals) == (2, T0 + timedelta(minutes=1))
+        assert await call(functools.partial(release, acked={"l1": (1, 9), "l2": (1, 1)})) == 2
         assert await call(held_totals) == (0, None)
         assert await call(functools.partial(next_due, timeout_s=60, backoff_max_s=200)) is None
     finally:

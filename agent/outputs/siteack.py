@@ -6,7 +6,7 @@ client subscribes to the same topic. With ``site_ack`` configured, the agent the
 keeps every line window (``R/lines/<line>/output``, JSON format) after the broker's
 acknowledgement, in the state file's ``site_hold`` (:mod:`agent.store.hold`), until the
 site's retained ``S/rollup/ack/<gateway>`` says it has committed it: for each line, the
-epoch and the highest seq up to which it has every window. What the site has not
+epoch and the run ``first..seq`` of windows it has without a gap. What the site has not
 acknowledged ``timeout_s`` after the broker took it is published again, in id order
 (hence seq order per line), as historical, and again after twice as long, up to
 ``backoff_max_s``; the site's key absorbs the duplicates. A site service that is down
@@ -76,8 +76,9 @@ class SiteAcks:
         self._on_alarm = on_alarm
         self._wall = wall
         self._clock = clock
-        self._acked: dict[str, int] = {}       # the site's latest word per line (this epoch)
-        self._to_release: dict[str, int] = {}
+        # the site's latest word per line of this epoch: the run (first, seq) it has without a gap
+        self._acked: dict[str, tuple[int, int]] = {}
+        self._to_release: dict[str, tuple[int, int]] = {}
         self._wake = asyncio.Event()
         self._alarmed = False
         self._bad_ack_logged = False
@@ -92,7 +93,7 @@ class SiteAcks:
         """The broker took these records (called before they leave the outbox): keep the line
         windows the site has not acknowledged yet."""
         keep = [r for r in rows if r.format == "json" and r.seq is not None and r.topic in self._topics
-                and r.seq > self._acked.get(self._topics[r.topic], 0)]
+                and not self._covered(self._topics[r.topic], r.seq)]
         if not keep:
             return
         dropped = await self._store.call(functools.partial(hold, records=keep, now=self._clock(),
@@ -110,11 +111,16 @@ class SiteAcks:
             doc: Any = orjson.loads(payload)
             lines = doc["lines"] if payload else {}
             for line, got in lines.items():
-                seq = got["seq"]
-                if (line in self._lines and got["epoch"] == self.epoch and isinstance(seq, int)
-                        and seq > self._acked.get(line, 0)):
-                    self._acked[line] = seq
-                    self._to_release[line] = seq
+                first, seq = got["first"], got["seq"]
+                if not (line in self._lines and got["epoch"] == self.epoch and isinstance(first, int)
+                        and isinstance(seq, int) and seq >= first):
+                    continue
+                # a run only grows (replicas may answer out of order): keep the widest
+                old_first, old_seq = self._acked.get(line, (first, seq))
+                run = (min(first, old_first), max(seq, old_seq))
+                if line not in self._acked or run != self._acked[line]:
+                    self._acked[line] = run
+                    self._to_release[line] = run
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             if not self._bad_ack_logged:
                 log.warning("%s is not a site acknowledgement (%s): ignored", topic, exc)
@@ -129,6 +135,10 @@ class SiteAcks:
             await self._channel.subscribe([(self.cfg.topic, 1)])
         except Exception as exc:  # the next connection subscribes again
             log.warning("cannot subscribe to the site's acknowledgement %s: %s", self.cfg.topic, exc)
+
+    def _covered(self, line: str, seq: int) -> bool:
+        got = self._acked.get(line)
+        return got is not None and got[0] <= seq <= got[1]
 
     # --- the loop -----------------------------------------------------------------------------
 

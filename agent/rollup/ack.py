@@ -4,8 +4,8 @@ A broker acknowledges a window when it has taken it, not when the site has it: M
 2.0 keeps no shared subscription across its own restart, so a window published after the
 broker is back and before a replica has subscribed again reaches nobody, and the broker
 may still answer 0x00 (another client subscribes to the same topic). Only the site can say
-what it has. After every commit the writer moves each line's progress (the highest seq up
-to which every window of the line's epoch is committed, ``plantfloor.line_progress``) and
+what it has. After every commit the writer moves each line's progress (the run
+``first..seq`` of the line's epoch committed without a gap, ``plantfloor.line_progress``) and
 this publisher sends, for every gateway whose progress moved, the retained QoS 1
 ``S/rollup/ack/<gateway>`` (:class:`~agent.rollup.payloads.SiteAck`). An agent configured
 with ``site_ack`` keeps its windows until they are covered, and re-publishes the rest.
@@ -80,7 +80,8 @@ class AckPublisher:
         """Read one gateway's progress and publish it (retained)."""
         lines = await self._db.progress(self._site, gateway)
         ack = SiteAck(site=self._site, gateway=gateway, ts=self._wall(),
-                      lines={line: LineAck(epoch=epoch, seq=seq) for line, (epoch, seq) in sorted(lines.items())})
+                      lines={line: LineAck(epoch=epoch, first=first, seq=seq)
+                             for line, (epoch, first, seq) in sorted(lines.items())})
         await self._publisher.publish(ack_topic(self._root, gateway), encode(ack), qos=1, retain=True)
         self.published += 1
         return ack

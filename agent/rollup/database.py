@@ -201,8 +201,9 @@ class Database:
         return inserted
 
     async def advance(self, rows: Sequence[WindowRow]) -> set[str]:
-        """Move each line's acknowledged progress (highest contiguous committed seq of its
-        epoch) over the committed ``rows``; returns the gateways whose progress moved."""
+        """Move each line's acknowledged progress (the run of its epoch's windows committed
+        without a gap, up and down) over the committed ``rows``; returns the gateways whose
+        progress moved."""
         moved: set[str] = set()
         for site, line, epoch, gateway in _progress_keys(rows):
             params = {"site": site, "line": line, "epoch": epoch, "gateway": gateway}
@@ -211,19 +212,21 @@ class Database:
                     cur = await conn.execute(sql.PROGRESS_START, params)
                     if cur.rowcount:
                         moved.add(gateway)
-                    cur = await conn.execute(sql.PROGRESS_ADVANCE, params)
-                    if await cur.fetchone() is not None:
-                        moved.add(gateway)
+                    for statement in (sql.PROGRESS_ADVANCE, sql.PROGRESS_EXTEND_DOWN):
+                        cur = await conn.execute(statement, params)
+                        if await cur.fetchone() is not None:
+                            moved.add(gateway)
             except BatchRefused as exc:   # about this key's values: the other lines go on
                 log.warning("the progress of line %r could not be recorded: %s", line[:80], exc)
         return moved
 
-    async def progress(self, site: str, gateway: str) -> dict[str, tuple[int, int]]:
-        """Line -> (epoch, highest contiguous committed seq) of a gateway's lines, the
-        epoch that advanced last for each."""
+    async def progress(self, site: str, gateway: str) -> dict[str, tuple[int, int, int]]:
+        """Line -> (epoch, first, seq): the run of windows committed without a gap, of the
+        epoch that moved last, for each of a gateway's lines."""
         async with self.connection() as conn:
             cur = await conn.execute(sql.GATEWAY_PROGRESS, {"site": site, "gateway": gateway})
-            return {str(line): (int(epoch), int(seq)) for line, epoch, seq in await cur.fetchall()}
+            return {str(line): (int(epoch), int(first), int(seq))
+                    for line, epoch, first, seq in await cur.fetchall()}
 
 
 def _progress_keys(rows: Sequence[WindowRow]) -> list[tuple[str, str, int, str]]:

@@ -105,13 +105,15 @@ class LineAck(_Payload):
     """What the site has committed of one line."""
 
     epoch: int = Field(..., ge=0, description="the agent's epoch these windows belong to (the one that advanced last)")
-    seq: int = Field(..., ge=0, description="every window of this epoch up to this seq is committed at the site "
-                                            "(from the lowest seq of the epoch it received first)")
+    first: int = Field(..., ge=1, description="the lowest seq of the run the site has without a gap (the first "
+                                             "window of the epoch it received, lower when earlier ones arrive later)")
+    seq: int = Field(..., ge=0, description="every window of this epoch from first up to this seq is committed at "
+                                            "the site (first - 1: none yet)")
 
 
 class SiteAck(_Payload):
     """``S/rollup/ack/<gateway>``: retained, QoS 1, republished after each commit that moved a
-    line of the gateway. Replicas publish it independently: keep the highest seq per epoch."""
+    line of the gateway. Replicas publish it independently: keep the widest run per epoch."""
 
     schema_: Literal["plantfloor.rollup-ack/1"] = Field(ACK_SCHEMA, alias="schema")
     site: str

@@ -32,6 +32,7 @@ __all__ = [
     "PERIOD_TOTALS",
     "PING",
     "PROGRESS_ADVANCE",
+    "PROGRESS_EXTEND_DOWN",
     "PROGRESS_START",
     "REFRESH_DAYS",
     "REGISTER_REPLICA",
@@ -132,13 +133,13 @@ INSERT_REJECTED: Final = """
 INSERT INTO plantfloor.rejected_message (gateway, topic, payload, error)
 SELECT * FROM unnest(%(gateway)b::text[], %(topic)b::text[], %(payload)b::bytea[], %(error)b::text[])"""
 
-# --- the acknowledgement: each line's highest contiguous committed seq ----------------------
+# --- the acknowledgement: each line's run of windows committed without a gap --------------
 # (one small statement per line and epoch, after the batch's commit: no lock is held across
 # lines, so two replicas never deadlock on them; the progress only ever moves forward)
 
 PROGRESS_START: Final = """
-INSERT INTO plantfloor.line_progress (site, line, epoch, gateway, seq)
-SELECT %(site)s, %(line)s, %(epoch)s, %(gateway)s, min(seq) - 1 FROM plantfloor.line_window
+INSERT INTO plantfloor.line_progress (site, line, epoch, gateway, first, seq)
+SELECT %(site)s, %(line)s, %(epoch)s, %(gateway)s, min(seq), min(seq) - 1 FROM plantfloor.line_window
  WHERE site = %(site)s AND line = %(line)s AND epoch = %(epoch)s
 HAVING count(*) > 0
 ON CONFLICT DO NOTHING"""
@@ -155,8 +156,21 @@ UPDATE plantfloor.line_progress AS p
    AND EXISTS (SELECT 1 FROM plantfloor.line_window AS y
                 WHERE y.site = p.site AND y.line = p.line AND y.epoch = p.epoch AND y.seq = p.seq + 1)
 RETURNING p.gateway"""
+PROGRESS_EXTEND_DOWN: Final = """
+UPDATE plantfloor.line_progress AS p
+   SET first = coalesce((SELECT w.seq FROM plantfloor.line_window AS w
+                          WHERE w.site = p.site AND w.line = p.line AND w.epoch = p.epoch AND w.seq < p.first
+                            AND NOT EXISTS (SELECT 1 FROM plantfloor.line_window AS x
+                                             WHERE x.site = w.site AND x.line = w.line AND x.epoch = w.epoch
+                                               AND x.seq = w.seq - 1)
+                          ORDER BY w.seq DESC LIMIT 1), p.first),
+       updated_at = now()
+ WHERE p.site = %(site)s AND p.line = %(line)s AND p.epoch = %(epoch)s
+   AND EXISTS (SELECT 1 FROM plantfloor.line_window AS y
+                WHERE y.site = p.site AND y.line = p.line AND y.epoch = p.epoch AND y.seq = p.first - 1)
+RETURNING p.gateway"""
 GATEWAY_PROGRESS: Final = """
-SELECT DISTINCT ON (line) line, epoch, seq FROM plantfloor.line_progress
+SELECT DISTINCT ON (line) line, epoch, first, seq FROM plantfloor.line_progress
  WHERE site = %(site)s AND gateway = %(gateway)s
  ORDER BY line, updated_at DESC, epoch DESC"""
 

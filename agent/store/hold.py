@@ -2,8 +2,8 @@
 
 With ``site_ack`` configured (:mod:`agent.outputs.siteack`), a line window that the broker
 acknowledged moves from the outbox into ``site_hold`` (same id, same bytes) instead of
-leaving the file; the site's acknowledgement (a line's epoch and highest contiguous
-committed seq) deletes it; what stays unacknowledged beyond the timeout is published again
+leaving the file; the site's acknowledgement (a line's epoch and the run of seqs it has
+without a gap) deletes it; what stays unacknowledged beyond the timeout is published again
 in id order. The hold is bounded like the outbox: by ``storage.max_mb``, oldest dropped
 first and counted.
 
@@ -56,12 +56,14 @@ def _trim(conn: sqlite3.Connection, excess: int) -> int:
     return count
 
 
-def release(conn: sqlite3.Connection, acked: dict[str, int]) -> int:
-    """The site has every window of these lines up to their seq: forget them; returns how many."""
+def release(conn: sqlite3.Connection, acked: dict[str, tuple[int, int]]) -> int:
+    """The site has every window of these lines from ``first`` to ``seq``: forget them;
+    returns how many."""
     removed = 0
     with transaction(conn):
-        for line, seq in sorted(acked.items()):
-            removed += conn.execute("DELETE FROM site_hold WHERE line = ? AND seq <= ?", (line, seq)).rowcount
+        for line, (first, seq) in sorted(acked.items()):
+            removed += conn.execute("DELETE FROM site_hold WHERE line = ? AND seq BETWEEN ? AND ?",
+                                    (line, first, seq)).rowcount
     return removed
 
 

@@ -13,15 +13,17 @@ SELECT DISTINCT ON (site, epoch, seq)
   FROM plantfloor.plant_window
  ORDER BY site, epoch, seq, revision DESC;
 
--- Per line and epoch, the highest seq up to which every window is committed (from the
--- lowest seq of that epoch the site received first): what the site acknowledges to the
--- gateway on S/rollup/ack/<gateway>. Advanced after the commits of the line's windows.
+-- Per line and epoch, the run of windows the site has without a gap: from first to seq.
+-- It starts at the first window of the epoch the site received, grows up as the next ones
+-- arrive, and down when earlier ones arrive later (re-published by the agent). What the
+-- site acknowledges to the gateway on S/rollup/ack/<gateway>; moved after each commit.
 CREATE TABLE plantfloor.line_progress (
     site        text NOT NULL,
     line        text NOT NULL,
     epoch       bigint NOT NULL,
     gateway     text NOT NULL,
-    seq         bigint NOT NULL,                 -- highest contiguous committed seq
+    first       bigint NOT NULL,                 -- lowest seq of the run
+    seq         bigint NOT NULL,                 -- highest seq of the run (contiguous from first)
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (site, line, epoch)
 );
