@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from agent.runtime.metrics import Metrics
 from agent.store import OutboxRecord, Store
 from agent.store.file import SCHEMA_VERSION
 from agent.store.hold import held_due, held_totals, hold, mark_republished, next_due, release
+from tests.test_metrics import key, scrape
 
 T0 = datetime(2028, 4, 3, 0, tzinfo=UTC)
 
@@ -80,3 +83,15 @@ async def test_a_version_2_state_file_opens_and_gains_the_hold(tmp_path: Path) -
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
+
+
+async def test_the_site_backlog_is_in_the_metrics() -> None:
+    metrics = Metrics()
+    port = metrics.serve("127.0.0.1", 0)
+    try:
+        metrics.site_backlog(3, 12.5)
+        got = await scrape(port)
+        assert got[key("plantfloor_site_backlog")] == 3
+        assert got[key("plantfloor_site_oldest_unacknowledged_seconds")] == 12.5
+    finally:
+        await asyncio.to_thread(metrics.stop)

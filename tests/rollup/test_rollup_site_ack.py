@@ -42,6 +42,7 @@ async def test_a_broker_restart_while_every_gateway_publishes_loses_no_window(
     # an ordinary subscriber on the gateways' topics: its subscription survives the restart,
     # so the broker acknowledges windows with 0x00 while no replica has subscribed again
     lines_sub = mqtt_subscriber(broker, "test/site/+/lines/+/output", persistent=True, client_id="historian")
+    status_sub = mqtt_subscriber(broker, "test/site/+/status", persistent=True, client_id="operator")
     # the replicas reach the broker through a link the test holds down after the restart, as
     # replicas slower to subscribe again than the gateways are to publish
     link = await LinkProxy(broker.host, broker.port).start()
@@ -110,3 +111,11 @@ async def test_a_broker_restart_while_every_gateway_publishes_loses_no_window(
     # windows published while no replica was subscribed reached nobody at the site (the
     # broker answered 0x00 for the historian): their agents published them again
     assert republished > 0
+    # what an operator saw meanwhile on R/status: the windows held, the oldest, the alarm
+    statuses = [m.json() for m in status_sub.messages if m.payload]
+    behind = [p for p in statuses if p.get("site_backlog")]
+    assert behind, "no R/status said the site was behind"
+    assert all(p["site_oldest_unacknowledged"] is not None for p in behind)
+    assert any(a["kind"] == "site_unacknowledged" for p in behind for a in p["alarms"])
+    last = {m.topic: m.json() for m in status_sub.messages if m.payload}
+    assert all(p["site_backlog"] == 0 and p["site_oldest_unacknowledged"] is None for p in last.values())
