@@ -87,7 +87,9 @@ install_venv() {
     # A directory requirement is always rebuilt and reinstalled: this is also the upgrade.
     # the site service's PostgreSQL driver is an extra: only a roll-up host installs it
     local req="$source_dir"
-    ((with_rollup)) && req="$source_dir[rollup]"
+    if ((with_rollup)); then
+        req="$source_dir[rollup]"
+    fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$req"
     say "installed $("$venv/bin/plantfloor" --version 2>/dev/null || echo plantfloor) in ${venv#"$R"}"
 }

@@ -204,20 +204,17 @@ class Database:
         """Move each line's acknowledged progress (the run of its epoch's windows committed
         without a gap, up and down) over the committed ``rows``; returns the gateways whose
         progress moved."""
+        keys = _progress_keys(rows)
+        if not keys:
+            return set()
+        params = {name: [k[i] for k in keys] for i, name in enumerate(("site", "line", "epoch", "gateway"))}
         moved: set[str] = set()
-        for site, line, epoch, gateway in _progress_keys(rows):
-            params = {"site": site, "line": line, "epoch": epoch, "gateway": gateway}
-            try:
-                async with self.connection() as conn:
-                    cur = await conn.execute(sql.PROGRESS_START, params)
-                    if cur.rowcount:
-                        moved.add(gateway)
-                    for statement in (sql.PROGRESS_ADVANCE, sql.PROGRESS_EXTEND_DOWN):
-                        cur = await conn.execute(statement, params)
-                        if await cur.fetchone() is not None:
-                            moved.add(gateway)
-            except BatchRefused as exc:   # about this key's values: the other lines go on
-                log.warning("the progress of line %r could not be recorded: %s", line[:80], exc)
+        async with self.connection() as conn:
+            for statement in (sql.PROGRESS_START, sql.PROGRESS_LOCK, sql.PROGRESS_ADVANCE,
+                              sql.PROGRESS_EXTEND_DOWN):
+                cur = await conn.execute(statement, params)
+                if statement is not sql.PROGRESS_LOCK:
+                    moved |= {str(r[0]) for r in await cur.fetchall()}
         return moved
 
     async def progress(self, site: str, gateway: str) -> dict[str, tuple[int, int, int]]:

@@ -33,6 +33,7 @@ __all__ = [
     "PING",
     "PROGRESS_ADVANCE",
     "PROGRESS_EXTEND_DOWN",
+    "PROGRESS_LOCK",
     "PROGRESS_START",
     "REFRESH_DAYS",
     "REGISTER_REPLICA",
@@ -134,15 +135,27 @@ INSERT INTO plantfloor.rejected_message (gateway, topic, payload, error)
 SELECT * FROM unnest(%(gateway)b::text[], %(topic)b::text[], %(payload)b::bytea[], %(error)b::text[])"""
 
 # --- the acknowledgement: each line's run of windows committed without a gap --------------
-# (one small statement per line and epoch, after the batch's commit: no lock is held across
-# lines, so two replicas never deadlock on them; the progress only ever moves forward)
+# (after the batch's commit, in a transaction of its own: one statement each for every line
+# and epoch of the batch, the rows locked in key order first so that two replicas moving
+# the same lines wait for each other instead of deadlocking; the run only ever grows)
 
 PROGRESS_START: Final = """
 INSERT INTO plantfloor.line_progress (site, line, epoch, gateway, first, seq)
-SELECT %(site)s, %(line)s, %(epoch)s, %(gateway)s, min(seq), min(seq) - 1 FROM plantfloor.line_window
- WHERE site = %(site)s AND line = %(line)s AND epoch = %(epoch)s
-HAVING count(*) > 0
-ON CONFLICT DO NOTHING"""
+SELECT k.site, k.line, k.epoch, k.gateway, m.first, m.first - 1
+  FROM unnest(%(site)s::text[], %(line)s::text[], %(epoch)s::bigint[], %(gateway)s::text[])
+       AS k(site, line, epoch, gateway)
+ CROSS JOIN LATERAL (SELECT min(w.seq) AS first FROM plantfloor.line_window AS w
+                      WHERE w.site = k.site AND w.line = k.line AND w.epoch = k.epoch) AS m
+ WHERE m.first IS NOT NULL
+ ORDER BY k.site, k.line, k.epoch
+ON CONFLICT DO NOTHING
+RETURNING gateway"""
+PROGRESS_LOCK: Final = """
+SELECT 1 FROM plantfloor.line_progress AS p
+  JOIN unnest(%(site)s::text[], %(line)s::text[], %(epoch)s::bigint[], %(gateway)s::text[])
+       AS k(site, line, epoch, gateway) ON p.site = k.site AND p.line = k.line AND p.epoch = k.epoch
+ ORDER BY p.site, p.line, p.epoch
+   FOR UPDATE OF p"""
 PROGRESS_ADVANCE: Final = """
 UPDATE plantfloor.line_progress AS p
    SET seq = coalesce((SELECT w.seq FROM plantfloor.line_window AS w
@@ -152,7 +165,9 @@ UPDATE plantfloor.line_progress AS p
                                              AND x.seq = w.seq + 1)
                         ORDER BY w.seq LIMIT 1), p.seq),
        updated_at = now()
- WHERE p.site = %(site)s AND p.line = %(line)s AND p.epoch = %(epoch)s
+  FROM unnest(%(site)s::text[], %(line)s::text[], %(epoch)s::bigint[], %(gateway)s::text[])
+       AS k(site, line, epoch, gateway)
+ WHERE p.site = k.site AND p.line = k.line AND p.epoch = k.epoch
    AND EXISTS (SELECT 1 FROM plantfloor.line_window AS y
                 WHERE y.site = p.site AND y.line = p.line AND y.epoch = p.epoch AND y.seq = p.seq + 1)
 RETURNING p.gateway"""
@@ -165,7 +180,9 @@ UPDATE plantfloor.line_progress AS p
                                                AND x.seq = w.seq - 1)
                           ORDER BY w.seq DESC LIMIT 1), p.first),
        updated_at = now()
- WHERE p.site = %(site)s AND p.line = %(line)s AND p.epoch = %(epoch)s
+  FROM unnest(%(site)s::text[], %(line)s::text[], %(epoch)s::bigint[], %(gateway)s::text[])
+       AS k(site, line, epoch, gateway)
+ WHERE p.site = k.site AND p.line = k.line AND p.epoch = k.epoch
    AND EXISTS (SELECT 1 FROM plantfloor.line_window AS y
                 WHERE y.site = p.site AND y.line = p.line AND y.epoch = p.epoch AND y.seq = p.first - 1)
 RETURNING p.gateway"""
