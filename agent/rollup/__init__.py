@@ -11,8 +11,10 @@ leadership (:mod:`agent.rollup.leader`). Topics and tables: ``docs/scale-out.md`
 Data flow, one way, with a named type at each hop::
 
     MQTT $share/<group>/<gateway root>/lines/+/{output,shift}   Consumer -> Delivery
-      -> Ingest: Delivery -> WindowRow | ShiftRow | Rejected (pure, agent.rollup.rows)
-      -> Database.insert() (one transaction) -> ack each Delivery after the commit
+      -> Ingest: Delivery -> WindowRow | ShiftRow | Rejected (pure, agent.rollup.rows, bounds)
+      -> Database.insert() (one transaction; a refused batch split, refusals kept)
+      -> Database.advance() (each line's run) -> ack each Delivery after the commit
+      -> AckPublisher: S/rollup/ack/<gateway> (retained; agent.outputs.siteack reads it)
     Leader (advisory lock): rows -> PeriodRows/PeriodTotals -> SitePlantOutput (pure,
       agent.rollup.plant) -> plant_window (outbox table) -> Publisher -> S/plant/output
 
