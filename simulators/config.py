@@ -10,6 +10,7 @@ time and production randomness.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
@@ -308,6 +309,7 @@ class SimConfig(_Model):
     seed: int = Field(42, description="line i draws its randomness from random.Random(seed + i)")
     timezone: TimeZoneName = Field("UTC", description="IANA time zone of the shift calendar")
     shifts: tuple[Shift, ...] | None = Field(None, description="when present, lines stop outside shifts and during breaks")
+    holidays: tuple[date, ...] = Field((), description="dates on which no shift starts (the plant's holidays)")
     plcs: tuple[PlcConfig, ...] = Field(..., min_length=1)
 
     @model_validator(mode="after")

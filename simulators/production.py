@@ -29,7 +29,7 @@ import asyncio
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, tzinfo
 from time import monotonic
 from typing import Literal
@@ -62,9 +62,10 @@ _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 class ShiftCalendar:
     """Answers whether a wall-clock instant is planned production time (in a shift, not in a break)."""
 
-    def __init__(self, shifts: Sequence[Shift], tz: tzinfo) -> None:
+    def __init__(self, shifts: Sequence[Shift], tz: tzinfo, holidays: Collection[date] = ()) -> None:
         self.shifts = tuple(shifts)
         self.tz = tz
+        self.holidays = frozenset(holidays)
 
     def planned(self, when: datetime) -> bool:
         """True inside a shift and outside its breaks; ``when`` must be timezone-aware."""
@@ -73,7 +74,7 @@ class ShiftCalendar:
             start_t = _time(shift.start)
             # a shift that crossed midnight started yesterday
             for day in (local.date() - timedelta(days=1), local.date()):
-                if _WEEKDAYS[day.weekday()] not in shift.days:
+                if _WEEKDAYS[day.weekday()] not in shift.days or day in self.holidays:
                     continue
                 offset_min = _minutes_between(day, start_t, local)
                 if not 0 <= offset_min < shift.span_minutes():
@@ -315,6 +316,13 @@ class SimLine:
             self._sync(self._clock_s())
 
     # --- what a test (or the model) does to the line -----------------------------------
+
+    def restore_counters(self, counter: int, second: int) -> None:
+        """Counters as a PLC's retentive memory kept them through a power cycle (the state
+        file of :class:`~simulators.runner.SimulatorSet`): nothing built, nothing reset."""
+        self.counter = counter % self.modulus
+        self._served = self.counter
+        self.second_counter = second % self.second_modulus
 
     def reject(self, n: int = 1) -> None:
         """Build ``n`` rejected units now: the reject (or total) counter moves, the good one not."""

@@ -1,5 +1,12 @@
 """``plantfloor demo``: simulators, a broker, the agent and the live view, on one machine.
 
+The demo runs the Kyushu plant on a simulated plant clock shared by the simulators, the
+agent and the view: ``speed`` plant seconds per real second (x60 by default: a plant hour
+a minute) from a plant instant in the first weeks of Sakura production. Its state folder
+keeps the agent's state database and the simulators' counters (as a PLC's retentive
+memory keeps them), and a restart continues the plant clock from the end of the last
+window the agent committed: the plant day goes on, with no counter reset and no gap.
+
 The broker is the one given with ``--broker``, else the one at 127.0.0.1:1883 when it
 answers, else an embedded one on 127.0.0.1:1883 only: a Mosquitto binary when installed,
 otherwise amqtt in-process (MQTT 3.1.1, so the agent is switched to 3.1.1 for it).
@@ -14,18 +21,30 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from agent.config import Config, SparkplugConfig
 from agent.config.load import load_config, with_broker
 from agent.contract.errors import ConfigError, PlantfloorError
+from agent.core.clock import SimulatedClock, describe
+from agent.core.report import LineTotals, PlantTotals
+from agent.store import Store
 
-__all__ = ["embedded_broker", "packaged_config", "run_demo"]
+__all__ = ["DEFAULT_SPEED", "DEFAULT_START", "embedded_broker", "packaged_config", "parse_start",
+           "run_demo", "stored_plant_time"]
 
 log = logging.getLogger("plantfloor.demo")
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+#: plant seconds per real second: a plant hour a minute
+DEFAULT_SPEED = 60.0
+#: a Monday of the Sakura's first weeks at Kyushu, ten minutes before the day shift
+DEFAULT_START = datetime(2028, 4, 3, 6, 20, tzinfo=ZoneInfo("Asia/Tokyo"))
+#: the simulators' counters, beside the agent's state database
+SIM_STATE = "simulators-state.json"
 
 
 def packaged_config(name: str) -> Path:
@@ -133,13 +152,69 @@ def _demo_config(cfg: Config, state_dir: Path, broker: str, version: str | None,
     return cfg.model_copy(update=update)
 
 
+def parse_start(text: str, tz: ZoneInfo) -> datetime:
+    """``--start``: ``YYYY-MM-DD[THH:MM]`` in the site's time zone (or with an offset).
+
+    Raises ConfigError naming the option when it is not a date and time."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--start {text!r} is not a plant date and time such as 2028-04-03T06:20") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=tz)
+
+
+async def stored_plant_time(path: Path) -> datetime | None:
+    """The end of the last window committed in the demo's state database (None: none yet).
+
+    The demo's plant clock resumes there, so the agent finds no gap to fill."""
+    if not await asyncio.to_thread(path.exists):
+        return None
+    store = await Store.open(path, max_bytes=1 << 40)
+    try:
+        stored = await store.load()
+    finally:
+        await store.close()
+    ends = [LineTotals.from_json(row.totals_json).last_window_end
+            for row in stored.lines.values() if row.totals_json]
+    if stored.plant_json:
+        ends.append(PlantTotals.from_json(stored.plant_json).last_window_end)
+    return max((e for e in ends if e is not None), default=None)
+
+
+async def _plant_clock(cfg: Config, speed: float, start: datetime | None) -> SimulatedClock:
+    """The demo's plant clock: from the stored plant time, else ``start``, else DEFAULT_START."""
+    if not (speed > 0 and speed <= 10_000):
+        raise ConfigError(f"--speed {speed:g} must be above 0 and at most 10000 (1 is real time)")
+    resume = await stored_plant_time(cfg.storage.path)
+    if resume is not None and start is not None and start < resume:
+        local = resume.astimezone(cfg.tz)
+        raise ConfigError(f"--start {start.isoformat()} is before the plant time the demo's state "
+                          f"{cfg.storage.path} has reached ({local:%Y-%m-%d %H:%M %Z}): give a later "
+                          "one, or another --state-dir for a fresh plant")
+    return SimulatedClock(speed, start or resume or DEFAULT_START)
+
+
+async def _companions(stack: contextlib.AsyncExitStack, cfg: Config, broker: str,
+                      state: Path) -> list[tuple[str, str]]:
+    """Further processes the demo runs beside the agent, as (name, URL) to print.
+
+    Each is entered on ``stack`` (so it stops with the demo) and returns where a person
+    reaches it; none yet.
+    """
+    del stack, cfg, broker, state
+    return []
+
+
 async def run_demo(*, broker: str | None = None, config: Path | None = None, sim_config: Path | None = None,
                    state_dir: Path | None = None, plain: bool = False, duration: float | None = None,
-                   stop: asyncio.Event | None = None, output: str | None = None) -> int:
-    """Run the whole demo until ``stop`` is set (Ctrl-C) or ``duration`` has passed.
+                   stop: asyncio.Event | None = None, output: str | None = None,
+                   speed: float = DEFAULT_SPEED, start: str | datetime | None = None) -> int:
+    """Run the whole demo until ``stop`` is set (Ctrl-C) or ``duration`` real seconds have passed.
 
     ``output`` overrides the config's (json, sparkplug, both); with ``sparkplug`` the view
-    shows the Sparkplug edge node's lines.
+    shows the Sparkplug edge node's lines. ``speed`` is the plant clock's (1 = real time);
+    ``start`` the plant instant a fresh demo begins at (a state folder that has run
+    continues from its own plant time).
     """
     from agent.cli.watch import run_watch
     from agent.runtime.pipeline import Agent
@@ -150,6 +225,8 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
     loaded = load_config(config or packaged_config("demo.yaml"))
     sim_cfg = load_sim_config(sim_config or packaged_config("simulators.yaml"))
     state = _demo_state_dir(state_dir)
+    tz = loaded.config.tz
+    begin = parse_start(start, tz) if isinstance(start, str) else start
     async with contextlib.AsyncExitStack() as stack:
         version: str | None = None
         if broker is None:
@@ -164,23 +241,30 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
                  "report CONFIG --state %s", cfg.storage.path, state, state)
         spb = cfg.sparkplug
         node = f"{spb.group_id}/{spb.edge_node_id}" if spb and cfg.output == "sparkplug" else None
-        sims = SimulatorSet(sim_cfg)
+        clock = await _plant_clock(cfg, speed, begin)
+        sims = SimulatorSet(sim_cfg, plant=clock, state_path=state / SIM_STATE)
         try:
             await stack.enter_async_context(sims)
         except OSError as exc:
             raise PlantfloorError(f"the simulators cannot start: {exc}") from exc
-        agent = Agent(cfg, config_sha256=loaded.sha256)
+        print(f"plantfloor demo: {describe(clock, tz)}; state kept in {state} "
+              f"(agent {cfg.storage.path.name}, simulators {SIM_STATE})", flush=True)
+        for name, url in await _companions(stack, cfg, broker, state):
+            print(f"plantfloor demo: {name} at {url}", flush=True)
+        agent = Agent(cfg, config_sha256=loaded.sha256, clock=clock, simulated_ok=True)
         agent_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             agent_task = tg.create_task(agent.run(agent_stop), name="agent")
             watch_task = tg.create_task(run_watch(broker_url=broker, root=cfg.topic_root,
                                                   plain=True if plain else None, stop=stop,
-                                                  sparkplug=node),
+                                                  sparkplug=node, clock=clock, tz=tz),
                                         name="watch")
             # the view ending (it could not reach the broker) ends the demo
             watch_task.add_done_callback(lambda _: stop.set())
             timer = tg.create_task(_stop_after(stop, duration), name="duration") if duration else None
             await stop.wait()
+            # the lines stand still first, so the agent's last window holds every unit built
+            await sims.pause()
             agent_stop.set()
             await agent_task
             code = await watch_task

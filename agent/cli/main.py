@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                       "(default: $XDG_STATE_HOME/plantfloor, else ~/.local/state/plantfloor)")
     demo.add_argument("--plain", action="store_true", help="plain text view instead of the live table")
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--speed", type=float, default=60.0,
+                      help="plant seconds per real second (default 60: a plant hour a minute; 1 is real time)")
+    demo.add_argument("--start", help="plant date and time a fresh demo starts at, site time "
+                      "(default 2028-04-03T06:20; a demo that has run continues from its own)")
     demo.add_argument("--output", choices=["json", "sparkplug", "both"],
                       help="window output (default: the config's); sparkplug shows the Sparkplug node in the view")
 
@@ -283,7 +287,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _run_until_signal(lambda: run_demo(broker=args.broker, config=args.config,
                                                   sim_config=args.sim_config, state_dir=args.state_dir,
                                                   plain=args.plain, duration=args.duration, stop=stop,
-                                                  output=args.output),
+                                                  output=args.output, speed=args.speed,
+                                                  start=args.start),
                                  stop=stop)
     raise AssertionError(args.command)
 

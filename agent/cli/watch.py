@@ -14,6 +14,7 @@ import contextlib
 import sys
 from collections import deque
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
@@ -22,7 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
 from rich.live import Live
 
-from agent.cli.watch_view import WatchModel, plain_lines, rich_view
+from agent.cli.watch_screen import rich_view
+from agent.cli.watch_view import WatchModel, plain_lines
+from agent.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
     from agent.outputs.sparkplug.view import SparkplugReader
@@ -136,7 +139,8 @@ class _Link:
 async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "plantfloor/kyushu",
                     plain: bool | None = None, interval_s: float = 1.0,
                     stop: asyncio.Event | None = None, out: TextIO | None = None,
-                    connect_timeout_s: float = 5.0, sparkplug: str | None = None) -> int:
+                    connect_timeout_s: float = 5.0, sparkplug: str | None = None,
+                    clock: Clock | None = None, tz: tzinfo | None = None) -> int:
     """Show every line and the plant published under ``root`` until ``stop`` is set.
 
     Renders a live table when ``out`` (default stdout) is a terminal and ``plain`` is not
@@ -146,7 +150,9 @@ async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "p
     malformed URL. Cancellation (Ctrl-C in the CLI) closes the client and propagates.
 
     ``sparkplug`` ("GROUP/NODE") shows that Sparkplug edge node's lines instead of the
-    JSON topics under ``root``.
+    JSON topics under ``root``. ``clock`` is the plant clock the view tells the time and
+    the age of windows by (the demo's simulated one; the machine's by default), ``tz``
+    the zone it shows times in (default: the machine's local zone).
     """
     out = out if out is not None else sys.stdout
     if plain is None:
@@ -173,14 +179,17 @@ async def run_watch(*, broker_url: str = "mqtt://127.0.0.1:1883", root: str = "p
             print(f"plantfloor watch: cannot reach the MQTT broker at {broker_url}: {why}",
                   file=sys.stderr)
             return 1
-        await _watch(link, root, broker_url, plain, interval_s, stop or asyncio.Event(), out, reader)
+        await _watch(link, root, broker_url, plain, interval_s, stop or asyncio.Event(), out, reader,
+                     clock or SystemClock(), tz)
         return 0
     finally:
         await link.close()
 
 
 async def _watch(link: _Link, root: str, url: str, plain: bool, interval_s: float,
-                 stop: asyncio.Event, out: TextIO, reader: SparkplugReader | None = None) -> None:
+                 stop: asyncio.Event, out: TextIO, reader: SparkplugReader | None = None,
+                 clock: Clock | None = None, tz: tzinfo | None = None) -> None:
+    clock = clock or SystemClock()
     model = WatchModel()
     prefix = f"{root}/"
     connection = f"{url} connected"
@@ -215,7 +224,8 @@ async def _watch(link: _Link, root: str, url: str, plain: bool, interval_s: floa
             done = stop.is_set()
             if done or loop.time() >= next_render:
                 if live is not None:
-                    live.update(rich_view(model, connection), refresh=True)
+                    live.update(rich_view(model, connection, clock=clock, tz=tz,
+                                          width=live.console.width), refresh=True)
                 elif changed and (model.lines or model.plant.latest or model.status):
                     print("\n".join(plain_lines(model)), file=out, flush=True)
                 changed = False

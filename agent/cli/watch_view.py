@@ -5,8 +5,8 @@ results are delivered at least once, so each line's (and the plant's) windows ar
 once per ``seq``: running totals are sums over distinct windows, and a late
 (``historical``) window adds to the totals without replacing the newest one on show.
 
-Two renderings: :func:`plain_lines`, a stable ``key=value`` text for pipes and logs,
-and :func:`rich_view`, the tables of the live terminal view.
+Two renderings: :func:`plain_lines` here, a stable ``key=value`` text for pipes and logs,
+and :func:`agent.cli.watch_screen.rich_view`, the live terminal view.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from __future__ import annotations
 import json
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from rich import box
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
 
 from agent.contract.payloads import (
     LineOutput,
@@ -30,11 +27,12 @@ from agent.contract.payloads import (
     StatusPayload,
 )
 
-__all__ = ["LineView", "PlantView", "WatchModel", "decode_payload", "plain_lines", "rich_view"]
+__all__ = ["LineView", "PlantView", "WatchModel", "decode_payload", "line_reason", "line_state",
+           "plain_lines"]
 
 M = TypeVar("M", bound=BaseModel)
 
-_RECENT_EVENTS = 4
+_RECENT_EVENTS = 50
 
 
 def decode_payload(model: type[M], payload: bytes) -> M:
@@ -82,7 +80,10 @@ class LineView:
     total: int = 0
     duplicates: int = 0
     historical: int = 0
-    events: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=_RECENT_EVENTS))
+    #: the latest events, with the end of the window they came in
+    events: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=_RECENT_EVENTS))
+    #: the line's window length: the longest window seen (a window cut by a stop is shorter)
+    window_s: float = 0.0
 
     def add(self, out: LineOutput) -> bool:
         """Count a window once; False for a repeat of an (``epoch``, ``seq``) already seen."""
@@ -95,8 +96,9 @@ class LineView:
         self.historical += out.historical
         if self.latest is None or out.window_end >= self.latest.window_end:
             self.latest = out
+        self.window_s = max(self.window_s, (out.window_end - out.window_start).total_seconds())
         for event in out.events:
-            self.events.append((out.seq, event))
+            self.events.append((out.window_end, event))
         return True
 
     @property
@@ -199,11 +201,12 @@ def _pct(value: float | None, decimals: int = 0) -> str:
     return "-" if value is None else f"{value * 100:.{decimals}f}%"
 
 
-def _line_state(view: LineView) -> str:
+def line_state(view: LineView) -> str:
+    """The line's state from its retained state topic ("unknown" before one arrives)."""
     return view.state.state if view.state is not None else "unknown"
 
 
-def _reason(view: LineView) -> str:
+def line_reason(view: LineView) -> str:
     """The current reason: from the retained state topic, else the newest window."""
     if view.state is not None and view.state.reason is not None:
         return view.state.reason
@@ -232,12 +235,12 @@ def plain_lines(model: WatchModel) -> list[str]:
                 f"attainment={_pct(o.attainment)}",
                 f"shift={shift}:{o.shift.units}/{_num(o.shift.target)}",
                 f"proj={_num(o.shift.projected)}", f"day={o.day.units}/{_num(o.day.target)}",
-                f"oee={_pct(o.shift.oee, 1)}", f"state={_line_state(view)}",
-                f"reason={_reason(view)}", f"quality={o.quality}", f"events={events}",
+                f"oee={_pct(o.shift.oee, 1)}", f"state={line_state(view)}",
+                f"reason={line_reason(view)}", f"quality={o.quality}", f"events={events}",
                 f"windows={len(view.seqs)}", f"dup={view.duplicates}", f"missing={view.missing}",
             ]
         else:
-            parts += [f"state={_line_state(view)}", f"reason={_reason(view)}"]
+            parts += [f"state={line_state(view)}", f"reason={line_reason(view)}"]
         if view.state is not None and not view.state.source.connected:
             parts.append(f"source={view.state.source.id}:disconnected")
         out.append(" ".join(parts))
@@ -260,119 +263,3 @@ def plain_lines(model: WatchModel) -> list[str]:
     return out
 
 
-_STYLES = {
-    "running": "green", "stopped": "yellow", "faulted": "bold red", "unknown": "dim",
-    "good": "green", "uncertain": "yellow", "bad": "bold red",
-    "online": "green", "offline": "bold red",
-}
-
-
-def _styled(word: str) -> Text:
-    return Text(word, style=_STYLES.get(word, ""))
-
-
-def _lines_table(model: WatchModel) -> Table:
-    # two-line cells and short headers keep the table within an 80-column terminal
-    table = Table(title="Lines", box=box.SIMPLE_HEAD, expand=True)
-    table.add_column("line\nproduct", no_wrap=True)
-    table.add_column("reason\nquality", no_wrap=True)
-    for header in ("units\nattain.", "rate/h\ntarget", "shift\nunits/tgt", "shift\nproj.",
-                   "OEE\nshift", "day\nunits/tgt", "total\nseen"):
-        table.add_column(header, justify="right", no_wrap=True)
-    for name in sorted(model.lines):
-        view = model.lines[name]
-        o = view.latest
-        # the reason (a stop's cause) in the colour of its state
-        reason = _reason(view)
-        state = Text(reason if reason != "-" else _line_state(view),
-                     style=_STYLES.get(_line_state(view), ""))
-        if o is None:
-            table.add_row(name, state, "-", "-", "-", "-", "-", "-", "-")
-            continue
-        table.add_row(
-            Text.assemble(name, "\n", (o.product, "dim")),
-            Text.assemble(state, "\n", _styled(o.quality)),
-            f"{o.units}\n{_pct(o.attainment)}",
-            f"{o.rate_per_hour:.1f}\n{o.target_per_hour:.1f}",
-            f"{o.shift.name or '-'}\n{o.shift.units}/{_num(o.shift.target)}",
-            _num(o.shift.projected),
-            f"{_pct(o.shift.oee)}\n{_apq(o)}",
-            f"{o.day.units}/{_num(o.day.target)}",
-            str(view.total),
-        )
-    return table
-
-
-def _apq(o: LineOutput) -> str:
-    """Availability, performance and quality, compactly: "A92 P88 Q99"."""
-    s = o.shift
-
-    def part(letter: str, x: float | None) -> str:
-        return f"{letter}{'-' if x is None else f'{x * 100:.0f}'}"
-    return " ".join((part("A", s.availability), part("P", s.performance), part("Q", s.quality)))
-
-
-def _events_text(model: WatchModel) -> Text:
-    text = Text.assemble(("recent events: ", "bold"))
-    shown = [(name, seq, e) for name in sorted(model.lines)
-             for seq, e in model.lines[name].events]
-    if shown:
-        text.append("; ".join(f"{name} {e} (window {seq})" for name, seq, e in shown))
-    else:
-        text.append("none", style="dim")
-    ended = [(name, v.last_shift) for name, v in sorted(model.lines.items())
-             if v.last_shift is not None]
-    if model.plant.last_shift is not None:
-        ended.append(("plant", model.plant.last_shift))
-    if ended:
-        text.append("\nlast shift: ", style="bold")
-        text.append("; ".join(f"{name} {r.shift.name} {r.units}/{_num(r.target)} OEE {_pct(r.oee)}"
-                              + (f" (saw {_pct(r.coverage)})" if r.coverage < 1 else "")
-                              for name, r in ended))
-    down = [(name, v.state.source) for name, v in sorted(model.lines.items())
-            if v.state is not None and not v.state.source.connected]
-    if down:
-        text.append("\nPLC unreachable: ", style="bold red")
-        text.append("; ".join(f"{name} via {src.id} ({src.error or 'disconnected'})"
-                              for name, src in down))
-    return text
-
-
-def _plant_table(model: WatchModel) -> Table:
-    table = Table(title="Plant", box=box.SIMPLE_HEAD, expand=True)
-    for col in ("units", "today\nunits/tgt", "year\nto date", "utilis.\n(planned)",
-                "projected\nyear", "capacity\nper year", "quality"):
-        table.add_column(col, justify="right", no_wrap=True)
-    p = model.plant.latest
-    if p is not None:
-        table.add_row(
-            str(p.units), f"{p.units_today}/{_num(p.target_today)}", str(p.units_year_to_date),
-            f"{_pct(p.utilization, 1)} ({_pct(p.planned_utilization, 1)})", _num(p.projected_year),
-            str(p.capacity_per_year), _styled(p.quality),
-        )
-    return table
-
-
-def _status_text(model: WatchModel, connection: str) -> Text:
-    text = Text(f"broker {connection}  ")
-    s = model.status
-    if s is None:
-        text.append("agent: no status yet", style="dim")
-    else:
-        text.append(f"agent {s.agent} {s.version} ")
-        text.append_text(_styled(s.state))
-        text.append(f"  backlog {s.backlog}  dropped {s.dropped}  alarms ")
-        if s.alarms:
-            text.append("; ".join(f"{a.kind}: {a.message}" for a in s.alarms), style="bold red")
-        else:
-            text.append("none", style="green")
-    if model.invalid:
-        text.append(f"\ninvalid payloads: {model.invalid} (last: {model.last_invalid})",
-                    style="yellow")
-    return text
-
-
-def rich_view(model: WatchModel, connection: str) -> RenderableType:
-    """The live view: the status line, the lines table, recent events, the plant table."""
-    return Group(_status_text(model, connection), _lines_table(model), _events_text(model),
-                 _plant_table(model))

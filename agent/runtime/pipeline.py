@@ -11,17 +11,17 @@ import asyncio
 import functools
 import gc
 import logging
-import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import Config
-from agent.contract.errors import PlantfloorError
+from agent.contract.errors import ConfigError, PlantfloorError
 from agent.contract.payloads import StatusPayload, encode
 from agent.contract.readings import Reading, SourceHealth
 from agent.core.calendar import ShiftCalendar
+from agent.core.clock import Clock, SystemClock
 from agent.core.report import Reporter
 from agent.core.totals import year_openings
 from agent.outputs import OutputFormat, make_formats
@@ -55,16 +55,25 @@ class Agent:
     """One plant gateway's agent. ``run(stop)`` returns after a clean shutdown."""
 
     def __init__(self, cfg: Config, *, config_sha256: str, notifier: Notifier | None = None,
-                 metrics: Metrics | None = None, wall: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 mono: Callable[[], float] = time.monotonic) -> None:
+                 metrics: Metrics | None = None, wall: Callable[[], datetime] | None = None,
+                 mono: Callable[[], float] | None = None, clock: Clock | None = None,
+                 simulated_ok: bool = False) -> None:
+        """``clock`` is the plant clock (the machine's by default); ``wall`` or ``mono``
+        replace one of its two readings (tests). A simulated clock is refused unless
+        ``simulated_ok`` (the demo, the tests): a production agent runs on real time."""
+        clock = clock or SystemClock()
+        if clock.simulated and not simulated_ok:
+            raise ConfigError("plantfloor run keeps the plant's real time: a simulated plant "
+                              "clock is for plantfloor demo and the tests only")
+        self.clock = clock
         self.cfg = cfg
         self.sha = config_sha256
         self.notifier = notifier or Notifier()
         self.metrics = metrics
-        self.wall = wall
-        self.mono = mono
-        self.started_at = wall()
-        self.alarms = Alarms(wall)
+        self.wall: Callable[[], datetime] = wall or clock.wall
+        self.mono: Callable[[], float] = mono or clock.mono
+        self.started_at = self.wall()
+        self.alarms = Alarms(self.wall)
         self.calendar = ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)
         self.reporter = Reporter(cfg, self.calendar)
         self.root = cfg.topic_root
@@ -138,7 +147,7 @@ class Agent:
             self._overruns_seen[source] = sup.overruns
             for r in readings:
                 if r.quality == "good":
-                    self.metrics.last_good_read(r.line, time.time())
+                    self.metrics.last_good_read(r.line, self.wall().timestamp())
                 elif r.quality == "bad":
                     self.metrics.read_error(source, str(r.code) if r.code is not None else "no_answer")
 
@@ -187,14 +196,16 @@ class Agent:
                                    formats=plain, exclude=("sparkplug",) if self.sparkplug else (),
                                    on_sent=self.site_acks.on_sent if self.site_acks else None)
         self.closer = WindowCloser(cfg, self.calendar, self.reporter, self.board, self.store,
-                                   stored, wall=self.wall, mono=self.mono, alarms=self.alarms,
+                                   stored, wall=self.wall, mono=self.mono, real_s=self.clock.real_s,
+                                   alarms=self.alarms,
                                    on_committed=self._on_committed, formats=formats)
         for src_cfg in cfg.sources:
             self.supervisor_of[src_cfg.id] = SourceSupervisor(
                 make_source(cfg, src_cfg), poll_interval_s=src_cfg.poll_interval_s,
                 backoff_max_s=src_cfg.backoff_max_s,
                 on_readings=functools.partial(self._on_readings, src_cfg.id),
-                on_health=self._on_health, phase_s=poll_phase(src_cfg.poll_interval_s))
+                on_health=self._on_health, phase_s=poll_phase(src_cfg.poll_interval_s),
+                stamp=self.mono if self.clock.simulated else None)
             self.supervisors.append(self.supervisor_of[src_cfg.id])
 
     def _open_sparkplug(self, formats: dict[str, OutputFormat]) -> None:
@@ -289,9 +300,11 @@ class Agent:
     async def _drain(self) -> None:
         assert self.store is not None
         assert self.publisher is not None
-        deadline = self.mono() + DRAIN_S
+        # the drain waits on the network: real time, whatever the plant clock
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_S
         # the backlog is a counter the store keeps; polling it with a deadline bounds the drain
-        while self.store.backlog and self.publisher.connected.is_set() and self.mono() < deadline:  # noqa: ASYNC110
+        while self.store.backlog and self.publisher.connected.is_set() and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
 
     async def _shutdown(self) -> None:
@@ -385,8 +398,8 @@ class Agent:
         closer = self.closer
         if closer is None:
             return False
-        overdue = self.mono() - closer.last_tick_mono
-        return overdue < self.cfg.publish.interval_s * 2 + 30
+        overdue = self.clock.real_s(self.mono() - closer.last_tick_mono)
+        return overdue < self.clock.real_s(self.cfg.publish.interval_s * 2) + 30
 
 
 def _live_limit(cfg: Config) -> int:

@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 from agent.contract.errors import SourceUnavailable
 from agent.contract.readings import Reading, SourceHealth
@@ -60,7 +61,8 @@ class SourceSupervisor:
                  rng: random.Random | None = None, backoff_initial_s: float = 0.5,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  phase_s: float | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 stamp: Callable[[], float] | None = None) -> None:
         if poll_interval_s <= 0:
             raise ValueError("poll_interval_s must be positive")
         self.source = source
@@ -78,6 +80,10 @@ class SourceSupervisor:
         #: ``phase_s`` past a multiple of the interval (:func:`poll_phase`)
         self._phase_s = phase_s
         self._wall = wall
+        #: the plant's monotonic clock when it is not the machine's (a simulated plant
+        #: clock): readings are stamped with it on arrival, so that rates and state
+        #: durations are in plant seconds while polling stays on real time
+        self._stamp = stamp
         self.polls = 0
         self.overruns = 0
         self.reconnects = 0
@@ -138,6 +144,9 @@ class SourceSupervisor:
             end = self._clock()
             self.last_poll_latency_s = end - start
             self.last_ok_mono = end
+            if self._stamp is not None:
+                at = self._stamp()
+                readings = [replace(r, mono=at) for r in readings]
             self._on_readings(readings)
             self._recovered()
             if good_since is None:
