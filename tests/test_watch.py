@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from agent.cli.watch import BrokerAddress, parse_broker_url, run_watch
-from agent.cli.watch_view import WatchModel, plain_lines, rich_view
+from agent.cli.watch_screen import rich_view
+from agent.cli.watch_view import WatchModel, plain_lines
 from agent.contract.payloads import (
     DayTotals,
     LineOutput,
@@ -150,7 +151,7 @@ def test_model_counts_each_window_once_and_keeps_the_newest() -> None:
     assert view.missing == 1  # seq 4 has not arrived
     assert view.latest is not None
     assert view.latest.seq == 5  # a late window does not replace the newest
-    assert list(view.events) == [(3, "gap_recovered")]
+    assert list(view.events) == [(T0 + timedelta(minutes=3), "gap_recovered")]  # the window's end
 
 
 def test_model_keeps_the_windows_of_a_new_epoch_apart() -> None:
@@ -208,13 +209,13 @@ def test_rich_view_shows_lines_plant_and_status() -> None:
     _apply(model, [line_output("kei-ev", 1, 2), line_state("rogue", "faulted", connected=False),
                    plant_output(1, 2), status(state="offline")])
     console = Console(file=io.StringIO(), width=220, color_system=None)
-    console.print(rich_view(model, "mqtt://x connected"))
+    console.print(rich_view(model, "mqtt://x connected", width=220))
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "kei-ev" in text
     assert "Kei-Ev" in text
     assert "faulted" in text
-    assert "401234" in text  # projected year
-    assert "test-gw 0.1.0 offline" in text
+    assert "401,234" in text  # projected year
+    assert "agent test-gw offline" in text
     assert "PLC unreachable: rogue via plc-1" in text
 
 

@@ -110,24 +110,31 @@ def _lines_table(model: WatchModel, clock: _Clock, width: int) -> Table:
     views = [model.lines[name] for name in sorted(model.lines)]
     window = max((_window_s(v) for v in views), default=60.0)
     medium, wide = width >= MEDIUM, width >= WIDE
-    table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, padding=(0, 1))
-    table.add_column("line", no_wrap=True)
+    # at 80 columns "units/target" without spaces keeps every row on one line; a cell that
+    # still does not fit wraps at a space (overflow fold), it is never cut short
+    sep = " / " if medium else "/"
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+
+    def column(header: str, right: bool = True) -> None:
+        table.add_column(header, justify="right" if right else "left", overflow="fold")
+
+    column("line", right=False)
     if wide:
-        table.add_column("product", no_wrap=True)
-    table.add_column("now", no_wrap=True)
-    table.add_column(f"last {window:g} s\nunits", justify="right", no_wrap=True)
+        column("product", right=False)
+    column("now", right=False)
+    column(f"last {window:g} s\nunits")
     if medium:
-        table.add_column("rate /h\nlast / target", justify="right", no_wrap=True)
-    table.add_column("this shift\nunits / target", justify="right", no_wrap=True)
+        column(f"rate /h\nlast{sep}target")
+    column(f"this shift\nunits{sep}target")
     if wide:
-        table.add_column("this shift\nprojected", justify="right", no_wrap=True)
-    table.add_column("today\nunits / target", justify="right", no_wrap=True)
-    table.add_column("OEE\nthis shift", justify="right", no_wrap=True)
+        column("this shift\nprojected")
+    column(f"today\nunits{sep}target")
+    column("OEE\nthis shift")
     if wide:
-        table.add_column("availability / perf. /\nOEE quality", justify="right", no_wrap=True)
-        table.add_column("downtime\nthis shift", justify="right", no_wrap=True)
+        column("availability / perf. /\nOEE quality")
+        column("downtime\nthis shift")
     if medium:
-        table.add_column("data", no_wrap=True)
+        column("data", right=False)
     for view in views:
         o = view.latest
         cells: list[str | Text] = [view.line]
@@ -140,12 +147,13 @@ def _lines_table(model: WatchModel, clock: _Clock, width: int) -> Table:
             continue
         cells.append(count(o.units))
         if medium:
-            cells.append(f"{count(o.rate_per_hour)} / {count(o.target_per_hour)}")
+            cells.append(f"{count(o.rate_per_hour)}{sep}{count(o.target_per_hour)}")
         shift = o.shift
-        cells.append(f"{shift.name or 'off shift'} {count(shift.units)} / {count(shift.target)}")
+        name = f"{shift.name or 'off shift'} " if medium else ""
+        cells.append(f"{name}{count(shift.units)}{sep}{count(shift.target)}")
         if wide:
             cells.append(count(shift.projected))
-        cells.append(f"{count(o.day.units)} / {count(o.day.target)}")
+        cells.append(f"{count(o.day.units)}{sep}{count(o.day.target)}")
         cells.append(pct(shift.oee))
         if wide:
             cells.append(f"{pct(shift.availability)} / {pct(shift.performance)} / {pct(shift.quality)}")
@@ -234,8 +242,14 @@ def _events_text(model: WatchModel, clock: _Clock, width: int) -> Text:
     return text
 
 
-def _status_text(model: WatchModel, connection: str, clock: _Clock) -> Text:
-    text = Text.assemble(("plantfloor ", "bold"), (clock.header(), "bold cyan"), "\n")
+def _status_text(model: WatchModel, connection: str, clock: _Clock, width: int) -> Text:
+    site = model.plant.latest.site if model.plant.latest is not None else ""
+    shifts = {v.latest.shift.name for v in model.lines.values() if v.latest is not None}
+    shift = next(iter(shifts)) if len(shifts) == 1 else None
+    text = Text.assemble(("plantfloor ", "bold"), (f"{site} · " if site else "", "bold"),
+                         (clock.header(), "bold cyan"),
+                         f" · {shift} shift" if shift else " · off shift" if shifts == {None} else "",
+                         "\n")
     s = model.status
     if s is None:
         text.append("agent: waiting for its status", style="dim")
@@ -247,6 +261,8 @@ def _status_text(model: WatchModel, connection: str, clock: _Clock) -> Text:
             text.append("; ".join(f"{a.kind}: {a.message}" for a in s.alarms), style="bold red")
         else:
             text.append("none", style="green")
+    if width < MEDIUM:  # the broker's address only where it fits on the line
+        connection = connection.rsplit(" ", 1)[-1]
     text.append(f" · broker {connection}", style="dim")
     if model.invalid:
         text.append(f"\ninvalid payloads: {model.invalid} (last: {model.last_invalid})", style="yellow")
@@ -258,8 +274,8 @@ def rich_view(model: WatchModel, connection: str, *, clock: Clock | None = None,
     """The live view for a terminal ``width`` columns wide, by the plant ``clock`` (the
     machine's by default) in the zone ``tz`` (default the machine's)."""
     view_clock = _Clock(clock or SystemClock(), tz)
-    parts: list[RenderableType] = [_status_text(model, connection, view_clock),
-                                   _lines_table(model, view_clock, width),
+    parts: list[RenderableType] = [_status_text(model, connection, view_clock, width), Text(),
+                                   _lines_table(model, view_clock, width), Text(),
                                    _plant_text(model, view_clock, width)]
     reports = _reports_text(model, view_clock, width)
     if reports is not None:
