@@ -113,6 +113,11 @@ class SimulatorSet:
         if self.state_path is not None:
             await asyncio.to_thread(write_json_atomic, self.state_path, self.counters())
 
+    def resume(self) -> None:
+        """Start production (when paused, or built with ``auto=False``): the lines run from now."""
+        if not any(t.get_name() == "simulators-production" for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self._produce(), name="simulators-production"))
+
     async def pause(self) -> None:
         """Stop production (the PLCs keep serving): the counters stand still from now on."""
         tasks = [t for t in self._tasks if t.get_name() == "simulators-production"]
@@ -143,7 +148,7 @@ class SimulatorSet:
                 await plc.stop()
             raise
         if self.auto:
-            self._tasks.append(asyncio.create_task(self._produce(), name="simulators-production"))
+            self.resume()
         if self.ledger_path is not None or self.state_path is not None:
             self._tasks.append(asyncio.create_task(self._keep_ledger(), name="simulators-ledger"))
 
