@@ -191,7 +191,9 @@ async def _plant_clock(cfg: Config, speed: float, start: datetime | None) -> Sim
         raise ConfigError(f"--start {start.isoformat()} is before the plant time the demo's state "
                           f"{cfg.storage.path} has reached ({local:%Y-%m-%d %H:%M %Z}): give a later "
                           "one, or another --state-dir for a fresh plant")
-    return SimulatedClock(speed, start or resume or DEFAULT_START)
+    # held until the agent has read its PLCs: starting them takes real time, which at
+    # x60 would be plant minutes the agent was not counting (a gap after every restart)
+    return SimulatedClock(speed, start or resume or DEFAULT_START, running=False)
 
 
 async def _companions(stack: contextlib.AsyncExitStack, cfg: Config, broker: str,
@@ -255,6 +257,7 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
         agent_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             agent_task = tg.create_task(agent.run(agent_stop), name="agent")
+            release = tg.create_task(_release_when_ready(clock, agent.ready), name="plant-clock")
             watch_task = tg.create_task(run_watch(broker_url=broker, root=cfg.topic_root,
                                                   plain=True if plain else None, stop=stop,
                                                   sparkplug=node, clock=clock, tz=tz),
@@ -263,6 +266,7 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
             watch_task.add_done_callback(lambda _: stop.set())
             timer = tg.create_task(_stop_after(stop, duration), name="duration") if duration else None
             await stop.wait()
+            release.cancel()
             # the lines stand still first, so the agent's last window holds every unit built
             await sims.pause()
             agent_stop.set()
@@ -272,6 +276,12 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
                 timer.cancel()
     print(f"demo stopped; state kept in {state}")
     return code
+
+
+async def _release_when_ready(clock: SimulatedClock, ready: asyncio.Event) -> None:
+    """Plant time runs once the agent is ready (it read every PLC and reached the broker)."""
+    await ready.wait()
+    clock.release()
 
 
 async def _stop_after(stop: asyncio.Event, seconds: float) -> None:

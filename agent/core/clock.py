@@ -66,13 +66,15 @@ class SimulatedClock:
     """Plant time running ``speed`` times faster than real time, from ``start`` on.
 
     ``real_mono`` is the real monotonic clock it is paced by (``time.monotonic``; a test
-    may pass its own). ``speed`` 1 is real time from another instant.
+    may pass its own). ``speed`` 1 is real time from another instant. A clock made with
+    ``running=False`` stands at ``start`` until :meth:`release`: the demo holds plant time
+    while its PLCs and agent start, so that a restart resumes the plant day with no gap.
     """
 
     simulated = True
 
     def __init__(self, speed: float, start: datetime, *,
-                 real_mono: Callable[[], float] = time.monotonic) -> None:
+                 real_mono: Callable[[], float] = time.monotonic, running: bool = True) -> None:
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"the plant clock's speed must be a positive number, not {speed!r}")
         if start.tzinfo is None or start.utcoffset() is None:
@@ -82,13 +84,33 @@ class SimulatedClock:
         self._real_mono = real_mono
         self._real0 = real_mono()
         self._posix0 = self.start.timestamp()
+        # real seconds during which plant time stood still, and since when it stands
+        self._held_s = 0.0
+        self._held_since: float | None = None if running else self._real0
 
     def __repr__(self) -> str:
         return f"SimulatedClock(speed={self.speed:g}, start={self.start.isoformat()})"
 
+    @property
+    def running(self) -> bool:
+        """False while plant time is held (:meth:`hold`)."""
+        return self._held_since is None
+
+    def hold(self) -> None:
+        """Stop plant time where it is (it never goes back)."""
+        if self._held_since is None:
+            self._held_since = self._real_mono()
+
+    def release(self) -> None:
+        """Let plant time run on from where it was held."""
+        if self._held_since is not None:
+            self._held_s += self._real_mono() - self._held_since
+            self._held_since = None
+
     def elapsed(self) -> float:
         """Plant seconds since ``start``."""
-        return (self._real_mono() - self._real0) * self.speed
+        now = self._real_mono() if self._held_since is None else self._held_since
+        return (now - self._real0 - self._held_s) * self.speed
 
     def wall(self) -> datetime:
         return self.start + timedelta(seconds=self.elapsed())
