@@ -37,15 +37,24 @@ def test_shipped_configs_validate(name: str) -> None:
     cfg = loaded.config
     assert cfg.site == "kyushu"
     assert cfg.timezone == "Asia/Tokyo"
-    assert cfg.plant.capacity_per_year == (500_000 if name == "kyushu.yaml" else 30_800_000)
+    assert cfg.plant.capacity_per_year == 500_000
     assert cfg.plant.planned_utilization == pytest.approx(0.80)
     assert {ln.id for ln in cfg.lines} == {"kei-ev", "rogue"}
     assert next(ln for ln in cfg.lines if ln.id == "kei-ev").product == "Sakura"
     assert len(loaded.sha256) == 64
 
 
-def test_demo_windows_are_short() -> None:
-    assert load_config(ROOT / "config" / "demo.yaml").config.publish.interval_s <= 5
+def test_the_demo_is_kyushus_plan_lines_and_shifts() -> None:
+    """The demo runs the seed plant's own figures (only its clock is faster)."""
+    demo = load_config(ROOT / "config" / "demo.yaml").config
+    seed = load_config(ROOT / "config" / "kyushu.yaml").config
+    assert (demo.plant.capacity_per_year, demo.plant.planned_utilization, demo.plant.holidays) == (
+        seed.plant.capacity_per_year, seed.plant.planned_utilization, seed.plant.holidays)
+    assert demo.shifts == seed.shifts
+    assert demo.publish.interval_s == seed.publish.interval_s
+    for line in seed.lines:
+        twin = next(ln for ln in demo.lines if ln.id == line.id)
+        assert (twin.product, twin.rate_target) == (line.product, line.rate_target)
 
 
 def test_kyushu_every_key_commented() -> None:
