@@ -47,6 +47,11 @@ COMMIT_RECORDS = 5_000          # records per commit while filling a gap
 TICK_S = 5.0                    # the heartbeat of the window task while it waits
 
 
+def _real_time(seconds: float) -> float:
+    """The machine's clock: a plant second is a real second."""
+    return seconds
+
+
 @dataclass
 class _Pending:
     records: list[NewRecord]
@@ -62,7 +67,7 @@ class WindowCloser:
                  store: Store, stored: StoredState, *, wall: Callable[[], datetime],
                  mono: Callable[[], float], alarms: Alarms, on_committed: Callable[[], None],
                  formats: Mapping[str, OutputFormat] | None = None,
-                 real_s: Callable[[float], float] = float) -> None:
+                 real_s: Callable[[float], float] = _real_time) -> None:
         self.cfg = cfg
         self.formats = formats if formats is not None else make_formats(cfg)
         self.calendar = calendar
