@@ -92,6 +92,7 @@ def test_80_columns_show_every_key_figure_whole_and_labelled() -> None:
     assert "counter rolled over kei-ev 09:01" in text
     assert "agent started 09:00" in text
     assert "STALE" not in text
+    assert "backlog 0 · alarms none" in text    # "dropped 0" only where there is room
 
 
 def test_200_columns_add_rates_oee_parts_downtime_and_data_quality_apart() -> None:
@@ -106,6 +107,7 @@ def test_200_columns_add_rates_oee_parts_downtime_and_data_quality_apart() -> No
     assert "data" in text
     assert "availability 82 %, performance 93 %, OEE quality 99 %" in text
     assert "mqtt://127.0.0.1:1883 connected" in text
+    assert "backlog 0 · dropped 0 · alarms none" in text
     # the wide view holds more than the narrow one
     narrow = _render(_model(), 80, T0 + timedelta(minutes=1, seconds=20))
     assert "Kei-Ev" not in narrow

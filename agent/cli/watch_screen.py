@@ -256,7 +256,10 @@ def _status_text(model: WatchModel, connection: str, clock: _Clock, width: int) 
     else:
         text.append(f"agent {s.agent} ")
         text.append(s.state, style=_STYLES.get(s.state, ""))
-        text.append(f" · backlog {count(s.backlog)} · dropped {count(s.dropped)} · alarms ")
+        text.append(f" · backlog {count(s.backlog)}")
+        if s.dropped or width >= MEDIUM:  # "dropped 0" only where there is room
+            text.append(f" · dropped {count(s.dropped)}", style="bold red" if s.dropped else "")
+        text.append(" · alarms ")
         if s.alarms:
             text.append("; ".join(f"{a.kind}: {a.message}" for a in s.alarms), style="bold red")
         else:
