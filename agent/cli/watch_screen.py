@@ -175,6 +175,8 @@ def _plant_text(model: WatchModel, clock: _Clock, width: int) -> Text:
     text.append(f" (plan {pct(p.planned_utilization, 1)})")
     text.append(f"\ncapacity {count(p.capacity_per_year)} a year · "
                 f"projected year {count(p.projected_year)} units")
+    if p.year_counted_since is not None:  # a projection from part of the year says so
+        text.append(f" (counted since {p.year_counted_since.astimezone(clock.tz):%Y-%m-%d})")
     if width >= MEDIUM:
         window = (p.window_end - p.window_start).total_seconds()
         text.append(f" · last {window:g} s {count(p.units)} units · data ")
