@@ -32,7 +32,8 @@ _LEDGER_PERIOD_S = 0.5
 
 
 class SimulatorSet:
-    """Every PLC of a simulator config, started and stopped together. Constructors do no I/O.
+    """Every PLC of a simulator config, started and stopped together. The constructor opens
+    no port (it reads only the state file, when given).
 
     With ``auto`` a task advances every line's production model each ``tick_s`` by the
     plant time elapsed; with ``ledger_path`` the ledger file is rewritten at least
