@@ -19,12 +19,12 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 T0 = datetime(2028, 4, 3, 0, 0, tzinfo=UTC)   # 09:00 JST
 
 
-def shift_report(line: str | None, units: int) -> Message:
+def shift_report(line: str | None, units: int, *, epoch: int = EPOCH, name: str = "night") -> Message:
     start = T0 - timedelta(hours=2, minutes=30)
     report = ShiftReport.model_validate({
         "site": "test", "line": line, "product": line.title() if line else None,
-        "lines": None if line else ["kei-ev", "rogue"], "epoch": EPOCH,
-        "shift": {"name": "night", "start": start, "end": start + timedelta(hours=2), "date": dt.date(2028, 4, 2)},
+        "lines": None if line else ["kei-ev", "rogue"], "epoch": epoch,
+        "shift": {"name": name, "start": start, "end": start + timedelta(hours=2), "date": dt.date(2028, 4, 2)},
         "units": units, "rejects": 12, "total": units + 12, "target": 1306.7, "attainment": units / 1306.7,
         "time": {"calendar_s": 7200, "planned_s": 7200, "planned_stop_s": 600, "planned_busy_s": 6600,
                  "run_s": 5400, "minor_stop_s": 300, "down_s": 900, "unknown_s": 0, "covered_s": 7200,
@@ -131,3 +131,17 @@ def test_before_any_message_the_view_says_it_waits() -> None:
     text = _render(WatchModel(), 80, T0)
     assert "waiting for its status" in text
     assert "no window yet" in text
+
+
+def test_a_shift_report_another_state_store_left_retained_is_not_shown() -> None:
+    model = WatchModel()
+    for topic, payload, _ in (shift_report(None, 99, epoch=EPOCH + 1, name="later"),
+                              plant_output(1, 3), line_output("kei-ev", 1, 3)):
+        model.apply(topic.removeprefix(f"{ROOT}/"), payload)
+    text = _flat(_render(model, 80, T0 + timedelta(minutes=1)))
+    assert "Last shift" not in text
+    # this epoch's report replaces it when it comes, although its shift started earlier
+    topic, payload, _ = shift_report(None, 1536)
+    model.apply(topic.removeprefix(f"{ROOT}/"), payload)
+    text = _flat(_render(model, 80, T0 + timedelta(minutes=1)))
+    assert "Last shift night 2028-04-02 06:30-08:30: plant 1,536 / 1,307 units" in text

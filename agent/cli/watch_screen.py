@@ -193,8 +193,14 @@ def _downtime(report: ShiftReport, limit: int) -> str:
 
 def _reports_text(model: WatchModel, clock: _Clock, width: int) -> Text | None:
     """The last shift report of every line and the plant: units, OEE, downtime by reason."""
-    plant = model.plant.last_shift
-    lines = [(name, v.last_shift) for name, v in sorted(model.lines.items()) if v.last_shift is not None]
+    # only the reports of the epoch on show: a broker may retain another state store's
+    epoch = model.plant.latest.epoch if model.plant.latest is not None else None
+
+    def current(r: ShiftReport | None) -> ShiftReport | None:
+        return r if r is not None and (epoch is None or r.epoch == epoch) else None
+
+    plant = current(model.plant.last_shift)
+    lines = [(name, r) for name, v in sorted(model.lines.items()) if (r := current(v.last_shift)) is not None]
     if plant is None and not lines:
         return None
     ref = (plant or lines[0][1]).shift

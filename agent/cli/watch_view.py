@@ -174,8 +174,11 @@ class WatchModel:
                     return False
                 report = decode_payload(ShiftReport, payload)
                 holder = self.plant if parts[0] == "plant" else self.line(report.line or parts[1])
-                if holder.last_shift is None or report.shift.start >= holder.last_shift.shift.start:
-                    holder.last_shift = report  # a late (replayed) older report does not win
+                last = holder.last_shift
+                # a late (replayed) older report of the same epoch does not win; one of
+                # another epoch (another state store, a demo started afresh) does
+                if last is None or report.epoch != last.epoch or report.shift.start >= last.shift.start:
+                    holder.last_shift = report
                 return True
             if len(parts) == 3 and parts[0] == "lines" and parts[2] == "output":
                 out = decode_payload(LineOutput, payload)
