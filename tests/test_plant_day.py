@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
+from agent.cli import main
 from agent.cli.demo import packaged_config
 from agent.config import Config
 from agent.config.load import load_config
@@ -79,9 +82,11 @@ def built(line: SimLine, since: datetime, until: datetime) -> tuple[int, int]:
 
 
 async def test_a_full_production_day_on_the_plant_clock_matches_the_ledger(
-        tmp_path: Path, mosquitto: Any, simulator_set: Callable[..., Any]) -> None:
+        tmp_path: Path, mosquitto: Any, simulator_set: Callable[..., Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
     clock = SimulatedClock(SPEED, START)
-    sims = await simulator_set(sim_config(), auto=False, tick_s=0.02, plant=clock)
+    sims = await simulator_set(sim_config(), auto=False, tick_s=0.02, plant=clock,
+                               state_path=tmp_path / "simulators-state.json")
     cfg = agent_config(tmp_path, mosquitto.url, sims)
     stop = asyncio.Event()
     agent_ = Agent(cfg, config_sha256="0" * 64, clock=clock, simulated_ok=True)
@@ -102,6 +107,7 @@ async def test_a_full_production_day_on_the_plant_clock_matches_the_ledger(
         stop.set()
         await asyncio.wait_for(task, timeout=30)
         await sims.pause()
+        await sims.save_state()
 
     reports = read_reports(cfg.storage.path, DAY)
     by = {(r.shift.name, r.line): r for r in reports}
@@ -141,3 +147,9 @@ async def test_a_full_production_day_on_the_plant_clock_matches_the_ledger(
     # the plan: the plant built close to its target of the day (1,641 at Kyushu's rates)
     target = by[("day", None)].target + by[("night", None)].target
     assert 0.85 < day[None]["units"] / target < 1.05, (day[None]["units"], target)
+    # plantfloor report on a demo's state: its default day is the plant's, not the machine's
+    cfg_path = tmp_path / "agent.json"
+    cfg_path.write_text(json.dumps(cfg.model_dump(mode="json", exclude_none=True)))
+    capsys.readouterr()
+    assert main(["report", str(cfg_path), "--state", str(tmp_path), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["date"] == "2028-04-04"   # 01:25, after the night shift

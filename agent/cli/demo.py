@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from agent.core.clock import SimulatedClock, describe
 from agent.core.report import LineTotals, PlantTotals
 from agent.store import Store
 
-__all__ = ["DEFAULT_SPEED", "DEFAULT_START", "embedded_broker", "packaged_config", "parse_start",
+__all__ = ["DEFAULT_SPEED", "DEFAULT_START", "demo_plant_time", "embedded_broker", "packaged_config", "parse_start",
            "run_demo", "stored_plant_time"]
 
 log = logging.getLogger("plantfloor.demo")
@@ -150,6 +151,20 @@ def _demo_config(cfg: Config, state_dir: Path, broker: str, version: str | None,
         if output != "json" and cfg.sparkplug is None:
             update["sparkplug"] = SparkplugConfig(group_id=cfg.site, edge_node_id=f"{cfg.site}-demo")
     return cfg.model_copy(update=update)
+
+
+def demo_plant_time(state: Path) -> datetime | None:
+    """The plant time a demo's state (its database, or the folder holding it) has reached, from
+    the simulators' state file beside it; None for a state that is not a demo's.
+
+    ``plantfloor report`` takes its default day from it: a demo's "today" is the plant's."""
+    folder = state if state.is_dir() else state.parent
+    try:
+        saved = json.loads((folder / SIM_STATE).read_text(encoding="utf-8"))["saved_at"]
+        when = datetime.fromisoformat(saved)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return when if when.tzinfo is not None else None
 
 
 def parse_start(text: str, tz: ZoneInfo) -> datetime:

@@ -255,7 +255,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         path = state_path(cfg, args.state)
         openings = year_openings((e.year, e.line, e.units, e.through) for e in read_openings(path))
-        print(report(cfg, day=args.date, shift=args.shift, fmt=args.format,
+        from agent.cli.demo import demo_plant_time
+
+        # a demo's state runs on its own plant clock: its "today" is the plant's
+        print(report(cfg, day=args.date, shift=args.shift, fmt=args.format, now=demo_plant_time(path),
                      read=lambda d, name: read_reports(path, d, name), openings=openings))
         return 0
     if args.command == "simulate":
