@@ -179,7 +179,7 @@ def _plant_text(model: WatchModel, clock: _Clock, width: int) -> Text:
         text.append(f" (counted since {p.year_counted_since.astimezone(clock.tz):%Y-%m-%d})")
     if width >= MEDIUM:
         window = (p.window_end - p.window_start).total_seconds()
-        text.append(f" · last {window:g} s {count(p.units)} units · data ")
+        text.append(f" · last {window:g} s {count(p.units)} unit{'' if p.units == 1 else 's'} · data ")
         text.append(p.quality, style=_STYLES.get(p.quality, ""))
     return text
 
