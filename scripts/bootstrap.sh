@@ -3,7 +3,8 @@
 # project and its test tools, and (for the tests) the Mosquitto broker binary.
 #   scripts/bootstrap.sh          the virtual environment only (enough for the demo; with uvloop)
 #   scripts/bootstrap.sh --test   also Mosquitto, which the integration tests start on free ports
-#                                 (and PostgreSQL's binaries, for the roll-up's tests)
+#                                 (PostgreSQL's binaries, for the roll-up's tests, and Chromium,
+#                                 for the board's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,12 @@ if [ "${1:-}" = "--test" ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
+  # the board's browser tests: Playwright (from PyPI) drives Debian's Chromium by its path
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "installing Chromium (apt-get), for the board's browser tests"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
   if ! command -v systemd-analyze >/dev/null; then
     echo "installing systemd (for systemd-analyze, used by the unit's security check)"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null || true
@@ -46,6 +53,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,uvloop,rollup]"
+  .venv/bin/python -m pip install -q -e ".[test,uvloop,rollup,board]"
   touch "$stamp"
 fi

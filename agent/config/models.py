@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config.board import BoardConfig
 from agent.config.lines import LineConfig, ModbusTag, OpcUaTag, TagConfig
 from agent.config.mqtt import MetricsConfig, MqttConfig, SiteAckConfig, SparkplugConfig
 from agent.config.plant import (
@@ -57,6 +58,7 @@ class Config(_Model):
     output: Literal["json", "sparkplug", "both"] = Field("json", description="window output: the JSON topics (docs/mqtt.md), Sparkplug B (docs/sparkplug.md) or both")
     sparkplug: SparkplugConfig | None = Field(None, description="Sparkplug B edge node identity; required when output is sparkplug or both")
     site_ack: SiteAckConfig | None = Field(None, description="the site service this gateway serves: its line windows stay in the state file until the site acknowledges them on this topic, and are published again when it does not (absent: a window leaves once the broker has it)")
+    board: BoardConfig = Field(BoardConfig(), description="plantfloor board: the read-only web board of this gateway (docs/board.md)")
 
     @model_validator(mode="after")
     def _output(self) -> Config:

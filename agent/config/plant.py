@@ -33,6 +33,7 @@ class PublishConfig(_Model):
 class StorageConfig(_Model):
     path: Path = Field(Path("/var/lib/plantfloor/state.db"), description="SQLite file: durable outbox and counter state")
     max_mb: float = Field(512, gt=0, description="bound of the outbox; the oldest windows are dropped first beyond it")
+    history_days: int = Field(35, ge=1, le=3660, description="days of per line and hour figures kept for the board (plantfloor board)")
 
 
 class PlantConfig(_Model):

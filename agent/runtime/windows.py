@@ -9,8 +9,9 @@ they go on from the last one at the monotonic clock's pace until the wall clock 
 up. Every window ends on the grid (a multiple of the interval from local midnight) or at
 the moment of a stop.
 
-A window's outbox records, the counter memory, the ``seq`` advance and the reports of the
-shift instances it ended go to the store in one transaction. If the store fails (disk full), windows wait in memory in order, up to
+A window's outbox records, the counter memory, the ``seq`` advance, the reports of the
+shift instances it ended and the board's hour and latest rows go to the store in one
+transaction. If the store fails (disk full), windows wait in memory in order, up to
 :data:`MAX_PENDING_RECORDS` records (the oldest are dropped beyond, and counted), and
 are committed when it recovers; counting goes on from the cumulative PLC counter.
 Filling a long gap is done a window at a time, committed in chunks, yielding to the
@@ -30,12 +31,14 @@ from agent.config import Config, LineConfig
 from agent.contract.errors import StoreError
 from agent.contract.payloads import LinePayload, ShiftReport, encode
 from agent.core.calendar import ShiftCalendar
+from agent.core.hourly import HourDelta, Latest, window_rows
 from agent.core.report import LineTotals, LineWindow, PlantTotals, Reporter
 from agent.core.tracker import WindowResult
 from agent.outputs import OutputFormat, WindowOutputs, make_formats
 from agent.runtime.lines import LineBoard
 from agent.runtime.status import Alarms
 from agent.store import LineState, NewRecord, Store, StoredReport, StoredState
+from agent.store.board import BoardRows
 
 __all__ = ["WindowCloser"]
 
@@ -58,6 +61,8 @@ class _Pending:
     lines: list[LineState]
     plant_json: str
     reports: list[StoredReport]
+    hours: list[HourDelta]
+    latest: list[Latest]
 
 
 class WindowCloser:
@@ -181,7 +186,9 @@ class WindowCloser:
         window = WindowOutputs(start, end, outputs, plant_out, reports)
         records = [r for fmt in self.formats.values() for r in fmt.records(window)]
         self.windows_closed += 1
-        return _Pending(records, lines, self.plant.to_json(), [_stored(r) for r in reports])
+        hours, latest = window_rows(outputs, plant_out, start, end, self.cfg.tz)
+        return _Pending(records, lines, self.plant.to_json(), [_stored(r) for r in reports],
+                        hours, latest)
 
     def _hold(self, pending: _Pending) -> None:
         self._pending.append(pending)
@@ -245,9 +252,11 @@ class WindowCloser:
             for p in batch:
                 latest.update({ls.line: ls for ls in p.lines})
             reports = [r for p in batch for r in p.reports]
+            board = BoardRows([h for p in batch for h in p.hours],
+                              [x for p in batch for x in p.latest], self.cfg.storage.history_days)
             try:
                 dropped = await self.store.commit_window(records, list(latest.values()),
-                                                         batch[-1].plant_json, reports)
+                                                         batch[-1].plant_json, reports, board)
             except StoreError as exc:
                 kind = "disk_full" if "full" in str(exc).lower() else "store_error"
                 self.alarms.raise_(kind, f"cannot write the state database: {exc}; "

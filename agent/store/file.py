@@ -119,7 +119,42 @@ CREATE TABLE IF NOT EXISTS site_hold (
     sent_at    REAL    NOT NULL,      -- when the broker last took it (wall clock, epoch seconds)
     attempts   INTEGER NOT NULL DEFAULT 0   -- publications after the first (for the backoff)
 );
-CREATE INDEX IF NOT EXISTS site_hold_line ON site_hold (line, seq)
+CREATE INDEX IF NOT EXISTS site_hold_line ON site_hold (line, seq);
+CREATE TABLE IF NOT EXISTS line_hour (
+    line         TEXT NOT NULL,
+    hour         TEXT NOT NULL,   -- start of the plant-local hour, UTC ISO (text order = time order)
+    units        INTEGER NOT NULL,
+    target       REAL NOT NULL,   -- target units of the hour's windows
+    planned_s    REAL NOT NULL,
+    run_s        REAL NOT NULL,
+    minor_stop_s REAL NOT NULL,
+    unknown_s    REAL NOT NULL,
+    covered_s    REAL NOT NULL,   -- planned seconds of windows the agent was running for
+    windows      INTEGER NOT NULL,
+    PRIMARY KEY (line, hour)
+);
+CREATE INDEX IF NOT EXISTS line_hour_by_hour ON line_hour (hour);
+CREATE TABLE IF NOT EXISTS line_hour_down (
+    line    TEXT NOT NULL,
+    hour    TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    seconds REAL NOT NULL,   -- downtime seconds of this reason in the hour (planned stops included)
+    PRIMARY KEY (line, hour, reason)
+);
+CREATE INDEX IF NOT EXISTS line_hour_down_by_hour ON line_hour_down (hour);
+CREATE TABLE IF NOT EXISTS board_latest (
+    line          TEXT PRIMARY KEY,   -- the line, or '' for the plant
+    window_end    TEXT NOT NULL,
+    reason        TEXT,
+    reason_since  TEXT NOT NULL,      -- the end of the first window that ended in this reason
+    shift_key     TEXT NOT NULL,      -- production date/shift name of the window
+    shift_target  REAL NOT NULL,      -- target units of the shift so far
+    shift_planned REAL NOT NULL,
+    shift_covered REAL NOT NULL,
+    day_key       TEXT NOT NULL,
+    day_target    REAL NOT NULL,      -- target units of the production day so far
+    payload       TEXT NOT NULL       -- the window's payload as published
+);
 """
 #: an opening balance is audited: an entry is never changed or removed, a correction is a
 #: new entry (the latest per year and line counts)

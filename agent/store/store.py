@@ -11,7 +11,9 @@ One database file (schema, migrations, epoch and lock in :mod:`agent.store.file`
   is bounded from, and an operator's pending re-baseline;
 - ``plant_state``: the plant's opaque totals JSON;
 - ``shift_report``: the report of every shift instance that ended, per line and for the
-  plant, as published (``plantfloor report`` reads them).
+  plant, as published (``plantfloor report`` reads them);
+- ``line_hour``, ``line_hour_down``, ``board_latest``: what ``plantfloor board`` shows
+  (:mod:`agent.store.board`).
 
 A window's outbox rows and the state they advance are written in one transaction
 (:meth:`Store.commit_window`), so a crash resumes with neither loss nor double count.
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.contract.errors import StoreError
+from agent.store.board import BoardRows
 from agent.store.file import StoreLock, connect, transaction
 from agent.store.openings import OpeningEntry, entries_of
 from agent.store.outbox import DELETE_CHUNK, ROW_OVERHEAD, outbox_totals, row_cost, trim
@@ -167,9 +170,10 @@ class Store:
         return await self._run(entries_of)
 
     async def commit_window(self, records: Sequence[NewRecord], lines: Sequence[LineState],
-                            plant_json: str | None, reports: Sequence[StoredReport] = ()) -> int:
-        """Insert ``records``, upsert the state and keep ``reports``, in one transaction;
-        enforce the bound.
+                            plant_json: str | None, reports: Sequence[StoredReport] = (),
+                            board: BoardRows | None = None) -> int:
+        """Insert ``records``, upsert the state, keep ``reports`` and add ``board`` (the
+        board's hours and latest rows), in one transaction; enforce the bound.
 
         Returns how many of the oldest records this call dropped to stay within
         ``max_bytes``. On failure (disk full, I/O error) raises :class:`StoreError` and
@@ -202,6 +206,8 @@ class Store:
                         "INSERT INTO plant_state (id, plant_json) VALUES (1, ?)"
                         " ON CONFLICT(id) DO UPDATE SET plant_json = excluded.plant_json",
                         (plant_json,))
+                if board is not None:
+                    board.write(conn)
                 return trim(conn, current + added - limit)
 
         dropped, freed = await self._run(write)
