@@ -8,7 +8,8 @@
   const L = JSON.parse(document.getElementById("labels").textContent);
   let state = JSON.parse(document.getElementById("state").textContent);
 
-  const nf = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+  // half to even, as the server's first paint (Python's format) rounds
+  const nf = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0, roundingMode: "halfEven" });
   const num = (x) => nf.format(x);
   const pct = (x) => (x === null || x === undefined ? "–" : (x * 100).toFixed(1) + "%");
   const signed = (x) => (x >= 0 ? "+" : "") + num(x);

@@ -1,0 +1,201 @@
+"""The board in a real browser: Debian's Chromium driven by Playwright, against the board
+running as its own process on a state file the agent's window machinery wrote.
+
+Figures are read off the page as a person would and compared with what the agent
+published; screenshots are saved as evidence (``PLANTFLOOR_SCREENSHOTS``, default
+``build/screenshots``), never as the assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.board.server import BoardProcess, start_board
+from agent.config import Config
+from tests.board_rig import FAULT, RUNNING, Production, aligned, board_config
+from tests.waiting import wait_until
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = "/usr/bin/chromium"
+# as root, in a closed network: no sandbox, no background connections (machine notes)
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path(os.environ.get("PLANTFLOOR_SCREENSHOTS", "build/screenshots"))
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            context = await browser.new_context(viewport={"width": 1600, "height": 1000})
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(cfg: Config, tmp_path: Path) -> Path:
+    path = tmp_path / "agent.json"
+    path.write_text(cfg.model_dump_json(exclude_none=True))
+    return path
+
+
+def last_payloads(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Each line's latest payload in the outbox: what the agent published last."""
+    conn = sqlite3.connect(cfg.storage.path)
+    try:
+        out: dict[str, dict[str, Any]] = {}
+        for line, payload in conn.execute("SELECT line, payload FROM outbox WHERE line IS NOT NULL"
+                                          " AND format = 'json' ORDER BY id"):
+            out[line] = json.loads(payload)
+        return out
+    finally:
+        conn.close()
+
+
+async def number(page: Any, key: str) -> float:
+    text = await page.locator(f'[data-k="{key}"]').first.text_content()
+    return float(text.replace(",", "").replace("+", "").replace("%", ""))
+
+
+def shots_dir() -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return SHOTS
+
+
+async def shot(page: Any, name: str) -> None:
+    await page.screenshot(path=str(shots_dir() / f"{name}.png"), full_page=True)
+
+
+async def started(cfg: Config, tmp_path: Path, port: int | None = None) -> BoardProcess:
+    return start_board(write_config(cfg, tmp_path), port or free_port())
+
+
+async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
+        page: Any, tmp_path: Path) -> None:
+    cfg = board_config(tmp_path, interval_s=60, poll_s=0.1)
+    end = aligned(datetime.now(UTC), 60) + timedelta(seconds=60)
+    prod = await Production.open(cfg, end - timedelta(hours=1))
+    await prod.run(59, lambda i, line: ((1 + i % 2, RUNNING) if line == "l0" or i < 50
+                                        else (0, FAULT)))
+    board = await started(cfg, tmp_path)
+    try:
+        await page.goto(board.url)
+        published = last_payloads(cfg)
+        for line_id, p in published.items():
+            assert await number(page, f"line:{line_id}.shift.units") == p["shift"]["units"]
+            assert await number(page, f"line:{line_id}.day.units") == p["day"]["units"]
+            assert await number(page, f"line:{line_id}.oee.oee") == pytest.approx(
+                p["shift"]["oee"] * 100, abs=0.05)
+        api = {ln["line"]: ln for ln in (await (await page.request.get(
+            board.url + "api/v1/lines")).json())}
+        for line_id, ln in api.items():
+            assert await number(page, f"line:{line_id}.hour.units") == ln["hour"]["units"]
+            assert await number(page, f"line:{line_id}.hour.target") == round(ln["hour"]["target"])
+            assert await number(page, f"line:{line_id}.shift.ahead") == round(ln["shift"]["ahead"])
+        assert await page.locator('[data-k="line:l1.reason"]').text_content() == "fault"
+        assert await page.locator("#offline").is_hidden()
+        await shot(page, "board")
+        # a window's commit reaches the open page
+        before = published["l0"]["shift"]["units"]
+        await prod.window({"l0": (2, RUNNING), "l1": (0, FAULT)})
+        want = last_payloads(cfg)["l0"]["shift"]["units"]
+        assert want in (before + 2, 2)    # (a new shift restarts the count)
+
+        async def updated() -> bool:
+            return await number(page, "line:l0.shift.units") == want
+
+        await wait_until(updated, within=5, what="the committed window on the page")
+    finally:
+        board.stop()
+        await prod.close()
+
+
+async def test_the_stale_badge_appears_when_the_agent_stops_and_clears_when_it_returns(
+        page: Any, tmp_path: Path) -> None:
+    cfg = board_config(tmp_path, interval_s=2, poll_s=0.1)
+    prod = await Production.open(cfg, aligned(datetime.now(UTC), 2))
+    await prod.window({"l0": (1, RUNNING), "l1": (1, RUNNING)})
+    board = await started(cfg, tmp_path)
+    try:
+        await page.goto(board.url)
+        badge = page.locator('[data-k="line:l0.stale"]')
+        # no window for two intervals: stale, and the agent shown offline
+        await wait_until(badge.is_visible, within=10, what="the stale badge")
+        assert await page.locator("#offline").is_visible()
+        await shot(page, "board-stale")
+        # the agent is back: a window ending now
+        prod._clock[0] = aligned(datetime.now(UTC), 2) - timedelta(seconds=2)
+        await prod.window({"l0": (2, RUNNING), "l1": (1, RUNNING)})
+        await wait_until(badge.is_hidden, within=5, what="the stale badge clears")
+        assert await page.locator("#offline").is_hidden()
+    finally:
+        board.stop()
+        await prod.close()
+
+
+async def test_kiosk_mode_in_japanese(page: Any, tmp_path: Path) -> None:
+    cfg = board_config(tmp_path, interval_s=60)
+    prod = await Production.open(cfg, aligned(datetime.now(UTC), 60) - timedelta(minutes=5))
+    await prod.run(6, lambda i, line: (2, RUNNING))
+    board = await started(cfg, tmp_path)
+    try:
+        await page.goto(board.url + "?kiosk=1&lang=ja")
+        assert await page.evaluate("document.body.classList.contains('kiosk')")
+        assert await page.locator("html").get_attribute("lang") == "ja"
+        assert "生産ボード" in (await page.locator("h1").text_content() or "")
+        assert await page.locator('[data-k="line:l0.reason"]').text_content() == "稼働"
+        assert await page.locator("#history").is_hidden()        # no chrome on a TV
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)"                    # the dark theme
+        assert await number(page, "line:l0.shift.units") == last_payloads(cfg)["l0"]["shift"]["units"]
+        await shot(page, "board-kiosk-ja")
+    finally:
+        board.stop()
+        await prod.close()
+
+
+async def test_an_open_page_recovers_across_a_board_restart(page: Any, tmp_path: Path) -> None:
+    cfg = board_config(tmp_path, interval_s=60, poll_s=0.1)
+    prod = await Production.open(cfg, aligned(datetime.now(UTC), 60) - timedelta(minutes=3))
+    await prod.run(3, lambda i, line: (1, RUNNING))
+    port = free_port()
+    board = await started(cfg, tmp_path, port)
+    try:
+        await page.goto(board.url)
+        await wait_until(lambda: page.evaluate("document.body.dataset.live === '1'"), within=5,
+                         what="the live stream")
+        board.stop()
+        await wait_until(lambda: page.evaluate("document.body.dataset.live === '0'"), within=10,
+                         what="the page notices the board is gone")
+        await prod.window({"l0": (2, RUNNING), "l1": (1, RUNNING)})
+        want = last_payloads(cfg)["l0"]["shift"]["units"]
+        board = await started(cfg, tmp_path, port)
+
+        async def caught_up() -> bool:
+            return await number(page, "line:l0.shift.units") == want
+
+        await wait_until(caught_up, within=15, what="the page resynchronised after the restart")
+        assert await page.evaluate("document.body.dataset.live") == "1"
+    finally:
+        board.stop()
+        await prod.close()
