@@ -8,19 +8,21 @@ max_exposure=2.0
 status=0
 
 if command -v systemd-analyze >/dev/null; then
-    report="$(systemd-analyze security --offline=yes deploy/plantfloor.service 2>&1)" || true
-    score="$(sed -n 's/.*Overall exposure level for plantfloor\.service: \([0-9.]*\).*/\1/p' <<<"$report")"
-    if [[ -z "$score" ]]; then
-        echo "deploy-checks: could not read the exposure level:" >&2
-        echo "$report" >&2
-        status=1
-    elif awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s <= m) }'; then
-        echo "deploy-checks: plantfloor.service exposure $score (at most $max_exposure): ok"
-    else
-        echo "$report" | grep '✗' >&2 || true
-        echo "deploy-checks: plantfloor.service exposure $score is above $max_exposure" >&2
-        status=1
-    fi
+    for unit in plantfloor.service plantfloor-board.service; do
+        report="$(systemd-analyze security --offline=yes "deploy/$unit" 2>&1)" || true
+        score="$(sed -n "s/.*Overall exposure level for ${unit//./\\.}: \([0-9.]*\).*/\1/p" <<<"$report")"
+        if [[ -z "$score" ]]; then
+            echo "deploy-checks: could not read the exposure level of $unit:" >&2
+            echo "$report" >&2
+            status=1
+        elif awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s <= m) }'; then
+            echo "deploy-checks: $unit exposure $score (at most $max_exposure): ok"
+        else
+            echo "$report" | grep '✗' >&2 || true
+            echo "deploy-checks: $unit exposure $score is above $max_exposure" >&2
+            status=1
+        fi
+    done
 else
     echo "deploy-checks: systemd-analyze not installed: exposure check skipped"
 fi

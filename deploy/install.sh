@@ -67,7 +67,7 @@ venv="$opt/venv"
 etc="$R/etc/plantfloor"
 unit_dir="$R/etc/systemd/system"
 wants_dir="$unit_dir/multi-user.target.wants"
-units=(plantfloor.service plantfloor-rollup.service)
+units=(plantfloor.service plantfloor-rollup.service plantfloor-board.service)
 
 say() { printf 'plantfloor: %s\n' "$*"; }
 
@@ -96,7 +96,8 @@ install_venv() {
 
 do_install() {
     [[ -f "$source_dir/pyproject.toml" && -f "$source_dir/deploy/plantfloor.service" &&
-       -f "$source_dir/deploy/plantfloor-rollup.service" ]] || {
+       -f "$source_dir/deploy/plantfloor-rollup.service" &&
+       -f "$source_dir/deploy/plantfloor-board.service" ]] || {
         echo "install.sh: $source_dir is not a plantfloor source tree" >&2; exit 2; }
     umask 022
 
@@ -105,7 +106,8 @@ do_install() {
     install -m 0644 "$source_dir/config/kyushu.yaml" "$opt/share/plantfloor.example.yaml"
     install -m 0644 "$source_dir/config/rollup.yaml" "$opt/share/rollup.example.yaml"
     # what the units' Documentation= names
-    install -m 0644 "$source_dir/docs/operations.md" "$source_dir/docs/scale-out.md" "$opt/docs/"
+    install -m 0644 "$source_dir/docs/operations.md" "$source_dir/docs/scale-out.md" \
+        "$source_dir/docs/board.md" "$opt/docs/"
 
     # The dynamic service user reads the config and the public certificates; only systemd
     # (as root) reads secrets/, and hands them over as credentials.

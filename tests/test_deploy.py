@@ -15,12 +15,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "plantfloor.service"
 ROLLUP_UNIT = REPO / "deploy" / "plantfloor-rollup.service"
+BOARD_UNIT = REPO / "deploy" / "plantfloor-board.service"
 INSTALL = REPO / "deploy" / "install.sh"
 
 
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for raw in UNIT.read_text().splitlines():
+    for raw in unit.read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith(("#", ";", "[")):
             k, _, v = line.partition("=")
@@ -63,13 +64,32 @@ def test_drain_bound_agrees_with_the_unit_and_the_image() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-def test_unit_exposure_at_most_2() -> None:
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(UNIT)],
+@pytest.mark.parametrize("unit", [UNIT, BOARD_UNIT], ids=lambda u: u.name)
+def test_unit_exposure_at_most_2(unit: Path) -> None:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
                           capture_output=True, text=True, timeout=60, check=False)
-    m = re.search(r"Overall exposure level for plantfloor\.service: (\d+\.\d+)",
+    m = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)",
                   proc.stdout + proc.stderr)
     assert m, proc.stdout + proc.stderr
     assert float(m.group(1)) <= 2.0, proc.stdout
+
+
+def test_board_unit_reads_the_agents_state_and_serves_this_host_only() -> None:
+    """The board runs as the agent's dynamic user (its 0700 state directory), from the
+    agent's config, bounded in memory, reachable from this host only (a reverse proxy)."""
+    s = unit_settings(BOARD_UNIT)
+    for key, value in {
+        "ExecStart": "/opt/plantfloor/venv/bin/plantfloor board /etc/plantfloor/plantfloor.yaml",
+        "DynamicUser": "yes", "User": "plantfloor", "StateDirectory": "plantfloor",
+        "ReadOnlyPaths": "/etc/plantfloor", "RestartPreventExitStatus": "2",
+        "IPAddressDeny": "any", "IPAddressAllow": "localhost", "MemoryDenyWriteExecute": "yes",
+        "CapabilityBoundingSet": "", "UMask": "0077",
+    }.items():
+        assert s.get(key) == [value], key
+    assert s["MemoryMax"] == ["256M"]
+    # the token's credential is documented, not required: a missing file would fail the unit
+    assert "LoadCredential" not in s
+    assert "#LoadCredential=board-token:/etc/plantfloor/secrets/board-token" in BOARD_UNIT.read_text()
 
 
 def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -124,6 +144,9 @@ def test_install_tree_idempotent_and_uninstall(tmp_path: Path) -> None:
     assert rollup_unit.read_text() == ROLLUP_UNIT.read_text()
     assert mode(rollup_unit) == 0o644
     assert os.listdir(wants.parent) == ["plantfloor.service"]
+    # the board's unit too: installed, enabled by the operator (docs/board.md)
+    assert (root / "etc/systemd/system/plantfloor-board.service").read_text() == BOARD_UNIT.read_text()
+    assert (root / "opt/plantfloor/docs/board.md").is_file()
     assert not (etc / "rollup.yaml").exists()
     assert (root / "opt/plantfloor/docs/scale-out.md").is_file()   # the roll-up unit's Documentation=
     assert (root / "opt/plantfloor/share/rollup.example.yaml").is_file()
