@@ -163,7 +163,8 @@ async def test_shift_reports_as_csv_are_plantfloor_reports(tmp_path: Path) -> No
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text == expected + "\n"
     assert len(csv.text.splitlines()) == 1 + 3           # header, two lines and the plant
-    assert [(r["shift"], r["units"]) for r in listed] == [("a", 20)]
+    assert [(r["line"], r["shift"], r["units"]) for r in listed] == [
+        ("l0", "a", 10), ("l1", "a", 10), (None, "a", 20)]
     assert state["previous_shifts"][0]["units"] == 20
     assert state["shift"]["name"] == "b"
 

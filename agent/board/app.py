@@ -33,12 +33,11 @@ from agent.board.figures import (
     ShiftSummary,
     shift_summary,
 )
-from agent.board.gateway import StoreGateway
-from agent.board.hub import Hub
+from agent.board.hub import FigureSource, Hub
 from agent.board.i18n import LABELS, Lang, labels
-from agent.config import Config
-from agent.contract.errors import ConfigError, PlantfloorError
-from agent.views.report import report
+from agent.config.board import BoardConfig
+from agent.contract.errors import PlantfloorError
+from agent.views.report import reports_csv
 
 __all__ = ["CSP", "create_app"]
 
@@ -51,7 +50,8 @@ COOKIE = "plantfloor_board"
 WAIT_S = 10.0
 
 
-def create_app(cfg: Config, gateway: StoreGateway, hub: Hub, *, token: str | None) -> FastAPI:
+def create_app(board: BoardConfig, gateway: FigureSource, hub: Hub, *, token: str | None
+               ) -> FastAPI:
     """The application of one board (the hub is run by the server's lifespan)."""
     app = FastAPI(title="plantfloor board", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/v1/openapi.json",
@@ -59,7 +59,7 @@ def create_app(cfg: Config, gateway: StoreGateway, hub: Hub, *, token: str | Non
                               "history and shift reports (docs/board.md).")
     templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    names = {ln.id for ln in cfg.lines}
+    names = set(gateway.site.lines)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -116,24 +116,20 @@ def create_app(cfg: Config, gateway: StoreGateway, hub: Hub, *, token: str | Non
     ) -> list[HistoryPoint]:
         if line is not None and line not in names:
             raise HTTPException(404, f"there is no line {line!r}")
-        return await gateway.history(bucket, min(days, cfg.storage.history_days), line)
+        return await gateway.history(bucket, min(days, gateway.site.history_days), line)
 
-    @app.get("/api/v1/shift-reports", summary="The plant's shift reports of a production date")
+    @app.get("/api/v1/shift-reports", summary="The shift reports of a production date")
     async def shift_reports(day: Annotated[date | None, Query(alias="date")] = None,
                             ) -> list[ShiftSummary]:
         reports = await gateway.reports(day or gateway.calendar.production_date(gateway.now()))
-        return [shift_summary(r) for r in reports if r.line is None]
+        return [shift_summary(r) for r in reports]
 
     @app.get("/api/v1/shift-reports.csv", response_class=PlainTextResponse,
              summary="The shift reports of a production date as CSV (as plantfloor report)")
     async def shift_reports_csv(day: Annotated[date | None, Query(alias="date")] = None
                                 ) -> Response:
         d = day or gateway.calendar.production_date(gateway.now())
-        reports = await gateway.reports(d)
-        try:
-            body = report(cfg, day=d.isoformat(), fmt="csv", read=lambda _d, _s: reports)
-        except ConfigError as exc:
-            raise HTTPException(400, str(exc)) from exc
+        body = reports_csv(await gateway.reports(d))
         return Response(body + "\n", media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="shift-reports-{d.isoformat()}.csv"'})
 
@@ -142,7 +138,7 @@ def create_app(cfg: Config, gateway: StoreGateway, hub: Hub, *, token: str | Non
     async def events(request: Request,
                      last_event_id: Annotated[str | None, Header(max_length=100)] = None,
                      ) -> AsyncIterator[ServerSentEvent]:
-        if hub.clients >= cfg.board.max_event_clients:
+        if hub.clients >= board.max_event_clients:
             raise HTTPException(503, "too many live pages", headers={"Retry-After": "10"})
         hub.clients += 1
         try:

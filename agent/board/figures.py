@@ -9,8 +9,10 @@ the payloads agree. Nothing here reads a file or a clock: rows and ``now`` come 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,8 +24,30 @@ from agent.core.hourly import ahead, attainment, coverage, hour_start
 from agent.core.plan import year_plan
 from agent.store.board import HourRow, LatestRow
 
-__all__ = ["BoardState", "HistoryPoint", "LineView", "PlantView", "ShiftSummary", "build_state",
+__all__ = ["BoardSite", "BoardState", "HistoryPoint", "LineView", "PlantView", "ShiftSummary", "build_state",
            "history_points", "shift_summary"]
+
+
+@dataclass(frozen=True)
+class BoardSite:
+    """What the board needs of a config: a gateway's (the agent's) or the site's (the roll-up's)."""
+
+    site: str
+    timezone: str
+    interval_s: int
+    red_after_s: float
+    lines: tuple[str, ...]
+    history_days: int
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @classmethod
+    def of_agent(cls, cfg: Config) -> BoardSite:
+        """A gateway's board, from the agent's config."""
+        return cls(cfg.site, cfg.timezone, cfg.publish.interval_s, cfg.board.red_after_s,
+                   tuple(ln.id for ln in cfg.lines), cfg.storage.history_days)
 
 
 class _Model(BaseModel):
@@ -124,8 +148,9 @@ class ReasonMinutes(_Model):
 
 
 class ShiftSummary(_Model):
-    """A finished shift of the plant, from its report."""
+    """A finished shift of a line or of the plant, from its report."""
 
+    line: str | None = Field(None, description="the line; null for the plant")
     date: str = Field(..., description="production date")
     shift: str = Field(..., description="shift name")
     start: datetime = Field(..., description="its start")
@@ -164,22 +189,22 @@ class HistoryPoint(_Model):
     figure: Figure = Field(..., description="units and target")
 
 
-def build_state(cfg: Config, calendar: ShiftCalendar, latest: Sequence[LatestRow],
+def build_state(cfg: BoardSite, calendar: ShiftCalendar, latest: Sequence[LatestRow],
                 shift_hours: Sequence[HourRow], down: dict[str, dict[str, float]],
                 reports: Sequence[ShiftReport], now: datetime, state_id: str) -> BoardState:
     """The board from the committed rows: ``shift_hours`` are the current shift's hours (every
     line), ``down`` its downtime by line and reason, ``reports`` the plant's last reports."""
-    stale_after = timedelta(seconds=2 * cfg.publish.interval_s)
+    stale_after = timedelta(seconds=2 * cfg.interval_s)
     rows = {r.line: r for r in latest}
     this_hour = hour_start(now, cfg.tz)
     hour_of = {(h.line, h.hour): h for h in shift_hours}
     lines: list[LineView] = []
-    for line in cfg.lines:
-        row = rows.get(line.id)
+    for line_id in cfg.lines:
+        row = rows.get(line_id)
         if row is None:
             continue
         p: dict[str, Any] = orjson.loads(row.payload)
-        h = hour_of.get((line.id, this_hour))
+        h = hour_of.get((line_id, this_hour))
         reason = row.reason
         state: Literal["running", "down", "unknown"] = (
             "running" if reason == "running" else "unknown" if reason in (None, "unknown") else "down")
@@ -187,10 +212,10 @@ def build_state(cfg: Config, calendar: ShiftCalendar, latest: Sequence[LatestRow
         same_day = row.day_key == str(p["day"]["date"])
         sh = p["shift"]
         lines.append(LineView(
-            line=line.id, product=str(p["product"]), window_end=row.window_end,
+            line=line_id, product=str(p["product"]), window_end=row.window_end,
             stale=now - row.window_end > stale_after, state=state, reason=reason,
             since=row.reason_since, for_s=round(for_s, 1),
-            red=state == "down" and for_s > cfg.board.red_after_s, quality=str(p["quality"]),
+            red=state == "down" and for_s > cfg.red_after_s, quality=str(p["quality"]),
             hour=_figure(h.units if h else 0, h.target if h else 0.0),
             shift_name=sh["name"], shift=_figure(int(sh["units"]), row.shift_target),
             day=_figure(int(p["day"]["units"]), row.day_target if same_day else 0.0),
@@ -206,8 +231,8 @@ def build_state(cfg: Config, calendar: ShiftCalendar, latest: Sequence[LatestRow
     pareto = [ReasonMinutes(reason=r, minutes=round(s / 60, 1))
               for r, s in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])) if s > 0]
     return BoardState(
-        id=state_id, site=cfg.site, timezone=cfg.timezone, interval_s=cfg.publish.interval_s,
-        red_after_s=cfg.board.red_after_s, generated_at=now,
+        id=state_id, site=cfg.site, timezone=cfg.timezone, interval_s=cfg.interval_s,
+        red_after_s=cfg.red_after_s, generated_at=now,
         offline=plant is None or all(ln.stale for ln in lines), lines=lines, plant=plant,
         shift=ShiftView(name=period.name, start=period.start, end=period.end,
                         hours=_shift_hours(cfg, calendar, period.start, period.end,
@@ -215,7 +240,7 @@ def build_state(cfg: Config, calendar: ShiftCalendar, latest: Sequence[LatestRow
         pareto=pareto, previous_shifts=[shift_summary(r) for r in reports])
 
 
-def _plant(cfg: Config, calendar: ShiftCalendar, row: LatestRow | None, now: datetime,
+def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: datetime,
            stale_after: timedelta, lines: Sequence[LineView]) -> PlantView | None:
     if row is None:
         return None
@@ -237,7 +262,7 @@ def _plant(cfg: Config, calendar: ShiftCalendar, row: LatestRow | None, now: dat
                       counted_since=datetime.fromisoformat(since) if since else None))
 
 
-def _shift_hours(cfg: Config, calendar: ShiftCalendar, start: datetime, end: datetime,
+def _shift_hours(cfg: BoardSite, calendar: ShiftCalendar, start: datetime, end: datetime,
                  on_shift: bool, rows: Sequence[HourRow]) -> list[ShiftHour]:
     sums: dict[datetime, tuple[int, float]] = {}
     for r in rows:
@@ -258,14 +283,14 @@ def _shift_hours(cfg: Config, calendar: ShiftCalendar, start: datetime, end: dat
 
 
 def shift_summary(r: ShiftReport) -> ShiftSummary:
-    """A plant shift report as the board lists it."""
-    return ShiftSummary(date=r.shift.date.isoformat(), shift=r.shift.name, start=r.shift.start,
+    """A shift report as the board lists it."""
+    return ShiftSummary(line=r.line, date=r.shift.date.isoformat(), shift=r.shift.name, start=r.shift.start,
                         units=r.units, target=r.target, attainment=r.attainment,
                         availability=r.availability, performance=r.performance,
                         quality=r.quality, oee=r.oee, coverage=r.coverage)
 
 
-def history_points(cfg: Config, rows: Sequence[HourRow], bucket: Literal["hour", "day", "week"]
+def history_points(cfg: BoardSite, rows: Sequence[HourRow], bucket: Literal["hour", "day", "week"]
                    ) -> list[HistoryPoint]:
     """Hours summed by plant-local hour, day or ISO week (every line given summed)."""
     tz = cfg.tz

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from agent.board.figures import BoardState, HistoryPoint, build_state, history_points
+from agent.board.figures import BoardSite, BoardState, HistoryPoint, build_state, history_points
 from agent.config import Config
 from agent.contract.errors import StoreError
 from agent.contract.payloads import ShiftReport
@@ -38,7 +38,8 @@ class StoreGateway:
     """Reads the board's figures from one agent's state file (never writes to it)."""
 
     def __init__(self, cfg: Config, *, now: Callable[[], datetime] | None = None) -> None:
-        self.cfg = cfg
+        self.site = BoardSite.of_agent(cfg)
+        self.tz = cfg.tz
         self.path: Path = cfg.storage.path
         self.calendar = ShiftCalendar.from_config(cfg)
         self.now = now or (lambda: datetime.now(UTC))
@@ -82,7 +83,7 @@ class StoreGateway:
                     latest, hours, down, reports = [], [], {}, []
                 else:
                     latest = read_latest(conn)
-                    first = hour_start(period.start, self.cfg.tz)
+                    first = hour_start(period.start, self.tz)
                     hours = read_hours(conn, first, period.end)
                     down = read_down(conn, first, period.end)
                     reports = [ShiftReport.model_validate_json(r[0]) for r in conn.execute(
@@ -90,7 +91,7 @@ class StoreGateway:
                         " LIMIT ?", (PREVIOUS_SHIFTS,))]
             finally:
                 conn.execute("COMMIT")
-            return build_state(self.cfg, self.calendar, latest, hours, down, reports, now, state_id)
+            return build_state(self.site, self.calendar, latest, hours, down, reports, now, state_id)
 
         return await self._run(read)
 
@@ -98,13 +99,13 @@ class StoreGateway:
                       line: str | None) -> list[HistoryPoint]:
         """Units and target by hour, day or week over the last ``days`` days."""
         now = self.now()
-        until = hour_start(now, self.cfg.tz) + timedelta(hours=1)
+        until = hour_start(now, self.tz) + timedelta(hours=1)
         since = until - timedelta(days=days)
 
         def read(conn: sqlite3.Connection) -> list[HistoryPoint]:
             if not _has_board_tables(conn):
                 return []
-            return history_points(self.cfg, read_hours(conn, since, until, line), bucket)
+            return history_points(self.site, read_hours(conn, since, until, line), bucket)
 
         return await self._run(read)
 

@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import Protocol
+from datetime import date, datetime, timedelta
+from typing import Literal, Protocol
 
-from agent.board.figures import BoardState
+from agent.board.figures import BoardSite, BoardState, HistoryPoint
 from agent.contract.errors import PlantfloorError
+from agent.contract.payloads import ShiftReport
+from agent.core.calendar import ShiftCalendar
 
-__all__ = ["Hub", "Snapshot", "StateSource"]
+__all__ = ["FigureSource", "Hub", "Snapshot", "StateSource"]
 
 log = logging.getLogger("plantfloor.board")
 
@@ -29,6 +31,20 @@ class StateSource(Protocol):
 
     async def changed(self) -> bool: ...
     async def state(self, state_id: str) -> BoardState: ...
+
+
+class FigureSource(StateSource, Protocol):
+    """Everything the board's API reads: :class:`agent.board.gateway.StoreGateway` (a
+    gateway's state file) or :class:`agent.board.site.SiteGateway` (the site's database)."""
+
+    site: BoardSite
+    calendar: ShiftCalendar
+    now: Callable[[], datetime]
+
+    async def history(self, bucket: Literal["hour", "day", "week"], days: int,
+                      line: str | None) -> list[HistoryPoint]: ...
+    async def reports(self, day: date) -> list[ShiftReport]: ...
+    async def close(self) -> None: ...
 
 
 class Snapshot:

@@ -49,7 +49,7 @@ def build(cfg: Config) -> tuple[FastAPI, Hub, StoreGateway]:
     gateway = StoreGateway(cfg)
     hub = Hub(gateway, poll_s=cfg.board.poll_s, interval_s=cfg.publish.interval_s,
               now=gateway.now)
-    app = create_app(cfg, gateway, hub, token=token)
+    app = create_app(cfg.board, gateway, hub, token=token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ from agent.core.calendar import ShiftCalendar
 from agent.core.oee import COVERAGE_THRESHOLD
 from agent.core.totals import YearOpening
 
-__all__ = ["Reader", "day_totals", "report"]
+__all__ = ["Reader", "day_totals", "report", "reports_csv"]
 
 #: the stored reports of a production date (and shift name): the gateway's state store or
 #: the roll-up's database
@@ -143,6 +143,11 @@ def _text(cfg: Config, day: date, reports: Sequence[ShiftReport],
                    f"OEE {_pct(d['oee'])} = {_pct(d['availability'])} x "
                    f"{_pct(d['performance'])} x {_pct(d['quality'])} over {d['shifts']} shift(s)")
     return "\n".join(out)
+
+
+def reports_csv(reports: Sequence[ShiftReport]) -> str:
+    """Shift reports as CSV (header first), as ``plantfloor report --format csv`` writes them."""
+    return _csv(reports)
 
 
 def _csv(reports: Sequence[ShiftReport]) -> str:
