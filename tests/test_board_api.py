@@ -20,6 +20,7 @@ import uvicorn
 from agent.board.server import build
 from agent.config import Config
 from agent.core.hourly import attainment
+from agent.rollup.config import RollupConfig
 from agent.store.file import SCHEMA_VERSION, connect
 from agent.views.report import report
 from tests.board_rig import FAULT, RUNNING, STARVED, Production, board_config
@@ -30,9 +31,13 @@ START = datetime(2026, 12, 3, 1, 0, tzinfo=UTC)
 
 
 @contextlib.asynccontextmanager
-async def served(cfg: Config, now: Any = None) -> AsyncIterator[str]:
-    """The board on a free port in this event loop (uvicorn, as ``plantfloor board``)."""
+async def served(cfg: Config | RollupConfig, now: Any = None,
+                 sources: list[Any] | None = None) -> AsyncIterator[str]:
+    """The board on a free port in this event loop (uvicorn, as ``plantfloor board``);
+    its figure source is appended to ``sources``."""
     app, hub, gateway = build(cfg)
+    if sources is not None:
+        sources.append(gateway)
     if now is not None:
         gateway.now = hub.now = now
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,

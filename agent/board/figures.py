@@ -191,9 +191,9 @@ class HistoryPoint(_Model):
 
 def build_state(cfg: BoardSite, calendar: ShiftCalendar, latest: Sequence[LatestRow],
                 shift_hours: Sequence[HourRow], down: dict[str, dict[str, float]],
-                reports: Sequence[ShiftReport], now: datetime, state_id: str) -> BoardState:
+                previous: Sequence[ShiftSummary], now: datetime, state_id: str) -> BoardState:
     """The board from the committed rows: ``shift_hours`` are the current shift's hours (every
-    line), ``down`` its downtime by line and reason, ``reports`` the plant's last reports."""
+    line), ``down`` its downtime by line and reason, ``previous`` the plant's last shifts."""
     stale_after = timedelta(seconds=2 * cfg.interval_s)
     rows = {r.line: r for r in latest}
     this_hour = hour_start(now, cfg.tz)
@@ -237,7 +237,7 @@ def build_state(cfg: BoardSite, calendar: ShiftCalendar, latest: Sequence[Latest
         shift=ShiftView(name=period.name, start=period.start, end=period.end,
                         hours=_shift_hours(cfg, calendar, period.start, period.end,
                                            period.name is not None, shift_hours)),
-        pareto=pareto, previous_shifts=[shift_summary(r) for r in reports])
+        pareto=pareto, previous_shifts=list(previous))
 
 
 def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: datetime,

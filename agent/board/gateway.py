@@ -18,7 +18,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from agent.board.figures import BoardSite, BoardState, HistoryPoint, build_state, history_points
+from agent.board.figures import (
+    BoardSite,
+    BoardState,
+    HistoryPoint,
+    build_state,
+    history_points,
+    shift_summary,
+)
 from agent.config import Config
 from agent.contract.errors import StoreError
 from agent.contract.payloads import ShiftReport
@@ -86,7 +93,7 @@ class StoreGateway:
                     first = hour_start(period.start, self.tz)
                     hours = read_hours(conn, first, period.end)
                     down = read_down(conn, first, period.end)
-                    reports = [ShiftReport.model_validate_json(r[0]) for r in conn.execute(
+                    reports = [shift_summary(ShiftReport.model_validate_json(r[0])) for r in conn.execute(
                         "SELECT payload FROM shift_report WHERE line = '' ORDER BY start DESC"
                         " LIMIT ?", (PREVIOUS_SHIFTS,))]
             finally:

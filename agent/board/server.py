@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,23 +31,32 @@ from fastapi import FastAPI
 
 from agent.board.app import create_app
 from agent.board.gateway import StoreGateway
-from agent.board.hub import Hub
+from agent.board.hub import FigureSource, Hub
 from agent.config import Config
 from agent.contract.errors import ConfigError, PlantfloorError
+from agent.rollup.config import RollupConfig, load_rollup_config
 
-__all__ = ["BoardProcess", "build", "serve", "start_board"]
+__all__ = ["BoardProcess", "build", "load_board_config", "serve", "start_board"]
 
 log = logging.getLogger("plantfloor.board")
 
 
-def build(cfg: Config) -> tuple[FastAPI, Hub, StoreGateway]:
-    """The application, its hub (run while the app is served) and its gateway."""
+def build(cfg: Config | RollupConfig) -> tuple[FastAPI, Hub, FigureSource]:
+    """The application, its hub (run while the app is served) and where its figures come
+    from: the agent's state file (an agent's config) or the site's database (the roll-up's)."""
     try:
         token = cfg.board.token()
     except OSError as exc:
         raise ConfigError(f"cannot read the board's credential file ({exc.strerror})",
                           key="board.credential_file") from exc
-    gateway = StoreGateway(cfg)
+    gateway: FigureSource
+    if isinstance(cfg, Config):
+        gateway = StoreGateway(cfg)
+    else:
+        # psycopg only for a site's board
+        from agent.board.site import SiteGateway
+
+        gateway = SiteGateway(cfg)
     hub = Hub(gateway, poll_s=cfg.board.poll_s, interval_s=cfg.publish.interval_s,
               now=gateway.now)
     app = create_app(cfg.board, gateway, hub, token=token)
@@ -66,7 +76,7 @@ def build(cfg: Config) -> tuple[FastAPI, Hub, StoreGateway]:
     return app, hub, gateway
 
 
-async def serve(cfg: Config, *, bind: str | None = None, port: int | None = None) -> None:
+async def serve(cfg: Config | RollupConfig, *, bind: str | None = None, port: int | None = None) -> None:
     """Serve the board until cancelled (SIGTERM/SIGINT are handled by uvicorn's caller)."""
     app, _hub, _gateway = build(cfg)
     host = bind or cfg.board.bind
@@ -81,6 +91,20 @@ async def serve(cfg: Config, *, bind: str | None = None, port: int | None = None
         await server.serve()
     except OSError as exc:  # pragma: no cover - uvicorn logs and exits on bind errors
         raise PlantfloorError(f"the board cannot listen on {host}:{config.port}: {exc}") from exc
+
+
+def load_board_config(path: Path) -> Config | RollupConfig:
+    """An agent's config (a gateway's board) or a roll-up's (the site's), told by its keys."""
+    from agent.config.load import load_config
+
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        raw = b""  # the loader names the file and the reason
+    # the roll-up's config has gateways (and no lines); an agent's config never has them
+    if re.search(rb'^\s*"?gateways"?\s*:', raw, re.MULTILINE):
+        return load_rollup_config(path)[0]
+    return load_config(path).config
 
 
 @dataclass

@@ -141,8 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     rollup.add_argument("--check", action="store_true", help="validate the config and print a summary; do not run")
     rollup.add_argument("--connect", action="store_true", help="with --check: also reach the database and the broker once")
 
-    board = sub.add_parser("board", help="the read-only web board of a gateway (its own process; "
-                           "figures from the agent's state store)")
+    board = sub.add_parser("board", help="the read-only web board of a gateway (CONFIG: the agent's, figures "
+                           "from its state store) or of the site (the roll-up's, figures from PostgreSQL)")
     board.add_argument("config", type=Path)
     board.add_argument("--bind", help="address to listen on (default: board.bind, 127.0.0.1)")
     board.add_argument("--port", type=int, help="TCP port (default: board.port, 8470; 0: any free port)")
@@ -290,11 +290,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                               connect=args.connect, debug=args.debug, log_format=args.log_format,
                               run_until_signal=_run_until_signal)
     if args.command == "board":
-        from agent.board.server import serve
-        from agent.config.load import load_config
+        from agent.board.server import load_board_config, serve
 
-        cfg = load_config(args.config).config
-        return _run_until_signal(lambda: serve(cfg, bind=args.bind, port=args.port))
+        board_cfg = load_board_config(args.config)
+        return _run_until_signal(lambda: serve(board_cfg, bind=args.bind, port=args.port))
     if args.command == "demo":
         from agent.cli.demo import run_demo
 

@@ -27,6 +27,7 @@ from agent.config import (
     TimeZoneName,
     resolve_secret_file,
 )
+from agent.config.board import BoardConfig
 from agent.config.load import load_model
 from agent.config.models import _check_shift_overlap
 from agent.contract.errors import ConfigError
@@ -161,6 +162,7 @@ class RollupConfig(_Model):
     plant: PlantConfig = Field(..., description="capacity and planned utilisation of the site")
     shifts: tuple[Shift, ...] = Field(..., min_length=1, description="the site's shift calendar")
     gateways: tuple[GatewayConfig, ...] = Field(..., min_length=1, description="the site's gateways")
+    board: BoardConfig = Field(BoardConfig(), description="plantfloor board ROLLUPCONFIG: the site's read-only web board (docs/board.md)")
 
     @property
     def tz(self) -> ZoneInfo:

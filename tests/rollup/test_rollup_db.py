@@ -53,7 +53,7 @@ async def test_migrations_apply_once_even_when_replicas_start_together(postgres_
         assert sorted(results) == [[], [], [m.version for m in migrations()]]
         assert await dbs[0].migrate() == []
         rows = await query(postgres_db.url, "SELECT version, name FROM plantfloor.schema_migration ORDER BY 1")
-        assert rows == [(1, "initial"), (2, "shift_reports"), (3, "site_input")]
+        assert rows == [(1, "initial"), (2, "shift_reports"), (3, "site_input"), (4, "board_notify")]
         # a database written by a newer plantfloor is refused, not written to
         await query(postgres_db.url, "INSERT INTO plantfloor.schema_migration (version, name) VALUES (99, 'future')")
         async with dbs[0].connection() as conn:
