@@ -21,7 +21,7 @@ import pytest
 
 from agent.board.server import BoardProcess, start_board
 from agent.config import Config
-from tests.board_rig import FAULT, RUNNING, Production, aligned, board_config
+from tests.board_rig import FAULT, RUNNING, STARVED, Production, aligned, board_config
 from tests.waiting import wait_until
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -92,11 +92,18 @@ async def started(cfg: Config, tmp_path: Path, port: int | None = None) -> Board
 
 async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
         page: Any, tmp_path: Path) -> None:
-    cfg = board_config(tmp_path, interval_s=60, poll_s=0.1)
+    cfg = board_config(tmp_path, lines=3, interval_s=60, poll_s=0.1)
     end = aligned(datetime.now(UTC), 60) + timedelta(seconds=60)
     prod = await Production.open(cfg, end - timedelta(hours=1))
-    await prod.run(59, lambda i, line: ((1 + i % 2, RUNNING) if line == "l0" or i < 50
-                                        else (0, FAULT)))
+
+    def plan(i: int, line: str) -> tuple[int, int]:
+        if line == "l0":                          # 60 an hour: on target
+            return (1, RUNNING) if i % 20 else (0, STARVED)
+        if line == "l1":                          # 90 an hour, then a fault
+            return ((1 + i % 2, RUNNING) if i < 50 else (0, FAULT))
+        return (2, RUNNING) if i % 7 else (1, RUNNING)   # 120 an hour
+
+    await prod.run(59, plan)
     board = await started(cfg, tmp_path)
     try:
         await page.goto(board.url)
@@ -117,7 +124,7 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
         await shot(page, "board")
         # a window's commit reaches the open page
         before = published["l0"]["shift"]["units"]
-        await prod.window({"l0": (2, RUNNING), "l1": (0, FAULT)})
+        await prod.window({"l0": (2, RUNNING), "l1": (0, FAULT), "l2": (2, RUNNING)})
         want = last_payloads(cfg)["l0"]["shift"]["units"]
         assert want in (before + 2, 2)    # (a new shift restarts the count)
 

@@ -134,12 +134,17 @@
     if (!res.ok) return;
     const pts = await res.json();
     const xs = pts.map((p) => Date.parse(p.start) / 1000);
+    const step = bucket === "hour" ? 3600 : bucket === "day" ? 86400 : 604800;
     const data = [xs, pts.map((p) => p.figure.units), pts.map((p) => p.figure.target)];
     if (plot) plot.destroy();
     if (typeof uPlot === "undefined") return;
     plot = new uPlot({
       width: Math.max(320, chartEl.clientWidth || 800), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-      series: [{}, { label: L.units, stroke: "#2e86de", fill: "rgba(46,134,222,0.2)" }, { label: L.target, stroke: "#e67e22", dash: [6, 4] }],
+      series: [{}, { label: L.units, stroke: "#2e86de", fill: "rgba(46,134,222,0.45)", paths: uPlot.paths.bars({ size: [0.6, 80] }) },
+        { label: L.target, stroke: "#e67e22", width: 2, paths: uPlot.paths.stepped({ align: 1 }) }],
+      // the bars' own width on both sides, and units from zero
+      scales: { x: { time: true, range: (u, mn, mx) => [mn - step / 2, mx + step / 2] },
+                y: { range: (u, mn, mx) => [0, Math.max(1, mx) * 1.15] } },
       axes: [{}, {}],
     }, data, chartEl);
     chartEl.dataset.points = String(pts.length);
