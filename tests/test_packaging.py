@@ -16,7 +16,11 @@ def test_the_wheel_ships_the_demo_configs_and_the_simulators(tmp_path: Path) -> 
     wheel = next(tmp_path.glob("plantfloor-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("agent/config_data/demo.yaml", "agent/config_data/simulators.yaml",
-                 "agent/config_data/kyushu.yaml", "simulators/modbus_plc.py", "agent/cli/main.py"):
+                 "agent/config_data/kyushu.yaml", "simulators/modbus_plc.py", "agent/cli/main.py",
+                 # the board works offline: its page, script, styles and uPlot with its licence
+                 "agent/board/templates/board.html", "agent/board/static/board.js",
+                 "agent/board/static/board.css", "agent/board/static/uplot/uPlot.iife.min.js",
+                 "agent/board/static/uplot/uPlot.min.css", "agent/board/static/uplot/LICENSE"):
         assert name in names, name
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
