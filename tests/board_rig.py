@@ -4,6 +4,7 @@ injected: readings go to the line trackers, windows are closed and committed by 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -114,6 +115,20 @@ class Production:
 
     async def close(self) -> None:
         await self.store.close()
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1 (for a board that must come back on the same one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(cfg: Config, folder: Path) -> Path:
+    """The config as a file (JSON is YAML 1.2) for ``plantfloor board``."""
+    path = folder / "agent.json"
+    path.write_text(cfg.model_dump_json(exclude_none=True))
+    return path
 
 
 def aligned(now: datetime, interval_s: int) -> datetime:

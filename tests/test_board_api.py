@@ -267,3 +267,34 @@ async def test_an_older_state_file_opens_and_the_board_shows_no_data(tmp_path: P
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert conn.execute("SELECT count(*) FROM board_latest").fetchone()[0] == 0
     conn.close()
+
+
+def test_a_board_before_the_agent_ran_says_why_and_a_bad_token_file_is_refused(
+        tmp_path: Path) -> None:
+    """``plantfloor board`` as a process: with no state file yet it answers 503 naming the
+    file (and recovers once there is one); a credential file it cannot read is a
+    configuration error (exit 2, one sentence naming the key)."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from agent.board.server import start_board
+    from tests.board_rig import free_port, write_config
+
+    cfg = board_config(tmp_path)
+    board = start_board(write_config(cfg, tmp_path), free_port())
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(board.url + "api/v1/state", timeout=5)
+        assert err.value.code == 503
+        assert f"there is no state database at {cfg.storage.path}" in err.value.read().decode()
+    finally:
+        assert board.stop() == 0
+    bad = board_config(tmp_path, credential_file=str(tmp_path / "missing-token"))
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "board", str(write_config(bad, tmp_path))],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("plantfloor: ")
+    assert "board.credential_file" in proc.stderr
+    assert "credential file" in proc.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +20,16 @@ import pytest
 
 from agent.board.server import BoardProcess, start_board
 from agent.config import Config
-from tests.board_rig import FAULT, RUNNING, STARVED, Production, aligned, board_config
+from tests.board_rig import (
+    FAULT,
+    RUNNING,
+    STARVED,
+    Production,
+    aligned,
+    board_config,
+    free_port,
+    write_config,
+)
 from tests.waiting import wait_until
 
 playwright_api = pytest.importorskip("playwright.async_api")
@@ -45,18 +53,6 @@ async def page() -> AsyncIterator[Any]:
             yield await context.new_page()
         finally:
             await browser.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(cfg: Config, tmp_path: Path) -> Path:
-    path = tmp_path / "agent.json"
-    path.write_text(cfg.model_dump_json(exclude_none=True))
-    return path
 
 
 def last_payloads(cfg: Config) -> dict[str, dict[str, Any]]:
