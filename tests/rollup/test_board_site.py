@@ -19,9 +19,9 @@ from agent.core.calendar import ShiftCalendar
 from agent.rollup.config import RollupConfig
 from agent.rollup.database import Database
 from agent.rollup.rows import Rejected, RowBuilder, ShiftRow, WindowRow
-from tests.board_rig import FAULT, RUNNING, STARVED, Production, board_config
+from tests.board_rig import FAULT, RUNNING, STARVED, Production, aligned, board_config
 from tests.fixtures.postgres import PostgresDatabase
-from tests.rollup.rig import rollup_config
+from tests.rollup.rig import InProcessReplica, prepare_site, query, rollup_config
 from tests.test_board_api import next_state, served
 from tests.waiting import wait_until
 
@@ -130,3 +130,40 @@ async def test_the_sites_board_shows_what_the_gateways_shows(tmp_path: Path,
     finally:
         await shipper.db.close()
         await prod.close()
+
+
+async def test_the_sites_plant_is_the_roll_ups_site_figure(
+        tmp_path: Path, mosquitto: Any, postgres_db: PostgresDatabase) -> None:
+    """The roll-up's leader sums the windows into the site figure; the site's board shows it
+    (today and the year against the plan) from plantfloor.plant_window_latest."""
+    agent = board_config(tmp_path, poll_s=0.05)
+    end = aligned(datetime.now(UTC), 60)
+    raw = site_config(agent, postgres_db.url).model_dump(mode="json", exclude_none=True)
+    raw["mqtt"] = {**raw["mqtt"], "url": mosquitto.url}
+    raw["publish"] = {**raw["publish"], "grace_s": 0.5}
+    origin = await prepare_site(raw, back_s=11 * 60)
+    site = RollupConfig.model_validate(raw)
+    prod = await Production.open(agent, max(origin, end - timedelta(minutes=10)))
+    await prod.run(int((end - prod.now).total_seconds() // 60), lambda i, line: (1, RUNNING))
+    shipper = Shipper(agent, site)
+    assert await shipper.db.open()
+    try:
+        shipped = await shipper.ship()
+        assert shipped > 0
+        async with InProcessReplica(site, "a"):
+            async def figured() -> bool:
+                rows = await query(postgres_db.url, "SELECT (payload->>'units_today')::int FROM"
+                                   " plantfloor.plant_window_latest ORDER BY period_start DESC LIMIT 1")
+                return bool(rows) and rows[0][0] == sum(prod.built.values())
+
+            await wait_until(figured, within=30, what="the site figure counts every window")
+        async with served(site) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+            plant = (await client.get("/api/v1/plant")).json()
+    finally:
+        await shipper.db.close()
+        await prod.close()
+    built = sum(prod.built.values())
+    assert plant["today"]["units"] == built
+    assert plant["year"]["year_to_date"] == built
+    assert plant["year"]["plan"] == 400_000
+    assert plant["year"]["gap"] == 400_000 - built
