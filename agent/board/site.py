@@ -141,6 +141,8 @@ class SiteGateway:
         self.now = now or (lambda: datetime.now(UTC))
         self.db = Database(cfg.database, application_name="plantfloor-board")
         self._conn: AsyncConnection[TupleRow] | None = None
+        # one transaction at a time on the query connection (the hub and the API share it)
+        self._lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._dirty = True
         self.listening = asyncio.Event()
@@ -184,6 +186,10 @@ class SiteGateway:
     # --- reading ----------------------------------------------------------------------
 
     async def _query(self, fn: Callable[[AsyncConnection[TupleRow]], Any]) -> Any:
+        async with self._lock:
+            return await self._query_locked(fn)
+
+    async def _query_locked(self, fn: Callable[[AsyncConnection[TupleRow]], Any]) -> Any:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = await self.db.connect_session()
