@@ -101,8 +101,15 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
 
     await prod.run(59, plan)
     board = await started(cfg, tmp_path)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         await page.goto(board.url)
+        # the policy forbids inline script and foreign sources: a violation would be reported
+        await page.evaluate("document.addEventListener('securitypolicyviolation',"
+                            " (e) => console.error('CSP ' + e.violatedDirective))")
+        await page.wait_for_selector("#chart .u-over")      # uPlot drew the history
         published = last_payloads(cfg)
         for line_id, p in published.items():
             assert await number(page, f"line:{line_id}.shift.units") == p["shift"]["units"]
@@ -128,6 +135,7 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
             return await number(page, "line:l0.shift.units") == want
 
         await wait_until(updated, within=5, what="the committed window on the page")
+        assert errors == []
     finally:
         board.stop()
         await prod.close()
