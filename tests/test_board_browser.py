@@ -180,6 +180,13 @@ async def test_kiosk_mode_in_japanese(page: Any, tmp_path: Path) -> None:
         assert background == "rgb(13, 17, 23)"                    # the dark theme
         assert await number(page, "line:l0.shift.units") == last_payloads(cfg)["l0"]["shift"]["units"]
         await shot(page, "board-kiosk-ja")
+        # rotation: after 5 s the first line alone fills the screen, the plant panels hidden
+        await page.goto(board.url + "?kiosk=1&rotate=5")
+        await wait_until(lambda: page.evaluate("document.body.classList.contains('one-line')"),
+                         within=10, what="the kiosk rotates to the first line")
+        assert await page.locator("#line-l0").is_visible()
+        assert await page.locator("#line-l1").is_hidden()
+        assert await page.locator("#plant").is_hidden()
     finally:
         board.stop()
         await prod.close()
