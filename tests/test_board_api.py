@@ -77,7 +77,8 @@ def published(cfg: Config) -> list[dict[str, Any]]:
 
 
 async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) -> None:
-    cfg = board_config(tmp_path, red_after_s=300)
+    cfg = board_config(tmp_path, red_after_s=300,
+                       opening_balance={"units": 120_000, "as_of": "2026-11-30"})
     prod = await an_hour(cfg)
     await prod.close()
     end = START + timedelta(hours=1)
@@ -110,8 +111,13 @@ async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) 
     assert l0["red"] is True
     assert (l1["state"], l1["reason"], l1["red"]) == ("running", "running", False)
     assert plant["today"]["units"] == sum(prod.built.values())
-    assert plant["year"]["year_to_date"] == sum(prod.built.values())
+    # the year: what was measured, and the recorded opening balance marked as such
+    assert plant["year"]["measured"] == sum(prod.built.values())
+    assert plant["year"]["recorded"] == 120_000
+    assert plant["year"]["recorded_as_of"] == "2026-11-30"
+    assert plant["year"]["year_to_date"] == 120_000 + sum(prod.built.values())
     assert plant["year"]["plan"] == 400_000
+    assert plant["year"]["gap"] == 400_000 - plant["year"]["year_to_date"]
     # downtime this shift, by reason: the published windows' seconds summed
     down: dict[str, float] = {}
     for p in sent:

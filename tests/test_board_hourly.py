@@ -133,3 +133,21 @@ def test_the_daily_rate_needed_counts_the_production_days_left() -> None:
     done = year_plan(500_000, 0.8, 410_000, cal, datetime(2026, 12, 31, 5, tzinfo=UTC))
     assert (done.gap, done.production_days_left, done.rate_needed_per_day) == (0, 0, None)
     assert date(2026, 12, 3).weekday() == 3
+
+
+def test_a_recorded_opening_balance_counts_in_its_own_year_only() -> None:
+    cfg = Config.model_validate({
+        "site": "s", "timezone": "Asia/Tokyo",
+        "plant": {"capacity_per_year": 500_000, "planned_utilization": 0.8},
+        "shifts": [{"name": "a", "start": "06:00", "end": "14:00"}],
+        "sources": [{"id": "plc", "kind": "modbus", "host": "127.0.0.1", "port": 1}],
+        "lines": [{"id": "l0", "product": "p", "target_per_hour": 60,
+                   "counter": {"source": "plc", "address": 0}}],
+    })
+    cal = ShiftCalendar.from_config(cfg)
+    now = datetime(2026, 12, 3, 1, 0, tzinfo=UTC)
+    plan = year_plan(500_000, 0.8, 1_000, cal, now, recorded=300_000, recorded_year=2026)
+    assert (plan.measured, plan.recorded, plan.year_to_date) == (1_000, 300_000, 301_000)
+    assert plan.gap == 99_000
+    last_year = year_plan(500_000, 0.8, 1_000, cal, now, recorded=300_000, recorded_year=2025)
+    assert (last_year.recorded, last_year.year_to_date) == (0, 1_000)

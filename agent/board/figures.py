@@ -8,6 +8,7 @@ the payloads agree. Nothing here reads a file or a clock: rows and ``now`` come 
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import Config
+from agent.config.board import OpeningBalance
 from agent.contract.payloads import ShiftReport
 from agent.core.calendar import ShiftCalendar
 from agent.core.hourly import ahead, attainment, coverage, hour_start
@@ -38,6 +40,7 @@ class BoardSite:
     red_after_s: float
     lines: tuple[str, ...]
     history_days: int
+    opening: OpeningBalance | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -47,7 +50,8 @@ class BoardSite:
     def of_agent(cls, cfg: Config) -> BoardSite:
         """A gateway's board, from the agent's config."""
         return cls(cfg.site, cfg.timezone, cfg.publish.interval_s, cfg.board.red_after_s,
-                   tuple(ln.id for ln in cfg.lines), cfg.storage.history_days)
+                   tuple(ln.id for ln in cfg.lines), cfg.storage.history_days,
+                   cfg.board.opening_balance)
 
 
 class _Model(BaseModel):
@@ -104,7 +108,11 @@ class YearView(_Model):
     capacity_per_year: int = Field(..., description="plant.capacity_per_year")
     planned_utilization: float = Field(..., description="plant.planned_utilization")
     plan: float = Field(..., description="capacity_per_year x planned_utilization")
-    year_to_date: int = Field(..., ge=0, description="units built this production year (as measured by the agent)")
+    year_to_date: int = Field(..., ge=0, description="units built this production year: measured + recorded")
+    measured: int = Field(..., ge=0, description="what plantfloor counted this production year")
+    recorded: int = Field(..., ge=0, description="the opening balance from the plant's records (board.opening_balance), not measured; 0 without one")
+    recorded_as_of: dt.date | None = Field(..., description="the last date the recorded balance covers")
+    recorded_source: str | None = Field(..., description="where the recorded balance comes from")
     gap: float = Field(..., ge=0, description="units still to build to reach the plan")
     projected_year: float = Field(..., description="year to date + its rate over the planned time left")
     utilization: float = Field(..., description="year to date / capacity pro rata to the planned time counted")
@@ -245,8 +253,11 @@ def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: 
     if row is None:
         return None
     p: dict[str, Any] = orjson.loads(row.payload)
+    opening = cfg.opening
     plan = year_plan(int(p["capacity_per_year"]), float(p["planned_utilization"]),
-                     int(p["units_year_to_date"]), calendar, now)
+                     int(p["units_year_to_date"]), calendar, now,
+                     recorded=opening.units if opening else 0,
+                     recorded_year=opening.as_of.year if opening else None)
     since = p.get("year_counted_since")
     return PlantView(
         window_end=row.window_end, stale=now - row.window_end > stale_after,
@@ -254,7 +265,11 @@ def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: 
         shift=_figure(sum(ln.shift.units for ln in lines), row.shift_target),
         year=YearView(capacity_per_year=int(p["capacity_per_year"]),
                       planned_utilization=float(p["planned_utilization"]), plan=plan.plan,
-                      year_to_date=plan.year_to_date, gap=plan.gap,
+                      year_to_date=plan.year_to_date, measured=plan.measured,
+                      recorded=plan.recorded,
+                      recorded_as_of=opening.as_of if opening and plan.recorded else None,
+                      recorded_source=opening.source if opening and plan.recorded else None,
+                      gap=plan.gap,
                       projected_year=float(p["projected_year"]),
                       utilization=float(p["utilization"]),
                       production_days_left=plan.production_days_left,

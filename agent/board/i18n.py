@@ -37,6 +37,8 @@ LABELS: dict[str, dict[str, str]] = {
     "rate_needed": {"en": "Needed per day", "ja": "必要日産"},
     "days_left": {"en": "Production days left", "ja": "残り稼働日"},
     "measured_since": {"en": "measured since", "ja": "計測開始"},
+    "measured": {"en": "Measured", "ja": "計測値"},
+    "recorded": {"en": "Recorded, not measured", "ja": "記録値 (計測外)"},
     "shift_hours": {"en": "This shift hour by hour", "ja": "当直の時間別実績"},
     "break": {"en": "break", "ja": "休憩"},
     "previous": {"en": "Previous shifts", "ja": "過去の直"},

@@ -21,19 +21,27 @@ class YearPlan:
 
     plan: float
     year_to_date: int
+    measured: int
+    recorded: int
     gap: float
     production_days_left: int
     rate_needed_per_day: float | None
 
 
-def year_plan(capacity_per_year: int, planned_utilization: float, year_to_date: int,
-              calendar: ShiftCalendar, now: datetime) -> YearPlan:
+def year_plan(capacity_per_year: int, planned_utilization: float, measured: int,
+              calendar: ShiftCalendar, now: datetime, *, recorded: int = 0,
+              recorded_year: int | None = None) -> YearPlan:
     """The plan and the daily rate needed, counting today while it has planned time left.
 
+    ``measured`` is the year to date the agent counted; ``recorded`` an opening balance
+    from the plant's records, counted only in its production year ``recorded_year``.
     ``rate_needed_per_day`` is None when no production day is left this year.
     """
     plan = capacity_per_year * planned_utilization
     today = calendar.production_date(now)
+    if recorded_year != today.year:
+        recorded = 0
+    year_to_date = measured + recorded
     end = date(today.year, 12, 31)
     days = 0
     d = today
@@ -45,6 +53,7 @@ def year_plan(capacity_per_year: int, planned_utilization: float, year_to_date: 
             days += 1
         d += timedelta(days=1)
     gap = max(0.0, plan - year_to_date)
-    return YearPlan(plan=round(plan, 1), year_to_date=year_to_date, gap=round(gap, 1),
+    return YearPlan(plan=round(plan, 1), year_to_date=year_to_date, measured=measured,
+                    recorded=recorded, gap=round(gap, 1),
                     production_days_left=days,
                     rate_needed_per_day=round(gap / days, 1) if days else None)
