@@ -14,6 +14,7 @@ from agent.config import Config
 from agent.contract.readings import Quality, Reading
 from agent.core.calendar import ShiftCalendar
 from agent.core.report import Reporter
+from agent.core.totals import year_openings
 from agent.runtime.lines import LineBoard
 from agent.runtime.status import Alarms
 from agent.runtime.windows import WindowCloser
@@ -77,7 +78,11 @@ class Production:
             return 1000.0 + (clock[0] - t0).total_seconds()
 
         board = LineBoard(cfg, None, stored, mono=mono, wall=wall)  # type: ignore[arg-type]
-        closer = WindowCloser(cfg, calendar, Reporter(cfg, calendar), board, store, stored,
+        reporter = Reporter(cfg, calendar)
+        # the recorded opening balances, as the agent's pipeline reads them at start
+        reporter.openings = year_openings(
+            (e.year, e.line, e.units, e.through) for e in await store.openings())
+        closer = WindowCloser(cfg, calendar, reporter, board, store, stored,
                               wall=wall, mono=mono, alarms=Alarms(wall), on_committed=lambda: None)
         prod = cls(cfg, store, closer, board, clock)
         prod._read({ln.id: (0, RUNNING) for ln in cfg.lines})  # the baselines

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ from agent.board.server import build
 from agent.config import Config
 from agent.core.hourly import attainment
 from agent.rollup.config import RollupConfig
+from agent.store import Store
 from agent.store.file import SCHEMA_VERSION, connect
+from agent.store.openings import record_opening
 from agent.views.report import report
 from tests.board_rig import FAULT, RUNNING, STARVED, Production, board_config
 from tests.waiting import wait_until
@@ -77,8 +79,12 @@ def published(cfg: Config) -> list[dict[str, Any]]:
 
 
 async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) -> None:
-    cfg = board_config(tmp_path, red_after_s=300,
-                       opening_balance={"units": 120_000, "as_of": "2026-11-30"})
+    cfg = board_config(tmp_path, red_after_s=300)
+    # an operator's opening balance for the year (plantfloor state opening), then the hour
+    await (await Store.open(cfg.storage.path, max_bytes=1 << 30)).close()
+    record_opening(cfg.storage.path, year=2026, line=None, units=120_000,
+                   through=date(2026, 11, 30), note="plant records",
+                   lines=[ln.id for ln in cfg.lines])
     prod = await an_hour(cfg)
     await prod.close()
     end = START + timedelta(hours=1)
@@ -114,7 +120,7 @@ async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) 
     # the year: what was measured, and the recorded opening balance marked as such
     assert plant["year"]["measured"] == sum(prod.built.values())
     assert plant["year"]["recorded"] == 120_000
-    assert plant["year"]["recorded_as_of"] == "2026-11-30"
+    assert plant["year"]["recorded_through"] == "2026-11-30"
     assert plant["year"]["year_to_date"] == 120_000 + sum(prod.built.values())
     assert plant["year"]["plan"] == 400_000
     assert plant["year"]["gap"] == 400_000 - plant["year"]["year_to_date"]

@@ -135,7 +135,7 @@ def test_the_daily_rate_needed_counts_the_production_days_left() -> None:
     assert date(2026, 12, 3).weekday() == 3
 
 
-def test_a_recorded_opening_balance_counts_in_its_own_year_only() -> None:
+def test_a_recorded_opening_balance_is_kept_apart_from_what_was_measured() -> None:
     cfg = Config.model_validate({
         "site": "s", "timezone": "Asia/Tokyo",
         "plant": {"capacity_per_year": 500_000, "planned_utilization": 0.8},
@@ -146,8 +146,7 @@ def test_a_recorded_opening_balance_counts_in_its_own_year_only() -> None:
     })
     cal = ShiftCalendar.from_config(cfg)
     now = datetime(2026, 12, 3, 1, 0, tzinfo=UTC)
-    plan = year_plan(500_000, 0.8, 1_000, cal, now, recorded=300_000, recorded_year=2026)
+    plan = year_plan(500_000, 0.8, 1_000, cal, now, recorded=300_000)
     assert (plan.measured, plan.recorded, plan.year_to_date) == (1_000, 300_000, 301_000)
     assert plan.gap == 99_000
-    last_year = year_plan(500_000, 0.8, 1_000, cal, now, recorded=300_000, recorded_year=2025)
-    assert (last_year.recorded, last_year.year_to_date) == (0, 1_000)
+    assert plan.rate_needed_per_day == round(99_000 / plan.production_days_left, 1)

@@ -19,7 +19,6 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.config import Config
-from agent.config.board import OpeningBalance
 from agent.contract.payloads import ShiftReport
 from agent.core.calendar import ShiftCalendar
 from agent.core.hourly import ahead, attainment, coverage, hour_start
@@ -40,7 +39,6 @@ class BoardSite:
     red_after_s: float
     lines: tuple[str, ...]
     history_days: int
-    opening: OpeningBalance | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -50,8 +48,7 @@ class BoardSite:
     def of_agent(cls, cfg: Config) -> BoardSite:
         """A gateway's board, from the agent's config."""
         return cls(cfg.site, cfg.timezone, cfg.publish.interval_s, cfg.board.red_after_s,
-                   tuple(ln.id for ln in cfg.lines), cfg.storage.history_days,
-                   cfg.board.opening_balance)
+                   tuple(ln.id for ln in cfg.lines), cfg.storage.history_days)
 
 
 class _Model(BaseModel):
@@ -110,9 +107,8 @@ class YearView(_Model):
     plan: float = Field(..., description="capacity_per_year x planned_utilization")
     year_to_date: int = Field(..., ge=0, description="units built this production year: measured + recorded")
     measured: int = Field(..., ge=0, description="what plantfloor counted this production year")
-    recorded: int = Field(..., ge=0, description="the opening balance from the plant's records (board.opening_balance), not measured; 0 without one")
-    recorded_as_of: dt.date | None = Field(..., description="the last date the recorded balance covers")
-    recorded_source: str | None = Field(..., description="where the recorded balance comes from")
+    recorded: int = Field(..., ge=0, description="the opening balance an operator recorded (plantfloor state opening), not measured; 0 without one")
+    recorded_through: dt.date | None = Field(..., description="the last production day the recorded balance covers")
     gap: float = Field(..., ge=0, description="units still to build to reach the plan")
     projected_year: float = Field(..., description="year to date + its rate over the planned time left")
     utilization: float = Field(..., description="year to date / capacity pro rata to the planned time counted")
@@ -253,11 +249,11 @@ def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: 
     if row is None:
         return None
     p: dict[str, Any] = orjson.loads(row.payload)
-    opening = cfg.opening
+    # the payload's year to date includes the recorded opening balance: shown apart
+    recorded = int(p.get("year_opening_units") or 0)
+    through = p.get("year_opening_through")
     plan = year_plan(int(p["capacity_per_year"]), float(p["planned_utilization"]),
-                     int(p["units_year_to_date"]), calendar, now,
-                     recorded=opening.units if opening else 0,
-                     recorded_year=opening.as_of.year if opening else None)
+                     int(p["units_year_to_date"]) - recorded, calendar, now, recorded=recorded)
     since = p.get("year_counted_since")
     return PlantView(
         window_end=row.window_end, stale=now - row.window_end > stale_after,
@@ -267,8 +263,8 @@ def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: 
                       planned_utilization=float(p["planned_utilization"]), plan=plan.plan,
                       year_to_date=plan.year_to_date, measured=plan.measured,
                       recorded=plan.recorded,
-                      recorded_as_of=opening.as_of if opening and plan.recorded else None,
-                      recorded_source=opening.source if opening and plan.recorded else None,
+                      recorded_through=dt.date.fromisoformat(through) if through and recorded
+                      else None,
                       gap=plan.gap,
                       projected_year=float(p["projected_year"]),
                       utilization=float(p["utilization"]),

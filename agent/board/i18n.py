@@ -39,6 +39,7 @@ LABELS: dict[str, dict[str, str]] = {
     "measured_since": {"en": "measured since", "ja": "計測開始"},
     "measured": {"en": "Measured", "ja": "計測値"},
     "recorded": {"en": "Recorded, not measured", "ja": "記録値 (計測外)"},
+    "through": {"en": "through", "ja": "対象期間末"},
     "shift_hours": {"en": "This shift hour by hour", "ja": "当直の時間別実績"},
     "break": {"en": "break", "ja": "休憩"},
     "previous": {"en": "Previous shifts", "ja": "過去の直"},

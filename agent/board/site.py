@@ -136,8 +136,7 @@ class SiteGateway:
         self.cfg = cfg
         self.site = BoardSite(cfg.site, cfg.timezone, cfg.publish.interval_s,
                               cfg.board.red_after_s,
-                              tuple(line for gw in cfg.gateways for line in gw.lines), 400,
-                              cfg.board.opening_balance)
+                              tuple(line for gw in cfg.gateways for line in gw.lines), 400)
         self.calendar = ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)
         self.now = now or (lambda: datetime.now(UTC))
         self.db = Database(cfg.database, application_name="plantfloor-board")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 from pydantic import Field
@@ -10,15 +9,7 @@ from pydantic import Field
 from agent.config.mqtt import resolve_secret_file
 from agent.config.types import _Model
 
-__all__ = ["BoardConfig", "OpeningBalance"]
-
-
-class OpeningBalance(_Model):
-    """Units built this production year before the agent counted, from the plant's records."""
-
-    units: int = Field(..., ge=0, description="units built in the production year up to as_of, as recorded (not measured by plantfloor)")
-    as_of: date = Field(..., description="the last production date the recorded figure covers; it counts for that date's year only")
-    source: str = Field("plant records", max_length=80, description="where the figure comes from, shown beside it")
+__all__ = ["BoardConfig"]
 
 
 class BoardConfig(_Model):
@@ -30,7 +21,6 @@ class BoardConfig(_Model):
     red_after_s: float = Field(600, gt=0, description="a line down longer than this is shown red")
     max_connections: int = Field(64, ge=1, le=10_000, description="open connections at most (live pages hold one each); more are refused with 503")
     max_event_clients: int = Field(32, ge=1, le=10_000, description="live pages (event streams) at most; more are refused with 503 and retry")
-    opening_balance: OpeningBalance | None = Field(None, description="the year's units before counting began, added to the measured year to date and marked as recorded")
     poll_s: float = Field(0.2, gt=0, le=10, description="how often the state file is checked for a new commit (PRAGMA data_version, a cheap read)")
 
     def token(self) -> str | None:

@@ -29,18 +29,15 @@ class YearPlan:
 
 
 def year_plan(capacity_per_year: int, planned_utilization: float, measured: int,
-              calendar: ShiftCalendar, now: datetime, *, recorded: int = 0,
-              recorded_year: int | None = None) -> YearPlan:
+              calendar: ShiftCalendar, now: datetime, *, recorded: int = 0) -> YearPlan:
     """The plan and the daily rate needed, counting today while it has planned time left.
 
-    ``measured`` is the year to date the agent counted; ``recorded`` an opening balance
-    from the plant's records, counted only in its production year ``recorded_year``.
+    ``measured`` is the year to date the agent counted; ``recorded`` the opening balance an
+    operator recorded for this production year (``plantfloor state opening``).
     ``rate_needed_per_day`` is None when no production day is left this year.
     """
     plan = capacity_per_year * planned_utilization
     today = calendar.production_date(now)
-    if recorded_year != today.year:
-        recorded = 0
     year_to_date = measured + recorded
     end = date(today.year, 12, 31)
     days = 0
