@@ -79,6 +79,7 @@ async def page(url: str, received: list[tuple[float, float]], stop: asyncio.Even
     async with httpx.AsyncClient(timeout=None) as client, \
             client.stream("GET", url + "api/v1/events") as r:
         data: list[str] = []
+        seen: set[float] = set()
         async for line in r.aiter_lines():
             if stop.is_set():
                 return
@@ -90,8 +91,12 @@ async def page(url: str, received: list[tuple[float, float]], stop: asyncio.Even
                 at = time.time()
                 i = text.find('"window_end":"')
                 if i >= 0:
-                    end = datetime.fromisoformat(text[i + 14:text.index('"', i + 14)])
-                    received.append((end.timestamp(), at))
+                    end = datetime.fromisoformat(text[i + 14:text.index('"', i + 14)]).timestamp()
+                    # the first state showing a window is its arrival; a state sent again
+                    # for another reason (a line turning stale or fresh) is not
+                    if end not in seen:
+                        seen.add(end)
+                        received.append((end, at))
 
 
 def phase(workdir: Path, lines: int, pages: int, warmup: float, duration: float,
