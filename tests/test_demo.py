@@ -68,6 +68,7 @@ async def test_demo_shows_both_lines_and_the_plant_moving_within_15_s(tmp_path: 
     assert last_total("plant") > 0
     assert "state=online" in text
     assert "plantfloor demo: simulated time x60, 2028-04-03 06:20 JST; state kept in" in text
+    assert "plantfloor demo: board at http://127.0.0.1:" in text
     assert (tmp_path / "state" / "kyushu-demo.db").exists()
     assert (tmp_path / "state" / "simulators-state.json").exists()
 

@@ -21,8 +21,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -41,9 +42,11 @@ __all__ = ["BoardProcess", "build", "load_board_config", "serve", "start_board"]
 log = logging.getLogger("plantfloor.board")
 
 
-def build(cfg: Config | RollupConfig) -> tuple[FastAPI, Hub, FigureSource]:
+def build(cfg: Config | RollupConfig, *,
+          now: Callable[[], datetime] | None = None) -> tuple[FastAPI, Hub, FigureSource]:
     """The application, its hub (run while the app is served) and where its figures come
-    from: the agent's state file (an agent's config) or the site's database (the roll-up's)."""
+    from: the agent's state file (an agent's config) or the site's database (the roll-up's).
+    ``now`` is the plant's clock (the demo's plant time; the machine's by default)."""
     try:
         token = cfg.board.token()
     except OSError as exc:
@@ -51,7 +54,7 @@ def build(cfg: Config | RollupConfig) -> tuple[FastAPI, Hub, FigureSource]:
                           key="board.credential_file") from exc
     gateway: FigureSource
     if isinstance(cfg, Config):
-        gateway = StoreGateway(cfg)
+        gateway = StoreGateway(cfg, now=now)
     else:
         # psycopg only for a site's board
         from agent.board.site import SiteGateway
@@ -76,9 +79,10 @@ def build(cfg: Config | RollupConfig) -> tuple[FastAPI, Hub, FigureSource]:
     return app, hub, gateway
 
 
-async def serve(cfg: Config | RollupConfig, *, bind: str | None = None, port: int | None = None) -> None:
+async def serve(cfg: Config | RollupConfig, *, bind: str | None = None, port: int | None = None,
+                now: Callable[[], datetime] | None = None) -> None:
     """Serve the board until cancelled (SIGTERM/SIGINT are handled by uvicorn's caller)."""
-    app, _hub, _gateway = build(cfg)
+    app, _hub, _gateway = build(cfg, now=now)
     host = bind or cfg.board.bind
     config = uvicorn.Config(
         app, host=host, port=cfg.board.port if port is None else port, log_config=None,
@@ -131,11 +135,14 @@ class BoardProcess:
 
 
 def start_board(config: Path, port: int, *, bind: str = "127.0.0.1", timeout: float = 30.0,
-                env: dict[str, str] | None = None) -> BoardProcess:
+                env: dict[str, str] | None = None, plant_clock: Path | None = None) -> BoardProcess:
     """Start ``plantfloor board CONFIG --port PORT`` as a child process; return once it
-    answers, with its URL. Raises :class:`PlantfloorError` if it exits or never answers."""
+    answers, with its URL. Raises :class:`PlantfloorError` if it exits or never answers.
+    ``plant_clock``: the demo's plant-time file (:mod:`agent.board.plantclock`)."""
     cmd = [sys.executable, "-m", "agent.cli", "board", str(config), "--port", str(port),
            "--bind", bind]
+    if plant_clock is not None:
+        cmd += ["--plant-clock", str(plant_clock)]
     # the child's log goes to a file, never to a pipe nobody drains
     errors = tempfile.TemporaryFile()  # noqa: SIM115 - the child's whole life; stop() closes it
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})},

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -46,6 +47,10 @@ DEFAULT_SPEED = 60.0
 DEFAULT_START = datetime(2028, 4, 3, 6, 20, tzinfo=ZoneInfo("Asia/Tokyo"))
 #: the simulators' counters, beside the agent's state database
 SIM_STATE = "simulators-state.json"
+#: the config the demo's board reads (the demo's own: its state file and broker), and the
+#: plant time it reads its clock from
+BOARD_CONFIG = "board.json"
+PLANT_CLOCK = "plant-clock.json"
 
 
 def packaged_config(name: str) -> Path:
@@ -211,15 +216,49 @@ async def _plant_clock(cfg: Config, speed: float, start: datetime | None) -> Sim
     return SimulatedClock(speed, start or resume or DEFAULT_START, running=False)
 
 
-async def _companions(stack: contextlib.AsyncExitStack, cfg: Config, broker: str,
-                      state: Path) -> list[tuple[str, str]]:
+async def _companions(stack: contextlib.AsyncExitStack, cfg: Config, state: Path,
+                      clock: SimulatedClock) -> list[tuple[str, str]]:
     """Further processes the demo runs beside the agent, as (name, URL) to print.
 
     Each is entered on ``stack`` (so it stops with the demo) and returns where a person
-    reaches it; none yet.
+    reaches it: the board, in its own process as on a gateway, on the demo's plant time
+    (:mod:`agent.board.plantclock`) and its config's port (another free one when taken).
+    Without the ``board`` extra, or when it cannot start, the demo runs without it.
     """
-    del stack, cfg, broker, state
-    return []
+    try:
+        from agent.board.plantclock import write_plant_clock
+        from agent.board.server import start_board
+    except ImportError:
+        log.info("no board: install plantfloor[board] for the web board")
+        return []
+    config = state / BOARD_CONFIG
+    config.write_text(json.dumps(cfg.model_dump(mode="json", by_alias=True, exclude_defaults=True)),
+                      encoding="utf-8")
+    write_plant_clock(state / PLANT_CLOCK, clock)
+    port = cfg.board.port if cfg.board.port and _port_free(cfg.board.bind, cfg.board.port) else _free_port()
+    try:
+        board = await asyncio.to_thread(start_board, config, port, bind=cfg.board.bind,
+                                        plant_clock=state / PLANT_CLOCK)
+    except PlantfloorError as exc:
+        log.warning("the demo runs without its board: %s", exc)
+        return []
+    stack.push_async_callback(asyncio.to_thread, board.stop)
+    return [("board", board.url)]
+
+
+def _port_free(host: str, port: int) -> bool:
+    with contextlib.closing(socket.socket()) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def run_demo(*, broker: str | None = None, config: Path | None = None, sim_config: Path | None = None,
@@ -266,13 +305,16 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
             raise PlantfloorError(f"the simulators cannot start: {exc}") from exc
         print(f"plantfloor demo: {describe(clock, tz)}; state kept in {state} "
               f"(agent {cfg.storage.path.name}, simulators {SIM_STATE})", flush=True)
-        for name, url in await _companions(stack, cfg, broker, state):
+        companions = await _companions(stack, cfg, state, clock)
+        for name, url in companions:
             print(f"plantfloor demo: {name} at {url}", flush=True)
         agent = Agent(cfg, config_sha256=loaded.sha256, clock=clock, simulated_ok=True)
         agent_stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             agent_task = tg.create_task(agent.run(agent_stop), name="agent")
-            release = tg.create_task(_release_when_ready(clock, agent.ready), name="plant-clock")
+            release = tg.create_task(_release_when_ready(clock, agent.ready,
+                                                         state / PLANT_CLOCK if companions else None),
+                                     name="plant-clock")
             watch_task = tg.create_task(run_watch(broker_url=broker, root=cfg.topic_root,
                                                   plain=True if plain else None, stop=stop,
                                                   sparkplug=node, clock=clock, tz=tz),
@@ -293,10 +335,15 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
     return code
 
 
-async def _release_when_ready(clock: SimulatedClock, ready: asyncio.Event) -> None:
-    """Plant time runs once the agent is ready (it read every PLC and reached the broker)."""
+async def _release_when_ready(clock: SimulatedClock, ready: asyncio.Event, record: Path | None) -> None:
+    """Plant time runs once the agent is ready (it read every PLC and reached the broker);
+    ``record`` tells the board's process (when there is a board)."""
     await ready.wait()
     clock.release()
+    if record is not None:
+        from agent.board.plantclock import write_plant_clock
+
+        write_plant_clock(record, clock)
 
 
 async def _stop_after(stop: asyncio.Event, seconds: float) -> None:

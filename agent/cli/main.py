@@ -146,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("config", type=Path)
     board.add_argument("--bind", help="address to listen on (default: board.bind, 127.0.0.1)")
     board.add_argument("--port", type=int, help="TCP port (default: board.port, 8470; 0: any free port)")
+    # the demo's plant time (a file the demo keeps up to date): never on a real gateway
+    board.add_argument("--plant-clock", type=Path, help=argparse.SUPPRESS)
 
     watch = sub.add_parser("watch", help="live terminal view of every line and the plant (an MQTT subscriber)")
     watch.add_argument("--broker", default="mqtt://127.0.0.1:1883", help=BROKER_FORMS)
@@ -293,7 +295,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.board.server import load_board_config, serve
 
         board_cfg = load_board_config(args.config)
-        return _run_until_signal(lambda: serve(board_cfg, bind=args.bind, port=args.port))
+        now = None
+        if args.plant_clock is not None:
+            from agent.board.plantclock import PlantClockFile
+
+            now = PlantClockFile(args.plant_clock).wall
+        return _run_until_signal(lambda: serve(board_cfg, bind=args.bind, port=args.port, now=now))
     if args.command == "demo":
         from agent.cli.demo import run_demo
 
