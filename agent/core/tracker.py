@@ -117,6 +117,8 @@ class _Count:
         self.engine = _engine(modulus, max_rate_per_hour, memory)
         #: why the last value was refused as a reading (None once one is accepted)
         self.value_error: str | None = None
+        #: the engine's memory when the last window closed: what the outbox accounts for
+        self.closed = self.engine.memory()
         self.reset(unreachable=False)
 
     def reset(self, *, unreachable: bool) -> None:
@@ -312,29 +314,38 @@ class LineTracker:
         second = None
         if self._second is not None and self.second_role is not None:
             c = self._second
+            c.closed = c.engine.memory()
             second = SecondResult(role=self.second_role, units=c.units, events=tuple(c.events),
                                   quality=c.quality(), counter=c.engine.baseline,
-                                  memory=c.engine.memory())
+                                  memory=c.closed)
+        main.closed = main.engine.memory()
         result = WindowResult(line=self.line_id, units=main.units, events=tuple(main.events),
                               quality=main.quality(), state_seconds=dict(self._seconds),
                               counter=main.engine.baseline, state=self.state, tags=self._tags,
-                              memory=main.engine.memory(), reason=self.reason, raw=self.raw,
+                              memory=main.closed, reason=self.reason, raw=self.raw,
                               time=split, second=second)
         self._reset()
         return result
 
     def offline_window(self, event: str, seconds: float, planned_ms: int) -> WindowResult:
         """A window that closed while nothing was counting: no units, quality bad, and
-        its planned time unknown (the tracker's own window is left as it is)."""
+        its planned time unknown (the tracker's own window is left as it is).
+
+        It carries the counter memory of the last *closed* window, not the engine's current
+        one: readings taken meanwhile (polling goes on during a gap fill) are counted in the
+        open window, and a baseline stored ahead of the outbox would lose their units to a
+        crash before that window closes.
+        """
         second = None
         if self._second is not None and self.second_role is not None:
-            e = self._second.engine
+            c = self._second.closed
             second = SecondResult(role=self.second_role, units=0, events=(event,), quality="bad",
-                                  counter=e.baseline, memory=e.memory())
+                                  counter=c.baseline, memory=c)
+        main = self._main.closed
         return WindowResult(
             line=self.line_id, units=0, events=(event,), quality="bad",
             state_seconds={"running": 0.0, "stopped": 0.0, "faulted": 0.0, "unknown": seconds},
-            counter=self.engine.baseline, state=UNKNOWN, memory=self.engine.memory(),
+            counter=main.baseline, state=UNKNOWN, memory=main,
             reason=UNKNOWN, time=TimeSplit.unknown(planned_ms), covered=False, second=second)
 
     def discard_window(self, mono: float) -> None:

@@ -214,15 +214,13 @@ class WindowCloser:
         Never skipped: one window per grid interval (past :data:`MAX_GAP_WINDOWS`, one last
         window spans the rest). Built one at a time and committed in chunks, yielding to
         the event loop between windows, so memory stays bounded and polling goes on. A stop
-        asked for meanwhile ends the filling after committing what was built (False): the
-        next start resumes from there.
+        asked for meanwhile fills the rest of the gap in one window and closes the open
+        window at the stop (False).
         """
         first, count = start, 0
         while start < until:
             if self._stop.is_set():
-                await self._commit()
-                log.warning("stopped while filling windows closed while the agent was not "
-                            "counting: %d filled, the rest follows at the next start", count)
+                await self._stop_filling(start, until, event, count)
                 return False
             end = min(self.calendar.window_bounds(start, self.interval)[1], until)
             if count == MAX_GAP_WINDOWS - 1:
@@ -243,6 +241,27 @@ class WindowCloser:
                     "published with quality bad", count, first.isoformat(), until.isoformat())
         await self._commit()
         return True
+
+    async def _stop_filling(self, start: datetime, until: datetime, event: str,
+                            count: int) -> None:
+        """A stop during a fill: the rest of the gap in one window, then the open window.
+
+        The open window holds what was read while filling; it is closed now (ending at the
+        stop), so its units reach the outbox before the agent exits and the next start
+        resumes after it.
+        """
+        secs = (until - start).total_seconds()
+        planned_ms, _ = self.reporter.window_split(start, until)
+        self._hold(self._window({line_id: tracker.offline_window(event, secs, planned_ms)
+                                 for line_id, tracker in self.board.trackers.items()},
+                                start, until))
+        log.warning("stopped while filling windows closed while the agent was not counting: "
+                    "%d filled, the rest of the gap in one window", count)
+        stop_at = max(self.wall(), until)
+        if stop_at > until:
+            await self.close(until, stop_at)
+        else:
+            await self._commit()
 
     async def _commit(self) -> None:
         while self._pending:
