@@ -34,6 +34,10 @@ class StorageConfig(_Model):
     path: Path = Field(Path("/var/lib/plantfloor/state.db"), description="SQLite file: durable outbox and counter state")
     max_mb: float = Field(512, gt=0, description="bound of the outbox; the oldest windows are dropped first beyond it")
     history_days: int = Field(35, ge=1, le=3660, description="days of per line and hour figures kept for the board (plantfloor board)")
+    max_outage_days: float = Field(30, gt=0, description=(
+        "after a reboot, a wall clock further than this past the last stored counter reading "
+        "(or behind it) is not trusted: the first delta is held (event clock_unsynced) until "
+        "the clock is plausible or seen synchronised"))
 
 
 class PlantConfig(_Model):

@@ -51,7 +51,7 @@ SHIFT_SCHEMA: Final = "plantfloor.shift/1"
 Event = Literal[
     "rollover", "counter_reset", "implausible_jump", "source_unreachable", "gap_recovered",
     "invalid_value", "bad_quality", "uncertain_quality", "rebaselined", "clock_step", "agent_offline",
-    "new_epoch",
+    "new_epoch", "clock_unsynced",
 ]
 EPOCH_DESCRIPTION = ("the state store's lifetime: changes only when the store is created afresh "
                      "(first start, a lost, corrupt or replaced file); compare for equality. "

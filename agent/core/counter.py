@@ -37,8 +37,9 @@ PLC counter reset, or while the baseline was being re-established; such readings
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
-__all__ = ["BASELINE_LAG_S", "CounterDelta", "CounterEngine", "CounterMemory"]
+__all__ = ["BASELINE_LAG_S", "CounterDelta", "CounterEngine", "CounterMemory", "untrusted_clock"]
 
 #: how long before its first reading a counter may have last advanced (see the docstring)
 BASELINE_LAG_S = 60.0
@@ -173,6 +174,22 @@ class CounterEngine:
                        f"exceed the bound of {allowed:.0f} ({self.max_rate_per_hour:g}/h); "
                        "not counted, re-baselined")
         return value, None
+
+
+def untrusted_clock(stored: datetime, now: datetime, max_outage_s: float) -> str | None:
+    """Why a wall clock read after a reboot cannot date the stored reading, or None.
+
+    Only the wall clock can tell how long a rebooted machine was down. One behind the
+    last stored reading, or further ahead of it than ``max_outage_s``, is not trusted
+    with the first delta (a gateway without an RTC before NTP has synchronised).
+    """
+    if now < stored:
+        return (f"the wall clock ({now.isoformat()}) is behind the last stored reading "
+                f"({stored.isoformat()})")
+    if (now - stored).total_seconds() > max_outage_s:
+        return (f"the wall clock ({now.isoformat()}) is more than {max_outage_s / 86400:g} days "
+                f"past the last stored reading ({stored.isoformat()})")
+    return None
 
 
 def _check_modulus(modulus: int) -> None:

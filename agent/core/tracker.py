@@ -45,6 +45,7 @@ BUILTIN_REASON_STATES: dict[str, str] = {"stopped": "stopped", "faulted": "fault
 _PROBLEMS = frozenset({
     "source_unreachable", "bad_quality", "uncertain_quality", "invalid_value",
     "implausible_jump", "counter_reset", "gap_recovered", "rebaselined", "new_epoch",
+    "clock_unsynced",
 })
 
 
@@ -281,6 +282,40 @@ class LineTracker:
             return self._set_reason(UNKNOWN, None)
         assert isinstance(r.value, int)
         return self._set_reason(self.state_map.get(r.value, UNKNOWN), r.value)
+
+    def hold_reading(self, r: Reading) -> None:
+        """A good counter reading that must not be counted yet (``clock_unsynced``).
+
+        After a reboot with a wall clock that contradicts the store, the time since the
+        stored baseline is unknown: the reading neither counts nor moves the baseline.
+        """
+        self._advance(r.mono)
+        count = self._main if r.role == "counter" else self._second
+        if count is None:
+            return
+        count.good += 1
+        count.events["clock_unsynced"] = None
+        if r.role == "counter":
+            self.last_error = None
+        else:
+            self._second_error = None
+
+    def restore(self, memory: CounterMemory | None, second_memory: CounterMemory | None) -> None:
+        """Resume the counters from ``memory`` (and ``second_memory``) dated anew.
+
+        Used once a held first delta can be bounded: nothing was counted meanwhile.
+        """
+        main = self._main
+        modulus = main.configured_modulus or (memory.modulus if memory else DEFAULT_MODULUS)
+        main.engine = _engine(modulus, main.engine.max_rate_per_hour, memory)
+        main.closed = main.engine.memory()
+        self.engine = main.engine
+        if self._second is not None:
+            c = self._second
+            modulus = c.configured_modulus or (second_memory.modulus if second_memory
+                                               else DEFAULT_MODULUS)
+            c.engine = _engine(modulus, c.engine.max_rate_per_hour, second_memory)
+            c.closed = c.engine.memory()
 
     def on_source_down(self, mono: float, error: str, *, counter: bool = True,
                        second: bool = True) -> bool:

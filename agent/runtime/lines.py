@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -12,7 +14,7 @@ from pathlib import Path
 from agent.config import Config, LineConfig
 from agent.contract.payloads import LineStatePayload, SourceInfo, encode
 from agent.contract.readings import Reading, SourceHealth
-from agent.core.counter import CounterMemory
+from agent.core.counter import CounterMemory, untrusted_clock
 from agent.core.tracker import DEFAULT_MODULUS, LineTracker, WindowResult
 from agent.outputs.mqtt.publisher import Publisher
 from agent.store import LineState, StoredState
@@ -34,6 +36,27 @@ def boot_id() -> str | None:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:
         return None
+
+
+#: adjtimex(2)'s answer when the kernel's clock is not synchronised (STA_UNSYNC)
+_TIME_ERROR = 5
+#: created by systemd-timesyncd once it has synchronised the clock
+_TIMESYNCD_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+def clock_synchronised() -> bool:
+    """True when systemd-timesyncd says so, or the kernel says an NTP client (chrony,
+    ntpd) has synchronised the wall clock (adjtimex(2) does not answer TIME_ERROR; under
+    the unit's ProtectClock= the call is refused, which counts as not known)."""
+    if _TIMESYNCD_FLAG.exists():
+        return True
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex, modes 0: read only
+        state = libc.adjtimex(timex)
+    except (OSError, AttributeError):
+        return False
+    return isinstance(state, int) and 0 <= state < _TIME_ERROR
 
 
 class CounterClock:
@@ -122,8 +145,11 @@ class LineBoard:
     """Routes readings and source health to each line's tracker and publishes state changes."""
 
     def __init__(self, cfg: Config, publisher: Publisher, stored: StoredState, *,
-                 mono: Callable[[], float], wall: Callable[[], datetime]) -> None:
+                 mono: Callable[[], float], wall: Callable[[], datetime],
+                 synced: Callable[[], bool] = clock_synchronised) -> None:
         self.cfg = cfg
+        self.synced = synced
+        self.max_outage_s = cfg.storage.max_outage_days * 86400.0
         self.publisher = publisher
         self.root = cfg.topic_root
         self.wall = wall
@@ -142,6 +168,8 @@ class LineBoard:
         self.second_identity = {line.id: (line.second_counter[0],
                                           cfg.point_identity(line.second_counter[1]))
                                 for line in cfg.lines if line.second_counter is not None}
+        #: lines whose first delta waits for a plausible wall clock: the stored row, kept as is
+        self.held: dict[str, LineState] = {}
         reasons = {name: r.state for name, r in cfg.downtime.all_reasons().items()}
         self._category = {name: r.category for name, r in cfg.downtime.all_reasons().items()}
         for line in cfg.lines:
@@ -165,6 +193,8 @@ class LineBoard:
                 second_role=second[0] if second else None,
                 second_modulus=second[1].rollover if second else None,
                 second_memory=second_memory)
+            if row is not None and self._clock_doubt(line.id, row, clock.wall) is not None:
+                self.held[line.id] = row
         self._lines_of: dict[str, list[str]] = {s.id: [] for s in cfg.sources}
         for line in cfg.lines:
             for src in _sources_of(line):
@@ -179,6 +209,43 @@ class LineBoard:
         self._dirty: set[str] = set(self.trackers)
         self._wake = asyncio.Event()
 
+    def _clock_doubt(self, line_id: str, row: LineState, now: datetime) -> str | None:
+        """Why the wall clock cannot date the time since ``row``'s last reading, or None.
+
+        Only after a reboot (on the same boot the monotonic clock does it) and only for a
+        baseline that is resumed; a clock seen synchronised is believed.
+        """
+        stored = row.last_wall or row.anchor_wall
+        same_boot = row.boot_id is not None and row.boot_id == self.boot and row.last_mono is not None
+        if (same_boot or stored is None or row.baseline is None or row.rebaseline is not None
+                or row.identity not in (None, self.identity[line_id])):
+            return None
+        doubt = untrusted_clock(stored, now, self.max_outage_s)
+        if doubt is None or self.synced():
+            return None
+        log.warning("line %s: %s: the first counter delta is held (clock_unsynced) until the "
+                    "clock is plausible or synchronised", line_id, doubt)
+        return doubt
+
+    def _still_held(self, line_id: str) -> bool:
+        """Whether the line's first delta must still wait; on release, re-date its baseline."""
+        row = self.held[line_id]
+        now = self.wall()
+        stored = row.last_wall or row.anchor_wall
+        assert stored is not None
+        if untrusted_clock(stored, now, self.max_outage_s) is not None and not self.synced():
+            return True
+        del self.held[line_id]
+        clock = CounterClock(now, self.mono(), self.boot)
+        second = None
+        if line_id in self.second_identity:
+            second = restore_counter(line_id, second_row(row), self.second_identity[line_id][1], clock)
+        self.trackers[line_id].restore(restore_counter(line_id, row, self.identity[line_id], clock),
+                                       second)
+        log.warning("line %s: the wall clock is now plausible: counting resumes from the stored "
+                    "baseline", line_id)
+        return False
+
     def on_readings(self, source: str, readings: Sequence[Reading]) -> None:
         if any(r.quality == "good" for r in readings):
             self.last_ok_wall[source] = self.wall()
@@ -186,6 +253,12 @@ class LineBoard:
         for r in readings:
             tracker = self.trackers.get(r.line)
             if tracker is None:
+                continue
+            if (r.line in self.held and r.role in ("counter", "total", "rejects")
+                    and r.quality == "good" and isinstance(r.value, int)
+                    and self._still_held(r.line)):
+                tracker.hold_reading(r)
+                problems.setdefault(r.line, None)
                 continue
             if tracker.on_reading(r):
                 self._mark(r.line)
@@ -220,7 +293,14 @@ class LineBoard:
     def line_state(self, line_id: str, memory: CounterMemory | None, totals_json: str,
                    wall: datetime, mono: float,
                    second_memory: CounterMemory | None = None) -> LineState:
-        """What the store keeps for a line after a window: totals and the counters' memory."""
+        """What the store keeps for a line after a window: totals and the counters' memory.
+
+        While the line's first delta is held, the stored counter memory is kept as it was.
+        """
+        held = self.held.get(line_id)
+        if held is not None:
+            return dataclasses.replace(held, totals_json=totals_json,
+                                       state_identity=self.state_identity.get(line_id))
         tracker = self.trackers[line_id]
         if memory is None:
             memory = tracker.engine.memory()
