@@ -52,9 +52,11 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int = 0) -> None:
+    def __init__(self, workdir: Path, port: int = 0, *, persistence: bool = False) -> None:
         self.workdir = workdir
         self.port = port
+        #: keep sessions and queued messages across a restart (saved on SIGTERM)
+        self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,7 +83,8 @@ class Broker:
             "set_tcp_nodelay true",
             "max_queued_messages 0",
             "max_inflight_messages 0",
-            "persistence false",
+            *(["persistence true", f"persistence_location {self.workdir}/"]
+              if self.persistence else ["persistence false"]),
             "user root",
             f"log_dest file {self.workdir / 'mosquitto.log'}",
             "log_type error",
