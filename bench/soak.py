@@ -282,7 +282,7 @@ async def _agent_sigterm(rig: Rig) -> dict[str, Any]:
 
 
 async def _agent_sigterm_starting(rig: Rig) -> dict[str, Any]:
-    after = rig.rng.uniform(0.05, 1.5)
+    after = rig.rng.uniform(0.3, 1.5)
     await rig.agent.kill("sigterm")
     rig.agent.start()
     await asyncio.sleep(after)

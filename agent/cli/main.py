@@ -158,8 +158,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: SIGTERM/SIGINT received before the event loop took the signals over (while starting)
+_early_signals: list[int] = []
+
+
+def _catch_early_signals() -> None:
+    """Note a stop asked for while the agent is still starting (loading its config,
+    importing, opening its store): it ends in a clean stop, exit 0, not by the signal."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: _early_signals.append(signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        _catch_early_signals()
     from agent.runtime.logconfig import configure_logging
 
     configure_logging(fmt=args.log_format, level=logging.DEBUG if args.debug else logging.INFO)
@@ -370,6 +383,8 @@ def _run_until_signal(factory: Callable[[], Awaitable[Any]], *, stop: asyncio.Ev
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        if _early_signals and stop is not None:
+            stop.set()
         try:
             result = await task
         except asyncio.CancelledError:
