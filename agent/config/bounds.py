@@ -8,7 +8,10 @@ aliases of nine, used to take over a minute and ~1 GB):
 * anchors and aliases are allowed (``<<: *defaults`` merge keys, a shared shift), but a
   document that, with every alias expanded, would hold more than :data:`MAX_CONFIG_NODES`
   (2,000,000) nodes, or that uses more than :data:`MAX_CONFIG_ALIASES` (10,000) aliases, or an
-  alias inside the node it names (a recursive structure), is refused at the offending alias.
+  alias inside the node it names (a recursive structure), is refused at the offending alias;
+* collections nested deeper than :data:`MAX_CONFIG_DEPTH` (64) levels, counting what an
+  alias brings along, are refused at the first node past the bound (50,000 nested ``[``
+  would otherwise exhaust the loaders' recursion: a crash, not an error).
 
 The bounds are checked on the YAML event stream before anything is constructed: each
 anchor's expanded size is remembered once and an alias adds it, so nothing is expanded
@@ -37,8 +40,8 @@ from ruamel.yaml.events import (
 
 from agent.contract.errors import ConfigError
 
-__all__ = ["MAX_CONFIG_ALIASES", "MAX_CONFIG_BYTES", "MAX_CONFIG_NODES", "check_expansion",
-           "read_bounded"]
+__all__ = ["MAX_CONFIG_ALIASES", "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_NODES",
+           "check_expansion", "nesting_depth", "read_bounded"]
 
 #: A configuration file larger than this (8 MiB) is refused before it is parsed; a gateway
 #: polling 500 PLCs with 30 tags each has a config of about 1.5 MB.
@@ -48,6 +51,8 @@ MAX_CONFIG_BYTES = 8 << 20
 MAX_CONFIG_NODES = 2_000_000
 #: A document with more YAML aliases (``*name``, including ``<<: *name``) than this is refused.
 MAX_CONFIG_ALIASES = 10_000
+#: Collections nested deeper than this are refused (a real configuration nests about 6 deep).
+MAX_CONFIG_DEPTH = 64
 
 
 def read_bounded(path: Path) -> bytes:
@@ -76,10 +81,12 @@ class _Open:
     """A collection open on the event stream: where its expansion began, its anchor, and
     the key or index its next child sits at (to name the key in an error)."""
 
-    __slots__ = ("anchor", "index", "is_map", "key", "start", "want_key")
+    __slots__ = ("anchor", "height", "index", "is_map", "key", "start", "want_key")
 
     def __init__(self, start: int, anchor: str | None, is_map: bool) -> None:
         self.start = start
+        #: levels of collections from this one down (1: it holds no collection)
+        self.height = 1
         self.anchor = anchor
         self.is_map = is_map
         self.want_key = True
@@ -113,6 +120,8 @@ def check_expansion(yaml: YAML, raw: bytes, file: str) -> None:
     that runs next reports it (it parses the whole document before constructing any of it).
     """
     sizes: dict[str, int] = {}
+    #: levels of collections an anchored node holds (0 for a scalar)
+    heights: dict[str, int] = {}
     stack: list[_Open] = []
     total = 0
     aliases = 0
@@ -127,12 +136,15 @@ def check_expansion(yaml: YAML, raw: bytes, file: str) -> None:
         for event in yaml.parse(raw):
             if isinstance(event, DocumentStartEvent):
                 sizes.clear()  # anchors belong to their document
+                heights.clear()
                 continue
             if isinstance(event, CollectionEndEvent):
                 done = stack.pop()
                 if done.anchor is not None:
                     sizes[str(done.anchor)] = total - done.start
+                    heights[str(done.anchor)] = done.height
                 if stack:
+                    stack[-1].height = max(stack[-1].height, done.height + 1)
                     stack[-1].child_done(None)
                 continue
             if not isinstance(event, NodeEvent):
@@ -146,6 +158,11 @@ def check_expansion(yaml: YAML, raw: bytes, file: str) -> None:
                 if aliases > MAX_CONFIG_ALIASES:
                     raise refuse(event, f"alias *{name} goes past the bound of "
                                         f"{MAX_CONFIG_ALIASES:,} YAML aliases in a configuration")
+                if len(stack) + heights.get(name, 0) > MAX_CONFIG_DEPTH:
+                    raise refuse(event, f"alias *{name} nests collections deeper than the bound "
+                                        f"of {MAX_CONFIG_DEPTH} levels in a configuration")
+                if stack:
+                    stack[-1].height = max(stack[-1].height, heights.get(name, 0) + 1)
                 total += sizes.get(name, 1)  # an undefined alias is left to the loader to report
                 if total > MAX_CONFIG_NODES:
                     raise refuse(event, f"alias *{name} would expand the document past the bound "
@@ -160,13 +177,34 @@ def check_expansion(yaml: YAML, raw: bytes, file: str) -> None:
                                     "YAML nodes in a configuration")
             anchor = None if event.anchor is None else str(event.anchor)
             if isinstance(event, CollectionStartEvent):
+                if len(stack) >= MAX_CONFIG_DEPTH:
+                    raise refuse(event, "collections nest deeper than the bound of "
+                                        f"{MAX_CONFIG_DEPTH} levels in a configuration")
                 stack.append(_Open(total - 1, anchor, isinstance(event, MappingStartEvent)))
                 continue
             if anchor is not None:
                 sizes[anchor] = 1
+                heights[anchor] = 0
             if stack:
                 stack[-1].child_done(str(event.value) if isinstance(event, ScalarEvent) else None)
     except YAMLError:
         return
 
 
+
+
+def nesting_depth(doc: object) -> int:
+    """Levels of collections in a parsed document (0 for a scalar), without recursion."""
+    deepest = 0
+    todo: list[tuple[object, int]] = [(doc, 1)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, dict):
+            children: list[object] = list(node.values())
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        todo.extend((child, depth + 1) for child in children)
+    return deepest

@@ -27,8 +27,10 @@ from agent.config import Config
 from agent.config.bounds import (
     MAX_CONFIG_ALIASES,
     MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
     MAX_CONFIG_NODES,
     check_expansion,
+    nesting_depth,
     read_bounded,
 )
 from agent.config.suggest import closest_key, named_key
@@ -37,6 +39,7 @@ from agent.contract.errors import ConfigError
 __all__ = [
     "MAX_CONFIG_ALIASES",
     "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
     "MAX_CONFIG_NODES",
     "LoadedConfig",
     "load_config",
@@ -97,12 +100,41 @@ def _duplicate_key(exc: DuplicateKeyError) -> str | None:
     return m.group(1) if m else None
 
 
-def _plain(node: Any) -> Any:
-    """Round-trip nodes to plain Python values for validation."""
+class _SameKey(Exception):
+    """Two keys of one mapping that differ in the file but are equal once read."""
+
+    def __init__(self, loc: tuple[str | int, ...], first: Any, second: Any) -> None:
+        super().__init__(loc, first, second)
+        self.loc, self.first, self.second = loc, first, second
+
+
+def _read_as(key: Any) -> Any:
+    """What a key becomes once validated: ``1``, ``"1"``, ``" +1"`` and ``true`` vs ``1``
+    are one key to an integer-keyed map (a state map), and to Python's dict already."""
+    if isinstance(key, bool | int):
+        return int(key)
+    if isinstance(key, str):
+        try:
+            return int(key.strip())
+        except ValueError:
+            return key
+    return key
+
+
+def _plain(node: Any, loc: tuple[str | int, ...] = ()) -> Any:
+    """Round-trip nodes to plain Python values for validation; keys equal once read are
+    refused (:class:`_SameKey`), never silently merged with the last one winning."""
     if isinstance(node, Mapping):
-        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in node.items()}
+        out: dict[Any, Any] = {}
+        seen: dict[Any, Any] = {}
+        for k, v in node.items():
+            same = seen.setdefault(_read_as(k), k)
+            if same is not k:
+                raise _SameKey(loc, same, k)
+            out[str(k) if not isinstance(k, int) else k] = _plain(v, (*loc, str(k)))
+        return out
     if isinstance(node, list | tuple):
-        return [_plain(v) for v in node]
+        return [_plain(v, (*loc, i)) for i, v in enumerate(node)]
     if isinstance(node, bool | None):
         return node
     if isinstance(node, int):
@@ -212,6 +244,8 @@ def load_model(path: Path, model: type[M]) -> tuple[M, bytes]:
     """
     raw = read_bounded(path)
     doc = _json_document(raw)
+    if doc is not None and nesting_depth(doc) > MAX_CONFIG_DEPTH:
+        doc = None  # the YAML path refuses it, with its line
     if doc is None and not _SLOW_PATH.search(raw):
         # libyaml's parser stops at what it cannot read: the count is then incomplete, the
         # safe load fails as well, and the round-trip path checks the bounds again
@@ -223,12 +257,19 @@ def load_model(path: Path, model: type[M]) -> tuple[M, bytes]:
     if isinstance(doc, Mapping):
         try:
             return model.model_validate(_plain(doc)), raw
-        except ValidationError:
+        except (ValidationError, _SameKey):
             pass  # located below, on the round-trip document
     del doc
     rt = _parse_rt(raw, path)
     try:
-        return model.model_validate(_plain(rt)), raw
+        plain = _plain(rt)
+    except _SameKey as exc:
+        line, key = _locate(rt, [*exc.loc, exc.second])
+        raise ConfigError(f"duplicate key: {exc.first!r} and {exc.second!r} are the same key once "
+                          "read (each key may appear once)", file=str(path), line=line,
+                          key=key or None) from None
+    try:
+        return model.model_validate(plain), raw
     except ValidationError as exc:
         raise validation_error(exc, rt, str(path), model) from None
 
