@@ -318,21 +318,24 @@ class LineTracker:
             c.closed = c.engine.memory()
 
     def on_source_down(self, mono: float, error: str, *, counter: bool = True,
-                       second: bool = True) -> bool:
-        """A source of the line was lost: state unknown, ``source_unreachable``; True on change.
+                       second: bool = True, state: bool | None = None) -> bool:
+        """A source of the line was lost; True when the line's reason changed.
 
-        ``counter`` and ``second`` say whether it serves the good-unit counter (and the
-        state) and the second counter.
+        ``counter``, ``second`` and ``state`` say whether it serves the good-unit counter,
+        the second counter and the state tag (``state`` defaults to ``counter``). Losing
+        the counter's source flags ``source_unreachable``; losing the state's makes the
+        state unknown and leaves the counter's health to its own source.
         """
         self._advance(mono)
         if second and self._second is not None:
             self._second_error = error
             self._second.unreachable()
-        if not counter:
-            return False
-        self.last_error = error
-        self._main.unreachable()
-        return self._set_reason(UNKNOWN, None)
+        if counter:
+            self.last_error = error
+            self._main.unreachable()
+        if counter if state is None else state:
+            return self._set_reason(UNKNOWN, None)
+        return False
 
     def close_window(self, mono: float, *, planned_ms: int = 0,
                      period: str | None = None) -> WindowResult:

@@ -200,8 +200,8 @@ class LineBoard:
             for src in _sources_of(line):
                 self._lines_of[src].append(line.id)
         self._counter_source = {line.id: line.counter.source for line in cfg.lines}
-        self._main_sources = {line.id: {t.source for t in (line.counter, line.state) if t is not None}
-                              for line in cfg.lines}
+        self._state_source = {line.id: line.state.source for line in cfg.lines
+                              if line.state is not None}
         self._second_source = {line.id: line.second_counter[1].source
                                for line in cfg.lines if line.second_counter is not None}
         # the last point error of each line (Modbus exception, OPC UA status), for the state topic
@@ -279,8 +279,9 @@ class LineBoard:
             if not health.connected:
                 self.trackers[line_id].on_source_down(
                     mono, health.error or "unreachable",
-                    counter=health.source in self._main_sources[line_id],
-                    second=self._second_source.get(line_id) == health.source)
+                    counter=health.source == self._counter_source[line_id],
+                    second=self._second_source.get(line_id) == health.source,
+                    state=health.source == self._state_source.get(line_id))
             self._mark(line_id)
 
     def close_windows(self, mono: float, *, planned_ms: int = 0,
