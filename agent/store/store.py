@@ -188,9 +188,11 @@ class Store:
         kept = [r.row() for r in reports]
         added = sum(row[7] for row in rows)
         limit = self.max_bytes
-        current = self._outbox_bytes
 
         def write(conn: sqlite3.Connection) -> tuple[int, int]:
+            # the outbox's size is read here, on the store's one thread: a deletion of sent
+            # records queued before this commit has been applied (and counted) by now
+            current = self._outbox_bytes
             with transaction(conn):
                 conn.executemany(
                     "INSERT INTO outbox (topic, payload, qos, retain, line, seq, window_end,"
@@ -208,11 +210,12 @@ class Store:
                         (plant_json,))
                 if board is not None:
                     board.write(conn)
-                return trim(conn, current + added - limit)
+                dropped, freed = trim(conn, current + added - limit)
+            self.backlog += len(rows) - dropped
+            self._outbox_bytes += added - freed
+            return dropped, freed
 
-        dropped, freed = await self._run(write)
-        self.backlog += len(rows) - dropped
-        self._outbox_bytes += added - freed
+        dropped, _ = await self._run(write)
         self.dropped += dropped
         if dropped:
             log.warning("outbox full (%d bytes): dropped the %d oldest records", limit, dropped)
@@ -282,11 +285,11 @@ class Store:
                     conn.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
                     removed += int(count)
                     freed += int(cost)
+            self.backlog -= removed
+            self._outbox_bytes -= freed
             return removed, freed
 
-        removed, freed = await self._run(delete)
-        self.backlog -= removed
-        self._outbox_bytes -= freed
+        await self._run(delete)
 
     async def next_bdseq(self, node: str) -> int:
         """The Sparkplug bdSeq of ``node``'s next MQTT session, committed before it is returned.
