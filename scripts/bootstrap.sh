@@ -3,8 +3,9 @@
 # project and its test tools, and (for the tests) the Mosquitto broker binary.
 #   scripts/bootstrap.sh          the virtual environment only (enough for the demo; with uvloop)
 #   scripts/bootstrap.sh --test   also Mosquitto, which the integration tests start on free ports
-#                                 (PostgreSQL's binaries, for the roll-up's tests, and Chromium,
-#                                 for the board's browser tests)
+#                                 (PostgreSQL's binaries, for the roll-up's tests, Chromium,
+#                                 for the board's browser tests, faketime for the chaos soak,
+#                                 Tahu's npm package for a Sparkplug test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,12 @@ if [ "${1:-}" = "--test" ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
+  # libfaketime: the chaos soak (python -m bench.soak) steps the agent's wall clock with it
+  if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] && ! command -v faketime >/dev/null; then
+    echo "installing faketime (apt-get), for the chaos soak's clock steps"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+  fi
   if ! command -v systemd-analyze >/dev/null; then
     echo "installing systemd (for systemd-analyze, used by the unit's security check)"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null || true
@@ -55,4 +62,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[test,uvloop,rollup,board]"
   touch "$stamp"
+fi
+
+# Eclipse Tahu's Sparkplug payload library (npm), which a test decodes the agent's payloads with
+if [ "${1:-}" = "--test" ] && command -v npm >/dev/null && [ ! -d tests/tahu/node_modules/sparkplug-payload ]; then
+  (cd tests/tahu && npm ci --no-audit --no-fund --silent)
 fi

@@ -157,6 +157,7 @@ class SparkplugConfig(_Model):
     edge_node_id: SparkplugId = Field(..., description="Sparkplug Edge Node ID: unique per gateway within the group (two gateways with one id make host applications demand rebirths from both, endlessly)")
     primary_host_id: SparkplugId | None = Field(None, description="when set, births wait for this host application's STATE online, and the node disconnects and starts over when the host goes offline")
     client_id: str | None = Field(None, min_length=1, description="MQTT client id of the edge node's own connection; default <mqtt client id>-sparkplug")
+    data_datatypes: bool = Field(False, description="repeat each metric's datatype in NDATA/DDATA for host applications that decode DATA without the birth (Eclipse Tahu's JavaScript decodePayload); off as the specification asks")
 
 
 

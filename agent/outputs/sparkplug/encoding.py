@@ -59,8 +59,10 @@ def template(specs: Sequence[MetricSpec], values: Mapping[str, Any], ts_ms: int)
     return bytes(payload.SerializeToString())
 
 
-def to_data(stored: bytes, aliases: Mapping[str, int], *, historical: bool) -> bytes:
-    """A stored template as the body of an NDATA/DDATA: aliases instead of names.
+def to_data(stored: bytes, aliases: Mapping[str, int], *, historical: bool,
+            datatypes: bool = False) -> bytes:
+    """A stored template as the body of an NDATA/DDATA: aliases instead of names, and
+    no datatypes unless ``datatypes`` (the birth announced them).
 
     A metric the birth did not announce (a tag or line since removed from the
     configuration) is left out; raises :class:`Unknown` when no metric is left (a
@@ -79,7 +81,8 @@ def to_data(stored: bytes, aliases: Mapping[str, int], *, historical: bool) -> b
     for metric in payload.metrics:
         alias = aliases[metric.name]
         metric.ClearField("name")
-        metric.ClearField("datatype")
+        if not datatypes:
+            metric.ClearField("datatype")
         metric.alias = alias
         if historical:
             metric.is_historical = True

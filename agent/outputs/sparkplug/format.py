@@ -68,6 +68,8 @@ class SparkplugFormat:
         if sp is None:
             raise ValueError("output sparkplug needs the sparkplug section")
         self.topics = Topics(sp.group_id, sp.edge_node_id)
+        #: DATA metrics repeat their datatype (``sparkplug.data_datatypes``)
+        self.data_datatypes = sp.data_datatypes
         self.node_specs: list[MetricSpec] = node_metrics(cfg)
         self.device_specs: dict[str, list[MetricSpec]] = {
             line.id: line_metrics(line) for line in cfg.lines}
@@ -113,7 +115,8 @@ class SparkplugFormat:
         device was not born; a metric since removed is left out.
         """
         try:
-            return to_data(record.payload, self.aliases.get(record.line, {}), historical=historical)
+            return to_data(record.payload, self.aliases.get(record.line, {}), historical=historical,
+                           datatypes=self.data_datatypes)
         except Unknown as exc:
             # kept in the outbox, parked and alarmed like any refused record, never dropped
             raise PublishRefused(record.topic, 0x80, str(exc)) from exc

@@ -14,10 +14,10 @@ primary host goes offline, none of which may disturb the JSON output. Per connec
    metric; a DBIRTH per line; when the broker has them all, :attr:`EdgeNode.connected`
    is set and the outbox's DDATA/NDATA flow (the node is the forwarder's channel);
 4. every message of the session but the NDEATH takes the next ``seq`` (255 wraps to 0)
-   in the order it is written to the socket.
+   in the order it is written to the socket; a publish that fails consumes none.
 
 A ``Node Control/Rebirth`` command stops the data at once and repeats step 3 with the same
-bdSeq. Every other command is refused and counted (``agent/commands_refused``): the agent
+bdSeq, once the primary host (if one is configured) is online. Every other command is refused and counted (``agent/commands_refused``): the agent
 never writes to a PLC. A STATE offline from the primary host (not older than its last
 online) ends the connection with the NDEATH; the publisher reconnects and step 1 follows.
 """
@@ -90,6 +90,7 @@ class EdgeNode:
         self._fence: asyncio.Future[None] | None = None
         self._announced: dict[str, Any] = {}
         self._status_wake = asyncio.Event()
+        self._sending = asyncio.Lock()
 
     # --- session ---------------------------------------------------------------------
 
@@ -122,6 +123,10 @@ class EdgeNode:
             log.info("Sparkplug: waiting for primary host %s to be online", self.host_id)
 
     def _start_births(self) -> None:
+        """Births, unless they are out, the connection is down, or the configured primary
+        host is not online (a rebirth command then waits for its STATE online too)."""
+        if self.host_id is not None and not self._host_online:
+            return
         if not self._born and self.publisher.connected.is_set():
             self._born = True
             self._birth = asyncio.ensure_future(self._births(self._session))
@@ -187,13 +192,15 @@ class EdgeNode:
         Sparkplug requires QoS 0, which has no acknowledgement: the record is acknowledged
         by the broker's answer to a later :meth:`Publisher.fence` on the same connection.
         """
-        if not self.connected.is_set():
-            raise PublishError("the Sparkplug session is not born")
-        # no await between taking the seq and handing the message to the socket: the
-        # seq order is the wire order
-        self._seq = (self._seq + 1) % 256
-        code = await self.publisher.publish(topic, stamp(payload, seq=self._seq, now_ms=_now_ms()),
-                                            qos=0, retain=False, timeout=timeout)
+        # one message at a time: the seq order is the wire order, and a seq is consumed only
+        # by a message that went out (a refused publish leaves no gap for hosts to see)
+        async with self._sending:
+            if not self.connected.is_set():
+                raise PublishError("the Sparkplug session is not born")
+            seq = (self._seq + 1) % 256
+            code = await self.publisher.publish(topic, stamp(payload, seq=seq, now_ms=_now_ms()),
+                                                qos=0, retain=False, timeout=timeout)
+            self._seq = seq
         fence = self._fence
         if fence is None:
             fence = self._fence = asyncio.ensure_future(self._send_fence(within=timeout))
@@ -294,7 +301,8 @@ class EdgeNode:
             return
         specs = [s for s in STATUS_METRICS if s.name in changed]
         now = _now_ms()
-        body = to_data(template(specs, changed, now), self._fmt.aliases[None], historical=False)
+        body = to_data(template(specs, changed, now), self._fmt.aliases[None], historical=False,
+                       datatypes=self._fmt.data_datatypes)
         try:
             await self.publish(self.topics.node("NDATA"), body, qos=0)
         except PublishError as exc:
