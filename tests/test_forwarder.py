@@ -281,3 +281,24 @@ def test_historical_is_the_last_key_of_every_window_payload() -> None:
 
     for model in (LineOutput, PlantOutput):
         assert list(model.model_fields)[-1] == "historical", model.__name__
+
+
+async def test_an_older_shift_report_never_becomes_the_retained_one(
+        mosquitto: MosquittoBroker, mqtt_subscriber: SubscriberFactory,
+        make_rig: Callable[..., object]) -> None:
+    """After an outage spanning two shift ends both reports wait in the outbox: the
+    newer (live) one must not overtake the older, or the older would be retained."""
+    rig: Rig = await make_rig(mosquitto, start=False)  # type: ignore[misc]
+    topic = "plant/lines/kei-ev/shift"
+    older, newer = rig.now - timedelta(hours=8), rig.now
+    await rig.store.commit_window([
+        NewRecord(topic=topic, payload=json.dumps({"shift": "a"}).encode(), qos=1, retain=True,
+                  line="kei-ev", seq=None, window_end=older),
+        NewRecord(topic=topic, payload=json.dumps({"shift": "b"}).encode(), qos=1, retain=True,
+                  line="kei-ev", seq=None, window_end=newer)], [], None)
+    await rig.start()
+    await wait_until(lambda: rig.store.backlog == 0)
+    late = mqtt_subscriber(mosquitto, topic)
+    msgs = await late.wait_for(lambda m: len(m) >= 1)
+    assert msgs[0].retain
+    assert msgs[0].json() == {"shift": "b"}

@@ -6,7 +6,9 @@ edge node when that output is on, each draining the records of its own formats.
 A record leaves the outbox only after the broker acknowledged it with a success reason
 code. Order of service on each pass:
 
-1. live records first: those whose ``window_end`` is within one window of now;
+1. live records first: those whose ``window_end`` is within one window of now, but for
+   retained ones (shift reports), which always go in commit order, so that after an
+   outage spanning two shift ends the newer report is the one the broker retains;
 2. then the backlog in id order (commit order, hence ``seq`` order per line), one batch
    (100 records) at a time, checking for new live records between batches, so a long
    replay never holds the current windows back by more than one small batch (a batch is
@@ -202,7 +204,10 @@ class Forwarder:
         now = self._clock()
         newest = await self._store.pending(self._live_limit, oldest_first=False, only=self._only,
                                              exclude=self._exclude, ending_since=now - self._interval)
-        live = [r for r in newest if r.id not in skip and now - r.window_end <= self._interval]
+        # retained records (shift reports) keep commit order per topic: one sent ahead of an
+        # older one of its topic would let the older become the retained message
+        live = [r for r in newest
+                if r.id not in skip and not r.retain and now - r.window_end <= self._interval]
         live.reverse()
         return live
 
