@@ -175,6 +175,16 @@ class AgentProc:
         if how != "kill9":
             self.exits.append((how, code))
 
+    async def handles_sigterm(self) -> None:
+        """Wait (up to 10 s) until the process catches SIGTERM (``SigCgt`` in /proc)."""
+        for _ in range(1000):
+            pid = self.pid
+            if pid is None:
+                return
+            if _catches_sigterm(pid):
+                return
+            await asyncio.sleep(0.01)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -189,6 +199,16 @@ class Rig:
     offset_file: Path | None
     faults: list[dict[str, Any]] = field(default_factory=list)
     clock_offset: int = 0
+
+
+def _catches_sigterm(pid: int) -> bool:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    except OSError:
+        pass
+    return False
 
 
 def _rss_kb(pid: int) -> int | None:
@@ -282,9 +302,12 @@ async def _agent_sigterm(rig: Rig) -> dict[str, Any]:
 
 
 async def _agent_sigterm_starting(rig: Rig) -> dict[str, Any]:
-    after = rig.rng.uniform(0.3, 1.5)
+    """SIGTERM once the process handles it (before that, no process can) and before it is
+    up: the agent must stop cleanly, exit 0."""
+    after = rig.rng.uniform(0.0, 1.0)
     await rig.agent.kill("sigterm")
     rig.agent.start()
+    await rig.agent.handles_sigterm()
     await asyncio.sleep(after)
     await rig.agent.kill("sigterm while starting")
     rig.agent.start()
@@ -401,7 +424,14 @@ async def soak(minutes: float, seed: int, lines: int, workdir: Path, *,
                                    _agent_config(ports, broker.url, workdir / "disk" / "state.db"))
                 agent = AgentProc(cfg, workdir, offset_file)
                 rig = Rig(rng, sims, broker, agent, workdir / "disk", offset_file)
+                # production starts once the agent has read every counter: its first
+                # readings become the baselines, so nothing built before them is in the ledger
+                for line in sims.lines.values():
+                    line.set_state("stopped")
                 agent.start()
+                await _read_by_agent(sims, times=3)
+                for line in sims.lines.values():
+                    line.set_state("running")
                 sampler = asyncio.create_task(_sample_rss(agent, rss, started))
                 try:
                     await _inject(rig, _faults(clock, mounted), started, started + minutes * 60 - 45)
@@ -423,6 +453,17 @@ async def soak(minutes: float, seed: int, lines: int, workdir: Path, *,
     finally:
         subscriber.stop()
         await asyncio.to_thread(broker.stop)
+
+
+async def _read_by_agent(sims: SimulatorSet, *, times: int) -> None:
+    """Wait until every PLC has answered ``times`` more requests (at most 60 s)."""
+    plcs = [plc for plc in sims.plcs.values() if isinstance(plc, ModbusPlc)]
+    target = {id(plc): plc.reads + times for plc in plcs}
+    for _ in range(600):
+        if all(plc.reads >= target[id(plc)] for plc in plcs):
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the agent does not read its PLCs; see agent.log")
 
 
 async def _inject(rig: Rig, faults: list[tuple[str, Fault, int]], started: float,

@@ -162,3 +162,63 @@ async def test_a_stop_during_a_gap_fill_closes_the_open_window(tmp_path: Path) -
     assert payloads[-1]["units"] == 20
     assert "agent_offline" in payloads[-2]["events"]
     assert payloads[-2]["window_end"] == payloads[-1]["window_start"]
+
+
+async def test_a_long_fill_never_times_out_a_poll(
+        tmp_path: Path, simulator_set: Callable[..., Any]) -> None:
+    """40 lines back after 40 minutes with 1 s windows: 2,400 windows are filled while a
+    Modbus source with a 0.2 s timeout polls its (real) PLC every 0.2 s. No poll fails."""
+    from agent.sources.base import make_source
+    from tests.agentrig import two_plcs
+
+    sims = await simulator_set(two_plcs(), auto=False)
+    port = sims.plcs["plc-a"].port
+    base = config(tmp_path)
+    line = base.lines[0]
+    cfg = Config.model_validate({
+        **base.model_dump(mode="json", exclude={"lines", "sources"}),
+        "sources": [{"id": "plc", "kind": "modbus", "host": "127.0.0.1", "port": port,
+                     "poll_interval_s": 0.1, "timeout_s": 0.05}],
+        "lines": [{**line.model_dump(mode="json", exclude_none=True), "id": f"l{i:02d}",
+                   "counter": {"source": "plc", "address": 100 + 2 * i, "type": "uint32"}}
+                  for i in range(40)],
+    })
+    last = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=40)
+    store = await Store.open(cfg.storage.path, max_bytes=64_000_000)
+    await store.commit_window([], [LineState(ln.id, LineTotals(seq=1, last_window_end=last).to_json())
+                                   for ln in cfg.lines],
+                              PlantTotals(seq=1, last_window_end=last).to_json())
+    stored = await store.load()
+    calendar = ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)
+
+    def wall() -> datetime:
+        return datetime.now(UTC)
+
+    board = LineBoard(cfg, None, stored, mono=time.monotonic, wall=wall)  # type: ignore[arg-type]
+    closer = WindowCloser(cfg, calendar, Reporter(cfg, calendar), board, store, stored,
+                          wall=wall, mono=time.monotonic, alarms=Alarms(wall),
+                          on_committed=lambda: None)
+    source = make_source(cfg, cfg.sources[0])  # type: ignore[arg-type]
+    await source.connect()
+    polls: list[str] = []
+
+    async def poll() -> None:
+        while True:
+            readings = await source.read()
+            polls.extend("good" if r.quality is Quality.GOOD else (r.error or "bad")
+                         for r in readings if r.line == "l00")
+            await asyncio.sleep(0.2)
+
+    poller = asyncio.create_task(poll())
+    task = asyncio.create_task(closer.run())
+    try:
+        await asyncio.wait_for(_until(lambda: closer.windows_closed >= 2400), timeout=240)
+    finally:
+        closer.stop()
+        await task
+        poller.cancel()
+        await asyncio.gather(poller, return_exceptions=True)
+        await source.close()
+        await store.close()
+    assert len(polls) >= 5
+    assert [p for p in polls if p != "good"] == []
