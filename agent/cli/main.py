@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     opening.add_argument("--note", required=True, help="where the figure comes from")
     opening.add_argument("--line", help="the line (default: the plant, units not attributed to a line)")
     opening.add_argument("--state", type=Path, help=state_help)
+    restore = state_sub.add_parser(
+        "restore", help="after copying a backup of the state database back: a new epoch, every "
+                        "counter re-baselined (refused while an agent runs)")
+    restore.add_argument("config", type=Path)
+    restore.add_argument("--state", type=Path, help=state_help)
 
     rep = sub.add_parser("report", help="the shift reports of a production day from the state store: "
                          "units, targets, OEE and its parts, downtime by reason")
@@ -252,6 +257,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         path = state.state_path(cfg, args.state)
         if args.state_command == "show":
             print(state.show(cfg, fmt=args.format, path=path))
+        elif args.state_command == "restore":
+            print(state.restore(cfg, path=path))
         elif args.state_command == "opening":
             print(state.opening(cfg, units=args.units, through=args.through, note=args.note,
                                 line=args.line, path=path))
