@@ -14,7 +14,6 @@ that window carries ``rebaselined``. A line's second counter (``total_counter`` 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -27,14 +26,12 @@ from agent.contract.errors import ConfigError, StoreError
 from agent.core.report import LineTotals, PlantTotals
 from agent.core.totals import year_openings
 from agent.runtime.lines import second_row
+from agent.runtime.restore import restart_epoch
 from agent.store import LineState
-from agent.store.file import StoreLock, connect, new_epoch, open_readonly, transaction
+from agent.store.file import StoreLock, connect, open_readonly, transaction
 from agent.store.openings import OpeningEntry, read_openings, record_opening
 
 __all__ = ["opening", "rebaseline", "restore", "show", "state_path"]
-
-#: the re-baseline reason of every counter after ``state restore``
-RESTORED = "the state database was restored from a backup"
 
 _COLUMNS = ("line, totals_json, identity, state_identity, baseline, modulus, anchor_wall,"
             " anchor_mono, last_wall, last_mono, boot_id, rebaseline")
@@ -271,13 +268,8 @@ def rebaseline(cfg: Config, line_id: str, reason: str | None, *, path: Path | No
 
 
 def restore(cfg: Config, *, path: Path | None = None) -> str:
-    """A restored backup: a new epoch, ``seq`` and windows from now, counters re-baselined.
-
-    The backup's ``seq`` is behind what was published since it was taken: windows
-    numbered again within its epoch would be dropped by every subscriber as duplicates.
-    Its baselines are as old: counting from them would count again what was published
-    since. The outbox (windows not yet delivered) and the shift reports are kept.
-    """
+    """A restored backup: a new epoch, ``seq`` and windows from now, counters re-baselined
+    (:func:`agent.runtime.restore.restart_epoch`); refused while an agent runs."""
     path = path or cfg.storage.path
     if not path.exists():
         raise StoreError(f"there is no state database at {path} (storage.path): copy the "
@@ -288,29 +280,7 @@ def restore(cfg: Config, *, path: Path | None = None) -> str:
         conn, _ = connect(path)
         try:
             with transaction(conn):
-                epoch = new_epoch()
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (str(epoch),))
-                rows = conn.execute("SELECT line, totals_json, second_json FROM line_state").fetchall()
-                for line, totals_json, second_json in rows:
-                    totals = LineTotals.from_json(totals_json) if totals_json else LineTotals()
-                    totals = dataclasses.replace(totals, seq=0, last_window_end=None)
-                    second = None
-                    if second_json:
-                        raw = json.loads(second_json)
-                        raw.update(baseline=None, anchor_wall=None, anchor_mono=None,
-                                   last_wall=None, last_mono=None, rebaseline=RESTORED)
-                        second = json.dumps(raw, sort_keys=True)
-                    conn.execute(
-                        "UPDATE line_state SET totals_json = ?, baseline = NULL, anchor_wall = NULL,"
-                        " anchor_mono = NULL, last_wall = NULL, last_mono = NULL, rebaseline = ?,"
-                        " second_json = ? WHERE line = ?",
-                        (totals.to_json(), RESTORED, second, line))
-                found = conn.execute("SELECT plant_json FROM plant_state WHERE id = 1").fetchone()
-                if found is not None and found[0]:
-                    plant = dataclasses.replace(PlantTotals.from_json(found[0]), seq=0,
-                                                last_window_end=None)
-                    conn.execute("UPDATE plant_state SET plant_json = ? WHERE id = 1",
-                                 (plant.to_json(),))
+                epoch, lines = restart_epoch(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
@@ -318,4 +288,4 @@ def restore(cfg: Config, *, path: Path | None = None) -> str:
     finally:
         lock.release()
     return (f"new epoch {epoch}: seq starts again at 1 with windows from the next start; "
-            f"{len(rows)} line(s) re-baselined at their next reading (event rebaselined)")
+            f"{lines} line(s) re-baselined at their next reading (event rebaselined)")

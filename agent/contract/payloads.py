@@ -241,6 +241,7 @@ class StatusPayload(_Payload):
     started_at: Timestamp | None
     config_sha256: str
     epoch: int | None = Field(None, description=EPOCH_DESCRIPTION + "; null before the store is open")
+    seq: int | None = Field(None, ge=0, description="the plant seq of the last window committed to the state store when this status was built (null before the store is open): a store restored from an older backup is behind it and starts a new epoch")
     backlog: int = Field(..., ge=0, description="window messages waiting in the outbox (one per line and one for the plant per window)")
     dropped: int = Field(..., ge=0, description="window messages dropped since start, oldest first (outbox full)")
     alarms: list[Alarm] = Field(default_factory=list)

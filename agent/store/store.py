@@ -151,6 +151,15 @@ class Store:
 
     # --- public API -----------------------------------------------------------------------
 
+    async def in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in one transaction on the store's thread (a maintenance
+        step such as starting a new epoch; nothing else writes meanwhile)."""
+        def run(conn: sqlite3.Connection) -> T:
+            with transaction(conn):
+                return fn(conn)
+
+        return await self._run(run)
+
     async def load(self) -> StoredState:
         """The persisted line and plant state."""
 
