@@ -178,13 +178,13 @@ async def test_a_long_fill_never_times_out_a_poll(
     cfg = Config.model_validate({
         **base.model_dump(mode="json", exclude={"lines", "sources"}),
         "sources": [{"id": "plc", "kind": "modbus", "host": "127.0.0.1", "port": port,
-                     "poll_interval_s": 0.1, "timeout_s": 0.05}],
+                     "poll_interval_s": 0.2, "timeout_s": 0.2}],
         "lines": [{**line.model_dump(mode="json", exclude_none=True), "id": f"l{i:02d}",
                    "counter": {"source": "plc", "address": 100 + 2 * i, "type": "uint32"}}
                   for i in range(40)],
     })
     last = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=40)
-    store = await Store.open(cfg.storage.path, max_bytes=64_000_000)
+    store = await Store.open(cfg.storage.path, max_bytes=400_000_000)
     await store.commit_window([], [LineState(ln.id, LineTotals(seq=1, last_window_end=last).to_json())
                                    for ln in cfg.lines],
                               PlantTotals(seq=1, last_window_end=last).to_json())

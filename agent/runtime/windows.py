@@ -15,7 +15,8 @@ transaction. If the store fails (disk full), windows wait in memory in order, up
 :data:`MAX_PENDING_RECORDS` records (the oldest are dropped beyond, and counted), and
 are committed when it recovers; counting goes on from the cumulative PLC counter.
 Filling a long gap is done a window at a time, committed in chunks, yielding to the
-event loop between windows, so polling and publishing go on meanwhile.
+event loop between windows and resting briefly every :data:`FILL_SLICE_S`, so polling
+(whose requests have short timeouts) and publishing go on meanwhile.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ MAX_GAP_WINDOWS = 100_000       # windows filled after the agent was down; one s
 MAX_PENDING_RECORDS = 50_000    # records held in memory while the store cannot commit
 COMMIT_RECORDS = 5_000          # records per commit while filling a gap
 TICK_S = 5.0                    # the heartbeat of the window task while it waits
+FILL_SLICE_S = 0.02             # a gap fill works this long at most before it rests ...
+FILL_REST_S = 0.005             # ... this long, so the loop waits on sockets (PLC answers) too
 
 
 def _real_time(seconds: float) -> float:
@@ -218,6 +221,8 @@ class WindowCloser:
         window at the stop (False).
         """
         first, count = start, 0
+        loop = asyncio.get_running_loop()
+        worked_since = loop.time()
         while start < until:
             if self._stop.is_set():
                 await self._stop_filling(start, until, event, count)
@@ -236,7 +241,13 @@ class WindowCloser:
             self.last_tick_mono = self.mono()
             if self._pending_records >= COMMIT_RECORDS:
                 await self._commit()
-            await asyncio.sleep(0)
+            if loop.time() - worked_since >= FILL_SLICE_S:
+                # a real rest, not only a turn: a poll's request and answer each need the
+                # loop to wait on its socket, and a turn per window is no deadline for them
+                await asyncio.sleep(FILL_REST_S)
+                worked_since = loop.time()
+            else:
+                await asyncio.sleep(0)
         log.warning("%d window(s) from %s to %s closed while the agent was not counting; "
                     "published with quality bad", count, first.isoformat(), until.isoformat())
         await self._commit()
