@@ -199,6 +199,8 @@ class Rig:
     offset_file: Path | None
     faults: list[dict[str, Any]] = field(default_factory=list)
     clock_offset: int = 0
+    #: fault durations are scaled down for short runs (a 2-minute run: a fifth)
+    scale: float = 1.0
 
 
 def _catches_sigterm(pid: int) -> bool:
@@ -223,7 +225,7 @@ def _rss_kb(pid: int) -> int | None:
 
 async def _plc_outage(rig: Rig) -> dict[str, Any]:
     plc_id = rig.rng.choice(sorted(rig.sims.plcs))
-    secs = rig.rng.uniform(5, 40)
+    secs = rig.rng.uniform(5, 40) * rig.scale
     plc = rig.sims.plcs[plc_id]
     await plc.stop()
     await asyncio.sleep(secs)
@@ -252,7 +254,7 @@ async def _counter_reset(rig: Rig) -> dict[str, Any]:
 
 
 async def _broker_restart(rig: Rig) -> dict[str, Any]:
-    secs = rig.rng.uniform(2, 20)
+    secs = rig.rng.uniform(2, 20) * rig.scale
     await asyncio.to_thread(rig.broker.stop)
     await asyncio.sleep(secs)
     await asyncio.to_thread(rig.broker.start)
@@ -260,7 +262,7 @@ async def _broker_restart(rig: Rig) -> dict[str, Any]:
 
 
 async def _broker_freeze(rig: Rig) -> dict[str, Any]:
-    secs = rig.rng.uniform(5, 30)
+    secs = rig.rng.uniform(5, 30) * rig.scale
     pid = rig.broker.pid
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
@@ -272,7 +274,7 @@ async def _broker_freeze(rig: Rig) -> dict[str, Any]:
 
 
 async def _agent_kill9(rig: Rig) -> dict[str, Any]:
-    away = rig.rng.uniform(1, 60)
+    away = rig.rng.uniform(1, 60) * rig.scale
     await rig.agent.kill("kill9")
     await asyncio.sleep(away)
     rig.agent.start()
@@ -281,7 +283,7 @@ async def _agent_kill9(rig: Rig) -> dict[str, Any]:
 
 async def _agent_kill9_after_restart(rig: Rig) -> dict[str, Any]:
     """Away long enough for windows to be filled, then killed seconds after the restart."""
-    away = rig.rng.uniform(30, 110)
+    away = rig.rng.uniform(30, 110) * rig.scale
     after = rig.rng.uniform(0.5, 6)
     await rig.agent.kill("kill9")
     await asyncio.sleep(away)
@@ -294,7 +296,7 @@ async def _agent_kill9_after_restart(rig: Rig) -> dict[str, Any]:
 
 
 async def _agent_sigterm(rig: Rig) -> dict[str, Any]:
-    away = rig.rng.uniform(1, 30)
+    away = rig.rng.uniform(1, 30) * rig.scale
     await rig.agent.kill("sigterm")
     await asyncio.sleep(away)
     rig.agent.start()
@@ -321,13 +323,13 @@ async def _clock_step(rig: Rig) -> dict[str, Any]:
     step = max(step, -rig.clock_offset - 300) if step < 0 else step
     rig.clock_offset += step
     rig.offset_file.write_text(f"{rig.clock_offset:+d}\n")
-    await asyncio.sleep(rig.rng.uniform(10, 30))
+    await asyncio.sleep(rig.rng.uniform(10, 30) * rig.scale)
     return {"step_s": step, "offset_s": rig.clock_offset}
 
 
 async def _disk_full(rig: Rig) -> dict[str, Any]:
     filler = rig.disk / "filler"
-    secs = rig.rng.uniform(10, 30)
+    secs = rig.rng.uniform(10, 30) * rig.scale
     try:
         await asyncio.to_thread(_fill, filler)
         await asyncio.sleep(secs)
@@ -423,7 +425,8 @@ async def soak(minutes: float, seed: int, lines: int, workdir: Path, *,
                 cfg = write_config(workdir / "agent.json",
                                    _agent_config(ports, broker.url, workdir / "disk" / "state.db"))
                 agent = AgentProc(cfg, workdir, offset_file)
-                rig = Rig(rng, sims, broker, agent, workdir / "disk", offset_file)
+                rig = Rig(rng, sims, broker, agent, workdir / "disk", offset_file,
+                          scale=min(1.0, minutes / 10))
                 # production starts once the agent has read every counter: its first
                 # readings become the baselines, so nothing built before them is in the ledger
                 for line in sims.lines.values():
