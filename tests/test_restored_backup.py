@@ -67,3 +67,39 @@ def test_only_a_status_of_the_same_epoch_and_ahead_means_a_restored_copy() -> No
     assert restored_copy(b'{"epoch": 5, "seq": null}', 5, 7) is None
     assert restored_copy(b"not json", 5, 7) is None
     assert restored_copy(None, 5, 7) is None
+
+
+async def test_the_status_counts_only_committed_windows(tmp_path: Path) -> None:
+    """While the store cannot commit (a full disk), windows wait in memory: the seq that
+    R/status reports stays at the last committed one, so a power cut then is never taken
+    for a restored backup at the next start."""
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from agent.core.calendar import ShiftCalendar
+    from agent.core.report import Reporter
+    from agent.runtime.lines import LineBoard
+    from agent.runtime.status import Alarms
+    from agent.runtime.windows import WindowCloser
+    from agent.store import Store
+    from tests.test_restart_gap import config
+
+    cfg = config(tmp_path)
+    store = await Store.open(cfg.storage.path, max_bytes=10_000_000)
+    stored = await store.load()
+    calendar = ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)
+
+    def wall() -> datetime:
+        return datetime.now(UTC)
+
+    board = LineBoard(cfg, None, stored, mono=time.monotonic, wall=wall)  # type: ignore[arg-type]
+    alarms = Alarms(wall)
+    closer = WindowCloser(cfg, calendar, Reporter(cfg, calendar), board, store, stored, wall=wall,
+                          mono=time.monotonic, alarms=alarms, on_committed=lambda: None)
+    t0 = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    await closer.close(t0, t0 + timedelta(seconds=1))
+    assert (closer.plant.seq, closer.committed_seq) == (1, 1)
+    await store.close()                 # from now on every commit fails
+    await closer.close(t0 + timedelta(seconds=1), t0 + timedelta(seconds=2))
+    assert (closer.plant.seq, closer.committed_seq) == (2, 1)
+    assert "store_error" in [a.kind for a in alarms.active()]

@@ -110,7 +110,7 @@ class Agent:
             state=state,
             agent=self.cfg.client_id, version=__version__,
             started_at=self.started_at, config_sha256=self.sha, epoch=self.epoch,
-            seq=self.closer.plant.seq if self.closer is not None else self.stored_seq,
+            seq=self.closer.committed_seq if self.closer is not None else self.stored_seq,
             backlog=store.backlog if store else 0,
             dropped=(store.dropped if store else 0) + (self.closer.dropped_in_memory if self.closer else 0),
             alarms=self.alarms.active(), ts=self.wall(),

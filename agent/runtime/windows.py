@@ -66,6 +66,7 @@ class _Pending:
     reports: list[StoredReport]
     hours: list[HourDelta]
     latest: list[Latest]
+    plant_seq: int
 
 
 class WindowCloser:
@@ -97,6 +98,9 @@ class WindowCloser:
             self.totals[line.id] = (LineTotals.from_json(row.totals_json)
                                     if row and row.totals_json else LineTotals())
         self.plant = PlantTotals.from_json(stored.plant_json) if stored.plant_json else PlantTotals()
+        #: the plant seq of the last window in the store (``plant.seq`` runs ahead while the
+        #: store cannot commit): what ``R/status`` reports as published
+        self.committed_seq = self.plant.seq
         self._pending: list[_Pending] = []
         self._pending_records = 0
         self.dropped_in_memory = 0
@@ -191,7 +195,7 @@ class WindowCloser:
         self.windows_closed += 1
         hours, latest = window_rows(outputs, plant_out, start, end, self.cfg.tz)
         return _Pending(records, lines, self.plant.to_json(), [_stored(r) for r in reports],
-                        hours, latest)
+                        hours, latest, self.plant.seq)
 
     def _hold(self, pending: _Pending) -> None:
         self._pending.append(pending)
@@ -296,6 +300,7 @@ class WindowCloser:
             self.alarms.clear("store_error")
             del self._pending[:len(batch)]
             self._pending_records -= len(records)
+            self.committed_seq = batch[-1].plant_seq
             if dropped:
                 self.alarms.raise_("outbox_full", f"outbox over {self.cfg.storage.max_mb:g} MB: "
                                    f"{self.store.dropped} window record(s) dropped, oldest first")
