@@ -28,17 +28,16 @@ from agent.outputs import OutputFormat, make_formats
 from agent.outputs.forwarder import Forwarder
 from agent.outputs.json import JsonFormat
 from agent.outputs.mqtt.publisher import Publisher
-from agent.outputs.mqtt.retained import read_retained
 from agent.outputs.siteack import SiteAcks
 from agent.runtime.lines import LineBoard
 from agent.runtime.metrics import Metrics
 from agent.runtime.notify import Notifier
-from agent.runtime.restore import restart_epoch, restored_copy
+from agent.runtime.restore import restored_backup
 from agent.runtime.status import Alarms
 from agent.runtime.windows import WindowCloser
 from agent.sources.base import make_source
 from agent.sources.supervisor import SourceSupervisor, poll_phase
-from agent.store import Store, StoredState
+from agent.store import Store
 
 if TYPE_CHECKING:
     from agent.outputs.sparkplug.node import EdgeNode
@@ -49,8 +48,6 @@ log = logging.getLogger("plantfloor.agent")
 
 #: how long a clean stop waits for the lines' retained ``unknown`` state to be acknowledged
 STOPPED_STATE_S = 2.0
-#: at start, how long the broker may take to hand over the retained R/status (a restored backup)
-RETAINED_STATUS_WAIT_S = 3.0
 DRAIN_S = 10.0         # how long shutdown waits for the outbox to reach the broker (the unit: TimeoutStopSec=20)
 READY_TIMEOUT_S = 30.0  # READY=1 waits this long for every source and the broker, then goes degraded
 
@@ -173,7 +170,8 @@ class Agent:
         self.store = await Store.open(cfg.storage.path, max_bytes=int(cfg.storage.max_mb * 1_000_000))
         stored = await self.store.load()
         if not stored.created and stored.recovered_from is None:
-            stored = await self._restored_backup(stored)
+            stored = await restored_backup(cfg, self.store, stored, root=self.root,
+                                           alarms=self.alarms)
         self.epoch = stored.epoch
         # the year-to-date opening balance (plantfloor state opening, recorded while no
         # agent runs on the file): counted in units_year_to_date from the first window
@@ -217,29 +215,6 @@ class Agent:
                 on_health=self._on_health, phase_s=poll_phase(src_cfg.poll_interval_s),
                 stamp=self.mono if self.clock.simulated else None)
             self.supervisors.append(self.supervisor_of[src_cfg.id])
-
-    async def _restored_backup(self, stored: StoredState) -> StoredState:
-        """A store behind the broker's retained status of its own epoch is a restored
-        backup: it starts a new epoch (as ``plantfloor state restore`` does)."""
-        assert self.store is not None
-        cfg = self.cfg
-        try:
-            password = cfg.mqtt.password()
-        except OSError:
-            return stored  # reported when the publisher starts
-        retained = await asyncio.to_thread(
-            read_retained, cfg.mqtt, f"{self.root}/status", client_id=f"{cfg.client_id}-probe",
-            password=password, timeout_s=RETAINED_STATUS_WAIT_S)
-        plant_seq = PlantTotals.from_json(stored.plant_json).seq if stored.plant_json else 0
-        why = restored_copy(retained, stored.epoch, plant_seq)
-        if why is None:
-            return stored
-        epoch, _ = await self.store.in_transaction(restart_epoch)
-        log.warning("restored backup: %s; a new epoch %d begins, every counter re-baselined",
-                    why, epoch)
-        self.alarms.raise_("store_restored", f"the state database is a restored backup ({why}): "
-                           f"new epoch {epoch}, counters re-baselined")
-        return await self.store.load()
 
     def _open_sparkplug(self, formats: dict[str, OutputFormat]) -> None:
         """The Sparkplug edge node, its own connection and forwarder (output sparkplug/both)."""

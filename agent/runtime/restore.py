@@ -10,15 +10,26 @@ it on an operator's word; the agent applies it itself when the broker's retained
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 import sqlite3
 from typing import Any
 
+from agent.config import Config
 from agent.core.totals import LineTotals, PlantTotals
+from agent.outputs.mqtt.retained import read_retained
+from agent.runtime.status import Alarms
+from agent.store import Store, StoredState
 from agent.store.file import new_epoch
 
-__all__ = ["RESTORED", "restart_epoch", "restored_copy"]
+__all__ = ["RESTORED", "RETAINED_STATUS_WAIT_S", "restart_epoch", "restored_backup", "restored_copy"]
+
+log = logging.getLogger("plantfloor.agent")
+
+#: at start, how long the broker may take to hand over the retained R/status
+RETAINED_STATUS_WAIT_S = 3.0
 
 #: the re-baseline reason of every counter of a restored backup
 RESTORED = "the state database was restored from a backup"
@@ -65,3 +76,27 @@ def restart_epoch(conn: sqlite3.Connection) -> tuple[int, int]:
         plant = dataclasses.replace(PlantTotals.from_json(found[0]), seq=0, last_window_end=None)
         conn.execute("UPDATE plant_state SET plant_json = ? WHERE id = 1", (plant.to_json(),))
     return epoch, len(rows)
+
+
+async def restored_backup(cfg: Config, store: Store, stored: StoredState, *, root: str,
+                          alarms: Alarms) -> StoredState:
+    """At start: a store behind the broker's retained status of its own epoch is a restored
+    backup, and starts a new epoch (as ``plantfloor state restore`` does); the state as
+    it is then. Without the broker (or its retained status) nothing changes."""
+    try:
+        password = cfg.mqtt.password()
+    except OSError:
+        return stored  # reported when the publisher starts
+    retained = await asyncio.to_thread(
+        read_retained, cfg.mqtt, f"{root}/status", client_id=f"{cfg.client_id}-probe",
+        password=password, timeout_s=RETAINED_STATUS_WAIT_S)
+    plant_seq = PlantTotals.from_json(stored.plant_json).seq if stored.plant_json else 0
+    why = restored_copy(retained, stored.epoch, plant_seq)
+    if why is None:
+        return stored
+    epoch, _ = await store.in_transaction(restart_epoch)
+    log.warning("restored backup: %s; a new epoch %d begins, every counter re-baselined",
+                why, epoch)
+    alarms.raise_("store_restored", f"the state database is a restored backup ({why}): "
+                  f"new epoch {epoch}, counters re-baselined")
+    return await store.load()
