@@ -15,7 +15,8 @@ sys.modules["psycopg"] = None
 sys.modules["psycopg_pool"] = None
 import agent
 names = [m.name for m in pkgutil.walk_packages(agent.__path__, "agent.")
-         if not m.name.startswith("agent.rollup") and not m.name.endswith("__main__")]
+         if not m.name.startswith(("agent.rollup", "agent.board.site"))  # the site's, with the extra
+         and not m.name.endswith("__main__")]
 for name in names:
     importlib.import_module(name)
 from agent.runtime.pipeline import Agent  # noqa: F401
