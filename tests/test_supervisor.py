@@ -233,6 +233,52 @@ async def test_cancel_propagates_and_closes_the_source() -> None:
     assert src.closes >= 1
 
 
+
+class AnswerWithTheCancel(ScriptedSource):
+    """A read whose answer arrives together with the cancellation: ``asyncio.wait_for`` on
+    Python 3.11 (as pymodbus and asyncua await it) then returns the answer and the
+    cancellation is lost; ``in_connect`` does the same in connect."""
+
+    def __init__(self, *, in_connect: bool = False) -> None:
+        super().__init__()
+        self.in_connect = in_connect
+        self.waiting = asyncio.Event()
+
+    async def _swallow(self) -> None:
+        if self.waiting.is_set():
+            return   # once
+        self.waiting.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    async def connect(self) -> None:
+        await super().connect()
+        if self.in_connect:
+            await self._swallow()
+
+    async def read(self) -> Sequence[Reading]:
+        if not self.in_connect and self.reads >= 2:
+            await self._swallow()
+        return await super().read()
+
+
+@pytest.mark.parametrize("in_connect", [False, True], ids=["read", "connect"])
+async def test_a_cancellation_a_protocol_client_swallowed_still_stops_the_supervisor(in_connect: bool) -> None:
+    src = AnswerWithTheCancel(in_connect=in_connect)
+    sup, _, _ = supervisor(src)
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(src.waiting.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=10)   # a bound for a failing run, not a timing
+    if task not in done:
+        task.cancel()   # the supervisor is sleeping now: this one reaches it
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        pytest.fail("the supervisor ran on after it was cancelled")
+    assert task.cancelled()
+    assert src.closes >= 1
+
+
 # --- against software PLCs (real pymodbus servers on loopback) -------------------------------
 
 def _modbus(plc: Any, **kw: Any) -> ModbusTcpSource:

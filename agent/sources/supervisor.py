@@ -44,6 +44,19 @@ def backoff_delay(attempt: int, *, initial_s: float, max_s: float, rng: random.R
     return rng.uniform(0.0, cap)
 
 
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError when this task was cancelled and the cancellation got lost.
+
+    A protocol client awaiting ``asyncio.wait_for`` (pymodbus, asyncua) returns its answer
+    instead of raising when the answer and the cancellation arrive together (Python 3.11):
+    the task is then still marked as cancelling, and a loop that never ends on its own
+    would run on, so the agent's stop would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SourceSupervisor:
     """Runs one :class:`Source` until cancelled.
 
@@ -106,6 +119,7 @@ class SourceSupervisor:
             while True:
                 try:
                     await self.source.connect()
+                    _raise_if_cancelled()
                     self._connections += 1
                     if self._connections > 1:
                         self.reconnects += 1
@@ -116,6 +130,7 @@ class SourceSupervisor:
                     # a bug in an adapter must not stop the agent: treat it like a lost source
                     self._failed(f"{type(exc).__name__}: {exc}", exc_info=True)
                 await self.source.close()
+                _raise_if_cancelled()
                 delay = backoff_delay(self._attempt, initial_s=self.backoff_initial_s,
                                       max_s=self.backoff_max_s, rng=self._rng)
                 self._attempt += 1
@@ -141,6 +156,7 @@ class SourceSupervisor:
             start = self._clock()
             self.polls += 1
             readings = await self.source.read()
+            _raise_if_cancelled()
             end = self._clock()
             self.last_poll_latency_s = end - start
             self.last_ok_mono = end
