@@ -28,7 +28,7 @@ from agent.core.totals import year_openings
 from agent.runtime.lines import second_row
 from agent.runtime.restore import restart_epoch
 from agent.store import LineState
-from agent.store.file import StoreLock, connect, open_readonly, transaction
+from agent.store.file import offline_transaction, open_readonly
 from agent.store.openings import OpeningEntry, read_openings, record_opening
 
 __all__ = ["opening", "rebaseline", "restore", "show", "state_path"]
@@ -236,30 +236,19 @@ def rebaseline(cfg: Config, line_id: str, reason: str | None, *, path: Path | No
         raise StoreError(f"there is no state database at {path} (storage.path): nothing to "
                          "re-baseline; the first reading becomes the baseline anyway")
     why = reason or "asked for by an operator"
-    lock = StoreLock(path)
-    lock.acquire()
-    try:
-        conn, _ = connect(path)
-        try:
-            with transaction(conn):
-                changed = conn.execute(
-                    "UPDATE line_state SET baseline = NULL, anchor_wall = NULL, anchor_mono = NULL,"
-                    " last_wall = NULL, last_mono = NULL, rebaseline = ? WHERE line = ?",
-                    (f"operator: {why}", line_id)).rowcount
-                found = conn.execute("SELECT second_json FROM line_state WHERE line = ?",
-                                     (line_id,)).fetchone()
-                if found is not None and found[0]:
-                    second = json.loads(found[0])
-                    second.update(baseline=None, anchor_wall=None, anchor_mono=None,
-                                  last_wall=None, last_mono=None, rebaseline=f"operator: {why}")
-                    conn.execute("UPDATE line_state SET second_json = ? WHERE line = ?",
-                                 (json.dumps(second, sort_keys=True), line_id))
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot write the state database {path}: {exc}") from exc
-    finally:
-        lock.release()
+    with offline_transaction(path) as conn:
+        changed = conn.execute(
+            "UPDATE line_state SET baseline = NULL, anchor_wall = NULL, anchor_mono = NULL,"
+            " last_wall = NULL, last_mono = NULL, rebaseline = ? WHERE line = ?",
+            (f"operator: {why}", line_id)).rowcount
+        found = conn.execute("SELECT second_json FROM line_state WHERE line = ?",
+                             (line_id,)).fetchone()
+        if found is not None and found[0]:
+            second = json.loads(found[0])
+            second.update(baseline=None, anchor_wall=None, anchor_mono=None,
+                          last_wall=None, last_mono=None, rebaseline=f"operator: {why}")
+            conn.execute("UPDATE line_state SET second_json = ? WHERE line = ?",
+                         (json.dumps(second, sort_keys=True), line_id))
     if not changed:
         return (f"line {line_id} has no stored baseline yet: its first reading becomes the "
                 "baseline anyway")
@@ -274,18 +263,7 @@ def restore(cfg: Config, *, path: Path | None = None) -> str:
     if not path.exists():
         raise StoreError(f"there is no state database at {path} (storage.path): copy the "
                          "backup there first")
-    lock = StoreLock(path)
-    lock.acquire()
-    try:
-        conn, _ = connect(path)
-        try:
-            with transaction(conn):
-                epoch, lines = restart_epoch(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot write the state database {path}: {exc}") from exc
-    finally:
-        lock.release()
+    with offline_transaction(path) as conn:
+        epoch, lines = restart_epoch(conn)
     return (f"new epoch {epoch}: seq starts again at 1 with windows from the next start; "
             f"{lines} line(s) re-baselined at their next reading (event rebaselined)")

@@ -40,6 +40,7 @@ __all__ = [
     "check_sqlite_version",
     "connect",
     "new_epoch",
+    "offline_transaction",
     "open_readonly",
     "transaction",
 ]
@@ -265,6 +266,26 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def offline_transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    """One transaction on the state file by a command, never beside a running agent: the
+    file's lock is taken (refused while an agent holds it), the file opened (created or
+    migrated), and a SQLite error raised as :class:`StoreError` naming the file."""
+    lock = StoreLock(path)
+    lock.acquire()
+    try:
+        conn, _ = connect(path)
+        try:
+            with transaction(conn):
+                yield conn
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot write the state database {path}: {exc}") from exc
+    finally:
+        lock.release()
 
 
 class StoreLock:

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from agent.contract.errors import StoreError
-from agent.store.file import StoreLock, connect, open_readonly, transaction
+from agent.store.file import offline_transaction, open_readonly
 
 __all__ = ["OpeningEntry", "entries_of", "read_openings", "record_opening"]
 
@@ -79,23 +79,12 @@ def record_opening(path: Path, *, year: int, line: str | None, units: int, throu
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    lock = StoreLock(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock.acquire()
-    try:
-        conn, _ = connect(path)
-        try:
-            with transaction(conn):
-                cur = conn.execute(
-                    "INSERT INTO opening_balance (year, line, units, through, note, recorded_at,"
-                    " recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (year, line or "", units, through.isoformat(), note, at.isoformat(), user))
-                entry_id = int(cur.lastrowid or 0)
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot write the state database {path}: {exc}") from exc
-    finally:
-        lock.release()
+    with offline_transaction(path) as conn:
+        cur = conn.execute(
+            "INSERT INTO opening_balance (year, line, units, through, note, recorded_at,"
+            " recorded_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (year, line or "", units, through.isoformat(), note, at.isoformat(), user))
+        entry_id = int(cur.lastrowid or 0)
     return OpeningEntry(id=entry_id, year=year, line=line, units=units, through=through,
                         note=note, recorded_at=at, recorded_by=user)
