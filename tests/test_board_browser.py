@@ -68,6 +68,17 @@ def last_payloads(cfg: Config) -> dict[str, dict[str, Any]]:
         conn.close()
 
 
+def last_plant(cfg: Config) -> dict[str, Any]:
+    """The plant's latest payload in the outbox."""
+    conn = sqlite3.connect(cfg.storage.path)
+    try:
+        row = conn.execute("SELECT payload FROM outbox WHERE line IS NULL AND format = 'json'"
+                           " AND topic LIKE '%/plant/output' ORDER BY id DESC LIMIT 1").fetchone()
+        return dict(json.loads(row[0]))
+    finally:
+        conn.close()
+
+
 async def number(page: Any, key: str) -> float:
     text = await page.locator(f'[data-k="{key}"]').first.text_content()
     return float(text.replace(",", "").replace("+", "").replace("%", ""))
@@ -124,6 +135,10 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
             assert await number(page, f"line:{line_id}.shift.ahead") == round(ln["shift"]["ahead"])
         assert await page.locator('[data-k="line:l1.reason"]').text_content() == "fault"
         assert await page.locator("#offline").is_hidden()
+        # dates read year first in the plant's zone, never a US month/day
+        since = datetime.fromisoformat(last_plant(cfg)["year_counted_since"])
+        assert await page.locator('[data-k="plant.year.counted_since"]').text_content() == \
+            since.astimezone(cfg.tz).strftime("%Y-%m-%d")
         await shot(page, "board")
         # a window's commit reaches the open page
         before = published["l0"]["shift"]["units"]
@@ -179,6 +194,9 @@ async def test_kiosk_mode_in_japanese(page: Any, tmp_path: Path) -> None:
         background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(13, 17, 23)"                    # the dark theme
         assert await number(page, "line:l0.shift.units") == last_payloads(cfg)["l0"]["shift"]["units"]
+        since = datetime.fromisoformat(last_plant(cfg)["year_counted_since"])
+        assert await page.locator('[data-k="plant.year.counted_since"]').text_content() == \
+            since.astimezone(cfg.tz).strftime("%Y/%m/%d")
         await shot(page, "board-kiosk-ja")
         # rotation: after 5 s the first line alone fills the screen, the plant panels hidden
         await page.goto(board.url + "?kiosk=1&rotate=5")

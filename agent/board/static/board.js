@@ -20,6 +20,12 @@
     if (kind === "date") Object.assign(opts, { year: "numeric", month: "2-digit", day: "2-digit" });
     else if (kind === "hour") Object.assign(opts, { hour: "2-digit", minute: "2-digit" });
     else Object.assign(opts, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    if (kind === "date" && lang !== "ja-JP") {
+      // year-month-day as ISO 8601 writes it: 07/12 reads as July in one country, December in another
+      const part = Object.fromEntries(new Intl.DateTimeFormat("en", opts).formatToParts(d)
+        .map((p) => [p.type, p.value]));
+      return `${part.year}-${part.month}-${part.day}`;
+    }
     return d.toLocaleString(lang, opts);
   };
   const label = (k) => (k in L ? L[k] : k);
