@@ -865,7 +865,8 @@ async def _database_and_rollup_config(rig: Rig) -> None:
                         env={"CREDENTIALS_DIRECTORY": "/etc/plantfloor/secrets"}, check=False)
     assert run.returncode == 0, run.describe()
     for text in (f"site kyushu (Asia/Tokyo): replica {REPLICA}, MQTT client id kyushu-rollup-{REPLICA}",
-                 f"publishes {SITE_ROOT}/plant/output (leader) and {SITE_ROOT}/rollup/{REPLICA}/status",
+                 f"publishes {SITE_ROOT}/plant/output (leader), {SITE_ROOT}/rollup/{REPLICA}/status and "
+                 f"{SITE_ROOT}/rollup/ack/<gateway>",
                  f"{ROOT_TOPIC}/lines/+/output  lines: kei-ev, rogue",
                  f"database: PostgreSQL {version}.", "plantfloor schema none yet",
                  "broker: mqtt://127.0.0.1:1883 accepted an MQTT 5 connection"):

@@ -8,8 +8,8 @@
 #                              when it was made (5432, or 5433 when a server runs here): the
 #                              test reads it with pg_lsclusters
 #   cache.sh wheels PYTHON     every wheel an offline `pip install` of the source tree needs
-#                              inside that Debian: the dependencies in pyproject.toml and the
-#                              build backend (PYTHON runs pip download)
+#                              inside that Debian: the dependencies in pyproject.toml, those of
+#                              its rollup extra, and the build backend (PYTHON runs pip download)
 #
 # Each prints the path it made or found. An entry is named by a hash of what goes into it,
 # so a changed package list or pyproject.toml makes a new one. Concurrent runs wait for each
@@ -98,7 +98,9 @@ wheels() {
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     data = tomllib.load(f)
-print("\n".join(data["build-system"]["requires"] + data["project"]["dependencies"]))
+# install.sh --rollup installs plantfloor[rollup]: the roll-up's extra is needed too
+print("\n".join(data["build-system"]["requires"] + data["project"]["dependencies"]
+                + data["project"]["optional-dependencies"]["rollup"]))
 EOF
 )
     machine=$(uname -m)
