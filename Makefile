@@ -7,9 +7,11 @@ venv:
 demo: venv
 	.venv/bin/plantfloor demo
 
+# two workers (pytest-xdist): most tests wait on sockets and windows, so two at once halve
+# the wall time on two cores; each worker starts its own broker and PostgreSQL on free ports
 test:
 	@scripts/bootstrap.sh --test
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 2
 
 # deploy/plantfloor.service and deploy/plantfloor-rollup.service under a real systemd: boots
 # Debian in a container (root, systemd-nspawn; about 2 minutes, the first run also
