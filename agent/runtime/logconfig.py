@@ -154,6 +154,23 @@ def _journald_stderr(stream: TextIO) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is then, not as it was at start: the live
+    terminal view (rich's ``Live``) stands in for it while it draws, so that a log line
+    prints above the frame instead of through it (as ``logging.lastResort`` does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure_logging(*, fmt: Literal["text", "json"] = "text", level: int = logging.INFO,
                       secrets: Iterable[str] = (), stream: TextIO | None = None,
                       tz: tzinfo | None = None) -> None:
@@ -164,7 +181,7 @@ def configure_logging(*, fmt: Literal["text", "json"] = "text", level: int = log
     secrets, are known) replaces the previous handler rather than adding a second one.
     """
     out = sys.stderr if stream is None else stream
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(out) if stream is not None else _CurrentStderr()
     handler.set_name("plantfloor")
     redact = RedactSecrets(secrets)
     handler.addFilter(redact)
