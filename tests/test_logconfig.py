@@ -198,3 +198,13 @@ def test_text_on_a_terminal_shows_the_plants_local_time_and_zone(
     logging.getLogger().handlers[-1].handle(record)
     assert re.fullmatch(r"2026-11-\d\dT\d\d:\d\d:20\.250[+-]\d\d:\d\d WARNING agent\.x: hello\n",
                         pipe.getvalue())
+
+
+def test_records_go_to_sys_stderr_as_it_is_when_they_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the live terminal view (rich's Live) stands in for sys.stderr while it draws: a log
+    # line must reach its stand-in, which prints it above the frame, not the real stream
+    configure_logging()
+    stand_in = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stand_in)
+    logging.getLogger("plantfloor.test").warning("source plc-kei: recovered")
+    assert "source plc-kei: recovered" in stand_in.getvalue()
