@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -81,7 +82,7 @@ def last_plant(cfg: Config) -> dict[str, Any]:
 
 async def number(page: Any, key: str) -> float:
     text = await page.locator(f'[data-k="{key}"]').first.text_content()
-    return float(text.replace(",", "").replace("+", "").replace("%", ""))
+    return float(text.replace(",", "").replace("+", "").replace("±", "").replace("%", ""))
 
 
 def shots_dir() -> Path:
@@ -133,6 +134,11 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
             assert await number(page, f"line:{line_id}.hour.units") == ln["hour"]["units"]
             assert await number(page, f"line:{line_id}.hour.target") == round(ln["hour"]["target"])
             assert await number(page, f"line:{line_id}.shift.ahead") == round(ln["shift"]["ahead"])
+        # ahead or behind reads +N, -N or ±0 (never +-0), coloured by its sign as shown
+        for delta in await page.locator("[data-delta]").all():
+            text = await delta.text_content() or ""
+            assert re.fullmatch(r"±0|\+[1-9][\d,]*|-[1-9][\d,]*", text), text
+            assert ("behind" in (await delta.get_attribute("class") or "")) == text.startswith("-")
         assert await page.locator('[data-k="line:l1.reason"]').text_content() == "fault"
         assert await page.locator("#offline").is_hidden()
         # dates read year first in the plant's zone, never a US month/day

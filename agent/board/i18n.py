@@ -36,7 +36,7 @@ LABELS: dict[str, dict[str, str]] = {
     "projected": {"en": "Projected year", "ja": "年間見込み"},
     "rate_needed": {"en": "Needed per day", "ja": "必要日産"},
     "days_left": {"en": "Production days left", "ja": "残り稼働日"},
-    "measured_since": {"en": "measured since", "ja": "計測開始"},
+    "measured_since": {"en": "Measured since", "ja": "計測開始"},
     "measured": {"en": "Measured", "ja": "計測値"},
     "recorded": {"en": "Recorded, not measured", "ja": "記録値 (計測外)"},
     "through": {"en": "through", "ja": "対象期間末"},

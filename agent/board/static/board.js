@@ -12,7 +12,12 @@
   const nf = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0, roundingMode: "halfEven" });
   const num = (x) => nf.format(x);
   const pct = (x) => (x === null || x === undefined ? "–" : (x * 100).toFixed(1) + "%");
-  const signed = (x) => (x >= 0 ? "+" : "") + num(x);
+  // ahead (+) or behind (-) by whole units as shown: what rounds to 0 reads ±0, never -0
+  const signed = (x) => {
+    const text = num(x);
+    return text === "0" || text === "-0" ? "±0" : (x > 0 ? "+" : "") + text;
+  };
+  const behind = (x) => num(x).startsWith("-") && num(x) !== "-0";
   const fmtTime = (iso, kind) => {
     if (!iso) return "–";
     const d = new Date(iso);
@@ -36,8 +41,8 @@
     if (el.hasAttribute("data-pct")) text = pct(value);
     else if (el.hasAttribute("data-delta")) {
       text = signed(value);
-      el.classList.toggle("ahead", value >= 0);
-      el.classList.toggle("behind", value < 0);
+      el.classList.toggle("ahead", !behind(value));
+      el.classList.toggle("behind", behind(value));
     } else if (el.hasAttribute("data-time")) text = fmtTime(value, el.dataset.time);
     else if (el.hasAttribute("data-reason")) text = label(value || "unknown");
     else if (el.hasAttribute("data-duration")) text = Math.floor(value / 60) + " min";
