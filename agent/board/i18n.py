@@ -66,6 +66,7 @@ LABELS: dict[str, dict[str, str]] = {
     "changeover": {"en": "changeover", "ja": "段取り替え"},
     "maintenance": {"en": "maintenance", "ja": "保全"},
     "no_data": {"en": "No window committed yet", "ja": "まだデータがありません"},
+    "min": {"en": "min", "ja": "分"},
 }
 
 

@@ -45,7 +45,7 @@
       el.classList.toggle("behind", behind(value));
     } else if (el.hasAttribute("data-time")) text = fmtTime(value, el.dataset.time);
     else if (el.hasAttribute("data-reason")) text = label(value || "unknown");
-    else if (el.hasAttribute("data-duration")) text = Math.floor(value / 60) + " min";
+    else if (el.hasAttribute("data-duration")) text = Math.floor(value / 60) + " " + L.min;
     else if (typeof value === "number") text = num(value);
     else if (value === null || value === undefined) text = el.dataset.k.endsWith("shift_name") ? L.off_shift : "–";
     else text = String(value);
@@ -80,7 +80,7 @@
     document.getElementById("offline").hidden = !s.offline;
     document.getElementById("shift-name").textContent = s.shift.name || L.off_shift;
     rows("shift-hours", s.shift.hours.map((h) => [fmtTime(h.start, "hour"), num(h.figure.units),
-      num(h.figure.target), pct(h.figure.attainment), h.break_min > 0 ? L.break + " " + Math.floor(h.break_min) + " min" : ""]),
+      num(h.figure.target), pct(h.figure.attainment), h.break_min > 0 ? L.break + " " + Math.floor(h.break_min) + " " + L.min : ""]),
       s.shift.hours.map((h) => (h.break_min > 0 ? "brk" : "")));
     const ul = document.getElementById("pareto");
     ul.replaceChildren(...s.pareto.map((p) => {
