@@ -51,15 +51,15 @@ EPOCH = 1_838_930_400_000_417
 
 def line_output(line: str, seq: int, units: int, *, historical: bool = False,
                 events: Sequence[str] = (), quality: str = "good", epoch: int = EPOCH,
-                minute: int | None = None) -> Message:
+                minute: int | None = None, shift: ShiftTotals | None = None) -> Message:
     start = T0 + timedelta(minutes=(seq if minute is None else minute) - 1)
     out = LineOutput.model_validate({
         "site": "test", "line": line, "product": line.title(), "epoch": epoch, "seq": seq,
         "window_start": start, "window_end": start + timedelta(minutes=1),
         "units": units, "rate_per_hour": units * 60.0, "target_per_hour": 120.0,
         "attainment": units / 2.0,
-        "shift": ShiftTotals(name="day", units=10 * seq, target=960.0, projected=900.0,
-                             downtime_s=0.0),
+        "shift": shift or ShiftTotals(name="day", units=10 * seq, target=960.0, projected=900.0,
+                                      downtime_s=0.0),
         "day": DayTotals(date=dt.date(2028, 4, 3), units=20 * seq, target=1800.0),
         "state_seconds": StateSeconds(running=60.0), "quality": quality,
         "events": list(events), "historical": historical,

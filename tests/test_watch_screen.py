@@ -11,7 +11,7 @@ from rich.console import Console
 
 from agent.cli.watch_screen import rich_view
 from agent.cli.watch_view import WatchModel
-from agent.contract.payloads import ShiftReport, encode
+from agent.contract.payloads import ShiftReport, ShiftTotals, encode
 from agent.core.clock import SimulatedClock
 from tests.test_watch import EPOCH, ROOT, Message, line_output, line_state, plant_output, status
 
@@ -145,3 +145,14 @@ def test_a_shift_report_another_state_store_left_retained_is_not_shown() -> None
     model.apply(topic.removeprefix(f"{ROOT}/"), payload)
     text = _flat(_render(model, 80, T0 + timedelta(minutes=1)))
     assert "Last shift night 2028-04-02 06:30-08:30: plant 1,536 / 1,307 units" in text
+
+
+def test_off_shift_a_standing_line_shows_no_downtime() -> None:
+    model = _model()
+    off = ShiftTotals(name=None, units=0, target=0.0, projected=0.0, downtime_s=4080.0)
+    topic, payload, _ = line_output("rogue", 2, 0, shift=off)
+    model.apply(topic.removeprefix(f"{ROOT}/"), payload)
+    raw = _render(model, 200, T0 + timedelta(minutes=2, seconds=20))
+    row = next(line for line in raw.splitlines() if line.startswith("rogue"))
+    assert "off shift 0 / 0" in row
+    assert "1 h 08 min" not in row and row.rstrip().endswith("-  good")

@@ -157,7 +157,8 @@ def _lines_table(model: WatchModel, clock: _Clock, width: int) -> Table:
         cells.append(pct(shift.oee))
         if wide:
             cells.append(f"{pct(shift.availability)} / {pct(shift.performance)} / {pct(shift.quality)}")
-            cells.append(minutes(shift.downtime_s))
+            # off shift nothing is planned: a line standing still then loses nothing
+            cells.append(minutes(shift.downtime_s) if shift.name else "-")
         if medium:
             cells.append(Text(o.quality, style=_STYLES.get(o.quality, "")))
         table.add_row(*cells)
