@@ -204,6 +204,7 @@ async def _watch(link: _Link, root: str, url: str, plain: bool, interval_s: floa
     loop = asyncio.get_running_loop()
     next_render = loop.time()
     changed = True
+    size = None
     try:
         while True:
             link.wake.clear()
@@ -224,6 +225,11 @@ async def _watch(link: _Link, root: str, url: str, plain: bool, interval_s: floa
             done = stop.is_set()
             if done or loop.time() >= next_render:
                 if live is not None:
+                    if live.console.size != size:
+                        # a resized terminal rewraps the frames above: start on a clean screen
+                        if size is not None:
+                            live.console.clear()
+                        size = live.console.size
                     live.update(rich_view(model, connection, clock=clock, tz=tz,
                                           width=live.console.width), refresh=True)
                 elif changed and (model.lines or model.plant.latest or model.status):
