@@ -137,6 +137,13 @@
   }
 
   // history chart (uPlot, vendored) and the CSV link
+  const axisLabel = (ts, bucket) => {
+    if (ts === null || ts === undefined) return "";
+    const iso = new Date(ts * 1000).toISOString();
+    const hour = fmtTime(iso, "hour");
+    if (bucket !== "hour") return fmtTime(iso, "date");
+    return hour === "00:00" ? fmtTime(iso, "date") + "\n" + hour : hour;
+  };
   const chartEl = document.getElementById("chart");
   let plot = null;
   async function history(bucket) {
@@ -151,12 +158,15 @@
     if (typeof uPlot === "undefined") return;
     plot = new uPlot({
       width: Math.max(320, chartEl.clientWidth || 800), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-      series: [{}, { label: L.units, stroke: "#2e86de", fill: "rgba(46,134,222,0.45)", paths: uPlot.paths.bars({ size: [0.6, 80] }) },
+      series: [{ value: (u, ts) => (ts === null || ts === undefined ? "–"
+        : fmtTime(new Date(ts * 1000).toISOString(), "date") + " " + fmtTime(new Date(ts * 1000).toISOString(), "hour")) },
+        { label: L.units, stroke: "#2e86de", fill: "rgba(46,134,222,0.45)", paths: uPlot.paths.bars({ size: [0.6, 80] }) },
         { label: L.target, stroke: "#e67e22", width: 2, paths: uPlot.paths.stepped({ align: 1 }) }],
       // the bars' own width on both sides, and units from zero
       scales: { x: { time: true, range: (u, mn, mx) => [mn - step / 2, mx + step / 2] },
                 y: { range: (u, mn, mx) => [0, Math.max(1, mx) * 1.15] } },
-      axes: [{}, {}],
+      // the plant's clock on the axis, 24-hour and year first (uPlot's own is US am/pm)
+      axes: [{ values: (u, splits) => splits.map((ts) => axisLabel(ts, bucket)) }, {}],
     }, data, chartEl);
     chartEl.dataset.points = String(pts.length);
   }
