@@ -22,7 +22,7 @@ from agent.config import Config
 from agent.core.hourly import attainment
 from agent.rollup.config import RollupConfig
 from agent.store import Store
-from agent.store.file import SCHEMA_VERSION, connect
+from agent.store.file import SCHEMA_VERSION, connect, open_readonly
 from agent.store.openings import record_opening
 from agent.views.report import report
 from tests.board_rig import FAULT, RUNNING, STARVED, Production, board_config
@@ -78,6 +78,17 @@ def published(cfg: Config) -> list[dict[str, Any]]:
         conn.close()
 
 
+def published_plant(cfg: Config) -> list[dict[str, Any]]:
+    """Every plant window payload in the outbox, oldest first."""
+    conn = sqlite3.connect(cfg.storage.path)
+    try:
+        payloads = [json.loads(p) for (p,) in conn.execute(
+            "SELECT payload FROM outbox WHERE line IS NULL AND format = 'json' ORDER BY id")]
+    finally:
+        conn.close()
+    return [p for p in payloads if "units_today" in p and "projected_year" in p]
+
+
 async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) -> None:
     cfg = board_config(tmp_path, red_after_s=300)
     # an operator's opening balance for the year (plantfloor state opening), then the hour
@@ -107,6 +118,8 @@ async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) 
         assert view["shift_name"] == "a"
         assert view["day"]["units"] == mine[-1]["day"]["units"]
         assert view["oee"]["oee"] == mine[-1]["shift"]["oee"]
+        for part in ("availability", "performance", "quality"):
+            assert view["oee"][part] == mine[-1]["shift"][part]
         assert view["oee"]["coverage"] == 1.0
         assert view["stale"] is False
     l0, l1 = lines["l0"], lines["l1"]
@@ -124,6 +137,10 @@ async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) 
     assert plant["year"]["year_to_date"] == 120_000 + sum(prod.built.values())
     assert plant["year"]["plan"] == 400_000
     assert plant["year"]["gap"] == 400_000 - plant["year"]["year_to_date"]
+    # the projected year is the plant payload's, opening balance included
+    last_plant = published_plant(cfg)[-1]
+    assert plant["year"]["projected_year"] == last_plant["projected_year"]
+    assert plant["year"]["projected_year"] > plant["year"]["year_to_date"]
     # downtime this shift, by reason: the published windows' seconds summed
     down: dict[str, float] = {}
     for p in sent:
@@ -265,6 +282,7 @@ async def test_an_older_state_file_opens_and_the_board_shows_no_data(tmp_path: P
     path = cfg.storage.path
     conn, _ = connect(path)
     conn.execute("DROP TABLE board_latest")
+    conn.execute("DROP TABLE opening_balance")
     conn.execute("PRAGMA user_version=2")
     conn.close()
     async with served(cfg) as url, httpx.AsyncClient(base_url=url) as client:
@@ -278,6 +296,7 @@ async def test_an_older_state_file_opens_and_the_board_shows_no_data(tmp_path: P
     conn, _ = connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert conn.execute("SELECT count(*) FROM board_latest").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM opening_balance").fetchone()[0] == 0
     conn.close()
 
 
@@ -310,3 +329,119 @@ def test_a_board_before_the_agent_ran_says_why_and_a_bad_token_file_is_refused(
     assert proc.stderr.strip().splitlines()[-1].startswith("plantfloor: ")
     assert "board.credential_file" in proc.stderr
     assert "credential file" in proc.stderr
+
+
+async def test_the_token_comes_from_systemds_credentials_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``board.credential_file: board-token`` under ``LoadCredential=board-token:…``: the
+    relative name is read from ``$CREDENTIALS_DIRECTORY``, not from the working folder."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "board-token").write_text("from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = board_config(tmp_path, credential_file="board-token")
+    assert cfg.board.token() == "from-systemd"
+    prod = await an_hour(cfg)
+    await prod.close()
+    async with served(cfg) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/api/v1/lines")).status_code == 401
+        ok = await client.get("/api/v1/lines", headers={"Authorization": "Bearer from-systemd"})
+        assert ok.status_code == 200
+
+
+async def test_live_pages_past_the_limit_are_told_to_retry(tmp_path: Path) -> None:
+    """``board.max_event_clients`` live pages at most: one more gets 503 with Retry-After
+    (EventSource retries), and a page that leaves makes room."""
+    cfg = board_config(tmp_path, max_event_clients=1)
+    prod = await Production.open(cfg, START)
+    await prod.window({"l0": (1, RUNNING), "l1": (1, RUNNING)})
+    now = prod.now
+    async with served(cfg, now=lambda: now) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream("GET", "/api/v1/events") as first:
+            assert first.status_code == 200
+            async for line in first.aiter_lines():
+                if line.startswith("event: state"):
+                    break
+            refused = await client.get("/api/v1/events")
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "10"
+            assert (await client.get("/api/v1/lines")).status_code == 200   # the API is not held
+
+        async def room() -> bool:
+            async with client.stream("GET", "/api/v1/events") as again:
+                return again.status_code == 200
+
+        await wait_until(room, what="a live page again once the first has left")
+    await prod.close()
+
+
+@pytest.mark.parametrize("last_event_id", [
+    b"", b"0", b"-1", b"not-an-id", b"9" * 100, "üé".encode(), b"1:2:3", b"42 43"])
+async def test_any_last_event_id_gets_the_current_state(tmp_path: Path, last_event_id: bytes) -> None:
+    """A reconnecting page's Last-Event-ID is only compared, never parsed: whatever it holds,
+    the stream opens and sends the current state (an id the board never gave is not its own);
+    one longer than 100 characters is refused as a bad request, never a server error."""
+    cfg = board_config(tmp_path)
+    prod = await Production.open(cfg, START)
+    await prod.window({"l0": (2, RUNNING), "l1": (1, RUNNING)})
+    now = prod.now
+    async with served(cfg, now=lambda: now) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with client.stream("GET", "/api/v1/events",
+                                 headers={"Last-Event-ID": last_event_id}) as r:
+            assert r.status_code == 200
+            data = None
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    data = json.loads(line.removeprefix("data:"))
+                    break
+        too_long = await client.get("/api/v1/events", headers={"Last-Event-ID": "9" * 101})
+    assert data is not None
+    assert {ln["line"]: ln["shift"]["units"] for ln in data["lines"]} == {"l0": 2, "l1": 1}
+    assert too_long.status_code == 422
+    await prod.close()
+
+
+async def test_a_reading_board_never_holds_up_the_agents_commit_and_cannot_write(
+        tmp_path: Path) -> None:
+    """WAL: a board in the middle of a read transaction keeps its snapshot while the agent
+    commits the next window beside it (with a rollback journal that commit would wait for
+    the reader and fail with 'database is locked'); the board's connection is read-only."""
+    cfg = board_config(tmp_path)
+    prod = await Production.open(cfg, START)
+    await prod.window({"l0": (3, RUNNING), "l1": (1, RUNNING)})
+    reader = open_readonly(cfg.storage.path)
+    try:
+        reader.execute("BEGIN")
+        before = reader.execute("SELECT count(*) FROM board_latest").fetchone()[0]
+        hours = reader.execute("SELECT sum(units) FROM line_hour").fetchone()[0]
+        assert hours == 4
+        await prod.window({"l0": (4, RUNNING), "l1": (2, RUNNING)})   # the agent commits
+        assert reader.execute("SELECT sum(units) FROM line_hour").fetchone()[0] == hours
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT sum(units) FROM line_hour").fetchone()[0] == 10
+        assert reader.execute("SELECT count(*) FROM board_latest").fetchone()[0] == before
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.execute("DELETE FROM line_hour")
+    finally:
+        reader.close()
+    await prod.close()
+
+
+def test_without_the_board_extra_plantfloor_board_says_how_to_install_it(tmp_path: Path) -> None:
+    """An agent installed without ``plantfloor[board]``: one sentence and exit 2 (which the
+    unit's RestartPreventExitStatus=2 does not restart), not an ImportError."""
+    import subprocess
+    import sys
+
+    from tests.board_rig import write_config
+
+    script = ("import sys\nsys.modules['fastapi'] = None\n"
+              "from agent.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    cfg = board_config(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", script, "board", str(write_config(cfg, tmp_path))],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == ("plantfloor: plantfloor board needs the web board's packages, which "
+                                   "are not installed: pip install 'plantfloor[board]'")

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from agent.board.server import build
 from tests.board_rig import RUNNING, Production, board_config
 
-#: the live stream never ends by itself; its one header is fuzzed in test_board_api
+#: the live stream never ends by itself; its one header (Last-Event-ID) is tried in
+#: test_board_api.test_any_last_event_id_gets_the_current_state
 STREAMS = {"/api/v1/events"}
 
 

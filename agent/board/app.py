@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
@@ -133,13 +133,19 @@ def create_app(board: BoardConfig, gateway: FigureSource, hub: Hub, *, token: st
         return Response(body + "\n", media_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="shift-reports-{d.isoformat()}.csv"'})
 
+    def room_for_a_page() -> None:
+        # checked before the stream starts: once it has, its status is sent
+        if hub.clients >= board.max_event_clients:
+            raise HTTPException(503, "too many live pages", headers={"Retry-After": "10"})
+
     @app.get("/api/v1/events", response_class=EventSourceResponse,
+             dependencies=[Depends(room_for_a_page)],
+             responses={503: {"description": "board.max_event_clients live pages are open; "
+                                             "retry after the seconds in Retry-After"}},
              summary="Live states (Server-Sent Events, event 'state'; reconnect with Last-Event-ID)")
     async def events(request: Request,
                      last_event_id: Annotated[str | None, Header(max_length=100)] = None,
                      ) -> AsyncIterator[ServerSentEvent]:
-        if hub.clients >= board.max_event_clients:
-            raise HTTPException(503, "too many live pages", headers={"Retry-After": "10"})
         hub.clients += 1
         try:
             # the first event: the current state unless the page already has it
