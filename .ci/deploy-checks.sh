@@ -8,7 +8,7 @@ max_exposure=2.0
 status=0
 
 if command -v systemd-analyze >/dev/null; then
-    for unit in plantfloor.service plantfloor-board.service; do
+    for unit in plantfloor.service plantfloor-board.service plantfloor-site-board.service; do
         report="$(systemd-analyze security --offline=yes "deploy/$unit" 2>&1)" || true
         score="$(sed -n "s/.*Overall exposure level for ${unit//./\\.}: \([0-9.]*\).*/\1/p" <<<"$report")"
         if [[ -z "$score" ]]; then

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install or remove the plantfloor edge agent (and the roll-up) as systemd services.
 #
-#   deploy/install.sh [install|uninstall] [--rollup] [--no-agent] [--root DIR] [--source DIR] [--no-venv]
+#   deploy/install.sh [install|uninstall] [--rollup] [--no-agent] [--board] [--root DIR] [--source DIR] [--no-venv]
 #
 #   install     (default) venv in /opt/plantfloor/venv with the project installed from the
 #               source tree, /etc/plantfloor/plantfloor.yaml from config/kyushu.yaml unless a
-#               config is already there, /etc/plantfloor/secrets (0700 root), both units
-#               (plantfloor.service, plantfloor-rollup.service) in /etc/systemd/system, the
-#               agent's enabled. Running it again upgrades in place.
-#   uninstall   disable and remove both units and /opt/plantfloor; keeps /etc/plantfloor
+#               config is already there, /etc/plantfloor/secrets (0700 root), the units
+#               (plantfloor.service, plantfloor-rollup.service, plantfloor-board.service,
+#               plantfloor-site-board.service) in /etc/systemd/system, the agent's enabled.
+#               Running it again upgrades in place.
+#   uninstall   disable and remove the units and /opt/plantfloor; keeps /etc/plantfloor
 #               (configs and secrets) and /var/lib/plantfloor (the state database).
 #
 #   --rollup    this host also runs a roll-up replica: /etc/plantfloor/rollup.yaml from
@@ -17,6 +18,10 @@
 #   --no-agent  this host runs no agent (a site server: use with --rollup): no
 #               /etc/plantfloor/plantfloor.yaml is written and plantfloor.service is not
 #               enabled (an enablement made before is left as it is).
+#   --board     this host also serves the web board (docs/board.md): the venv gets the
+#               board's packages (plantfloor[board]) and its unit is enabled: the gateway's
+#               (plantfloor-board.service) beside an agent, the site's
+#               (plantfloor-site-board.service) on a site server (--rollup --no-agent).
 #   --root DIR  install below DIR instead of / (also: DESTDIR). systemctl is only used when
 #               the root is / and systemd is running; otherwise the enablement symlink is
 #               made by hand. A venv is tied to the path it was built at: one built below
@@ -39,6 +44,7 @@ source_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 skip_venv="${PLANTFLOOR_SKIP_VENV:-0}"
 with_rollup=0
 with_agent=1
+with_board=0
 python="${PYTHON:-python3}"
 
 while (($#)); do
@@ -51,11 +57,16 @@ while (($#)); do
         --no-venv) skip_venv=1 ;;
         --rollup) with_rollup=1 ;;
         --no-agent) with_agent=0 ;;
+        --board) with_board=1 ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown argument '$1'" >&2; usage ;;
     esac
     shift
 done
+if ((with_board && !with_agent && !with_rollup)); then
+    echo "install.sh: --board serves an agent's figures or a roll-up's: use it without --no-agent, or with --rollup" >&2
+    exit 2
+fi
 
 [[ -n "$root" ]] || root=/
 root="$(mkdir -p "$root" && cd "$root" && pwd)"
@@ -67,7 +78,8 @@ venv="$opt/venv"
 etc="$R/etc/plantfloor"
 unit_dir="$R/etc/systemd/system"
 wants_dir="$unit_dir/multi-user.target.wants"
-units=(plantfloor.service plantfloor-rollup.service plantfloor-board.service)
+units=(plantfloor.service plantfloor-rollup.service plantfloor-board.service
+       plantfloor-site-board.service)
 
 say() { printf 'plantfloor: %s\n' "$*"; }
 
@@ -85,10 +97,13 @@ install_venv() {
         echo "install.sh: $python is older than Python 3.11" >&2; exit 1; }
     [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
     # A directory requirement is always rebuilt and reinstalled: this is also the upgrade.
-    # the site service's PostgreSQL driver is an extra: only a roll-up host installs it
-    local req="$source_dir"
-    if ((with_rollup)); then
-        req="$source_dir[rollup]"
+    # the site service's PostgreSQL driver and the board's web stack are extras: only a
+    # host that runs them installs them
+    local extras=() req="$source_dir"
+    if ((with_rollup)); then extras+=(rollup); fi
+    if ((with_board)); then extras+=(board); fi
+    if ((${#extras[@]})); then
+        req="$source_dir[$(IFS=,; echo "${extras[*]}")]"
     fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$req"
     say "installed $("$venv/bin/plantfloor" --version 2>/dev/null || echo plantfloor) in ${venv#"$R"}"
@@ -97,7 +112,8 @@ install_venv() {
 do_install() {
     [[ -f "$source_dir/pyproject.toml" && -f "$source_dir/deploy/plantfloor.service" &&
        -f "$source_dir/deploy/plantfloor-rollup.service" &&
-       -f "$source_dir/deploy/plantfloor-board.service" ]] || {
+       -f "$source_dir/deploy/plantfloor-board.service" &&
+       -f "$source_dir/deploy/plantfloor-site-board.service" ]] || {
         echo "install.sh: $source_dir is not a plantfloor source tree" >&2; exit 2; }
     umask 022
 
@@ -126,6 +142,15 @@ do_install() {
     if ((with_rollup)); then
         install_config rollup.yaml rollup.yaml
         enable+=(plantfloor-rollup.service)
+    fi
+    local board_unit=""
+    if ((with_board)); then
+        if ((with_agent)); then
+            board_unit=plantfloor-board.service
+        else
+            board_unit=plantfloor-site-board.service
+        fi
+        enable+=("$board_unit")
     fi
 
     install -d -m 0755 "$unit_dir"
@@ -166,6 +191,14 @@ EOF
      password in /etc/plantfloor/secrets/pg-password, mode 0600, owner root
   2. /opt/plantfloor/venv/bin/plantfloor rollup /etc/plantfloor/rollup.yaml --check
   3. systemctl restart plantfloor-rollup && systemctl status plantfloor-rollup
+EOF
+    fi
+    if [[ -n "$board_unit" ]]; then
+        cat <<EOF
+  the board ($board_unit, docs/board.md):
+  1. optional: an access token in /etc/plantfloor/secrets/board-token, board.credential_file:
+     board-token in the config and LoadCredential=board-token:... in a drop-in
+  2. systemctl restart ${board_unit%.service} && curl -s http://127.0.0.1:8470/healthz
 EOF
     fi
 }

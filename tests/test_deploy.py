@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "plantfloor.service"
 ROLLUP_UNIT = REPO / "deploy" / "plantfloor-rollup.service"
 BOARD_UNIT = REPO / "deploy" / "plantfloor-board.service"
+SITE_BOARD_UNIT = REPO / "deploy" / "plantfloor-site-board.service"
 INSTALL = REPO / "deploy" / "install.sh"
 
 
@@ -64,7 +65,7 @@ def test_drain_bound_agrees_with_the_unit_and_the_image() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
-@pytest.mark.parametrize("unit", [UNIT, BOARD_UNIT], ids=lambda u: u.name)
+@pytest.mark.parametrize("unit", [UNIT, BOARD_UNIT, SITE_BOARD_UNIT], ids=lambda u: u.name)
 def test_unit_exposure_at_most_2(unit: Path) -> None:
     proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)],
                           capture_output=True, text=True, timeout=60, check=False)
@@ -90,6 +91,71 @@ def test_board_unit_reads_the_agents_state_and_serves_this_host_only() -> None:
     # the token's credential is documented, not required: a missing file would fail the unit
     assert "LoadCredential" not in s
     assert "#LoadCredential=board-token:/etc/plantfloor/secrets/board-token" in BOARD_UNIT.read_text()
+
+
+def test_site_board_unit_reads_the_rollups_config_and_the_database_password() -> None:
+    """The site's board: the roll-up's config, its database password as a credential, no
+    state of its own, bounded, reachable from this host only."""
+    s = unit_settings(SITE_BOARD_UNIT)
+    for key, value in {
+        "ExecStart": "/opt/plantfloor/venv/bin/plantfloor board /etc/plantfloor/rollup.yaml",
+        "DynamicUser": "yes", "ReadOnlyPaths": "/etc/plantfloor",
+        "RuntimeDirectory": "plantfloor-site-board", "RestartPreventExitStatus": "2",
+        "LoadCredential": "pg-password:/etc/plantfloor/secrets/pg-password",
+        "IPAddressDeny": "any", "IPAddressAllow": "localhost", "MemoryMax": "256M",
+        "CapabilityBoundingSet": "", "UMask": "0077",
+    }.items():
+        assert s.get(key) == [value], key
+    assert "StateDirectory" not in s
+    # the credential id is the one the shipped roll-up config names
+    assert "password_file: pg-password" in (REPO / "config/rollup.yaml").read_text()
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for python3 and the venv's python: records what pip is asked to install
+if [[ "$1" == -c ]]; then exit 0; fi
+if [[ "$1 $2" == "-m venv" ]]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && printf '#!/bin/sh\necho plantfloor\n' > "$3/bin/plantfloor"
+    chmod +x "$3/bin/plantfloor"; exit 0
+fi
+if [[ "$1 $2 $3" == "-m pip install" ]]; then echo "${@: -1}" >> "$PIP_LOG"; exit 0; fi
+exit 1
+"""
+
+
+@pytest.mark.parametrize(("args", "enabled", "extras"), [
+    ((), ["plantfloor.service"], ""),
+    (("--board",), ["plantfloor-board.service", "plantfloor.service"], "[board]"),
+    (("--rollup", "--no-agent", "--board"),
+     ["plantfloor-rollup.service", "plantfloor-site-board.service"], "[rollup,board]"),
+], ids=["agent", "gateway-board", "site-board"])
+def test_install_board_enables_its_unit_and_installs_its_packages(
+        tmp_path: Path, args: tuple[str, ...], enabled: list[str], extras: str) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    pip_log = tmp_path / "pip.log"
+    root = tmp_path / "root"
+    proc = run_install("install", *args, "--root", str(root),
+                       env={"PYTHON": str(fake), "PIP_LOG": str(pip_log)})
+    assert pip_log.read_text().splitlines() == [f"{REPO}{extras}"]
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    assert sorted(os.listdir(wants)) == enabled
+    for unit in (BOARD_UNIT, SITE_BOARD_UNIT):
+        assert (root / "etc/systemd/system" / unit.name).read_text() == unit.read_text()
+    board = [u for u in enabled if "board" in u]
+    if board:
+        assert f"the board ({board[0]}, docs/board.md)" in proc.stdout
+    else:
+        assert "the board (" not in proc.stdout
+
+
+def test_install_board_without_agent_or_rollup_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(INSTALL), "--no-agent", "--board", "--root", str(tmp_path),
+                           "--no-venv"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--board serves an agent's figures or a roll-up's" in proc.stderr
+    assert not (tmp_path / "etc").exists()
 
 
 def run_install(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli.extras import require_board_extra, require_rollup_extra
 from agent.config.mqtt import BROKER_FORMS, broker_url
 from agent.contract.errors import ConfigError, PlantfloorError
 
@@ -211,17 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _require_rollup_extra(command: str) -> None:
-    """The site service's PostgreSQL driver is the optional extra ``rollup``: without it,
-    one sentence saying how to install it (exit 2), not an ImportError."""
-    try:
-        import psycopg  # noqa: F401
-        import psycopg_pool  # noqa: F401
-    except ImportError:
-        raise ConfigError(f"plantfloor {command} needs PostgreSQL's driver, which is not installed: "
-                          "pip install 'plantfloor[rollup]'") from None
-
-
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     exc: BaseException = group
     while isinstance(exc, BaseExceptionGroup):
@@ -271,7 +261,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config).config
         if args.database:
-            _require_rollup_extra("report --database")
+            require_rollup_extra("report --database")
             from agent.rollup.reports import report_from_database
 
             print(report_from_database(cfg, args.database, day=args.date, shift=args.shift, fmt=args.format))
@@ -305,16 +295,19 @@ def _dispatch(args: argparse.Namespace) -> int:
                                                    sparkplug=args.sparkplug),
                                  stop=stop)
     if args.command == "rollup":
-        _require_rollup_extra("rollup")
+        require_rollup_extra("rollup")
         from agent.rollup.command import rollup_command
 
         return rollup_command(args.rollupconfig, replica=args.replica, broker=args.broker, check=args.check,
                               connect=args.connect, debug=args.debug, log_format=args.log_format,
                               run_until_signal=_run_until_signal)
     if args.command == "board":
+        require_board_extra()
         from agent.board.server import load_board_config, serve
 
         board_cfg = load_board_config(args.config)
+        if hasattr(board_cfg, "gateways"):
+            require_rollup_extra("board")  # the site's board reads the roll-up's PostgreSQL
         now = None
         if args.plant_clock is not None:
             from agent.board.plantclock import PlantClockFile

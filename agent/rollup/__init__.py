@@ -22,8 +22,9 @@ Data flow, one way, with a named type at each hop::
 (:mod:`agent.rollup.reports`).
 
 May import: :mod:`agent.outputs.mqtt`, :mod:`agent.views`, :mod:`agent.core`,
-:mod:`agent.config`, :mod:`agent.contract`, and :mod:`agent.runtime.logconfig`. Only the
-commands import it.
+:mod:`agent.config`, :mod:`agent.contract`, and of the agent's runtime its logging
+(:mod:`agent.runtime.logconfig`) and systemd notifications (:mod:`agent.runtime.notify`).
+Only the commands and the site's board (:mod:`agent.board.site`) import it.
 """
 
 from __future__ import annotations

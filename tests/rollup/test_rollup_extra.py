@@ -1,4 +1,5 @@
-"""The site service's PostgreSQL driver is the optional extra ``rollup``: an agent runs without it."""
+"""The site service's PostgreSQL driver is the optional extra ``rollup`` and the web board's
+packages the extra ``board``: an agent runs without either."""
 
 from __future__ import annotations
 
@@ -8,26 +9,27 @@ from pathlib import Path
 
 from tests.rollup.rig import rollup_config, write_yaml
 
-#: run in a fresh interpreter in which psycopg and psycopg_pool cannot be imported
+#: run in a fresh interpreter in which neither extra's packages can be imported
 _WITHOUT_PSYCOPG = """
 import importlib, pkgutil, sys
-sys.modules["psycopg"] = None
-sys.modules["psycopg_pool"] = None
+for extra in ("psycopg", "psycopg_pool", "fastapi", "uvicorn", "jinja2", "starlette"):
+    sys.modules[extra] = None
 import agent
 names = [m.name for m in pkgutil.walk_packages(agent.__path__, "agent.")
-         if not m.name.startswith(("agent.rollup", "agent.board.site"))  # the site's, with the extra
+         if not m.name.startswith(("agent.rollup", "agent.board"))  # the extras' own
          and not m.name.endswith("__main__")]
 for name in names:
     importlib.import_module(name)
 from agent.runtime.pipeline import Agent  # noqa: F401
-assert "psycopg" not in {k for k, v in sys.modules.items() if v is not None}
+loaded = {k for k, v in sys.modules.items() if v is not None}
+assert not loaded & {"psycopg", "fastapi", "uvicorn", "jinja2", "starlette"}
 print(len(names), flush=True)
 from agent.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_the_agents_modules_import_without_psycopg_and_rollup_says_how_to_install_it(tmp_path: Path) -> None:
+def test_the_agents_modules_import_without_the_extras_and_rollup_says_how_to_install_it(tmp_path: Path) -> None:
     config = tmp_path / "rollup.yaml"
     write_yaml(config, rollup_config("mqtt://127.0.0.1:1", "postgresql://127.0.0.1:1/x", {"gw1": ["l1"]}))
     done = subprocess.run([sys.executable, "-c", _WITHOUT_PSYCOPG, "rollup", str(config)],
