@@ -284,4 +284,33 @@ def test_a_bad_value_in_a_json_config_names_its_line_and_key(tmp_path: Path) -> 
     line = next(i for i, ln in enumerate(f.read_text().splitlines(), 1) if '"target_per_hour": -5' in ln)
     with pytest.raises(ConfigError) as err:
         load_config(f)
-    assert str(err.value).startswith(f"{f}:{line}: lines.1.target_per_hour: ")
+    assert str(err.value).startswith(f"{f}:{line}: lines[rogue].target_per_hour: ")
+
+
+@pytest.mark.parametrize(("calendar", "key", "reason"), [
+    ({"ramp_up": [{"from": "2028-05-01", "share": 1}, {"from": "2028-04-01", "share": 0.5}]},
+     "lines[kei-ev]", "ramp_up steps must be in increasing date order"),
+    ({"not_planned": [{"from": "2028-08-25", "to": "2028-08-21", "reason": "move"}]},
+     "lines[kei-ev].not_planned[0]", "to (2028-08-21) is before from (2028-08-25)"),
+    ({"ramp_up": [{"from": "2028-04-01", "share": 1.5}]},
+     "lines[kei-ev].ramp_up[0].share", "less than or equal to 1"),
+    ({"start": "2028-04-31"}, "lines[kei-ev].start", "date"),
+], ids=["ramp-up-out-of-order", "not-planned-backwards", "share-above-1", "no-such-day"])
+def test_a_line_calendar_that_cannot_be_is_refused_naming_the_key(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], calendar: dict[str, Any], key: str,
+        reason: str) -> None:
+    """A line's own calendar is checked at the door: each mistake names its key and why."""
+    data = load_config(ROOT / "config" / "kyushu.yaml").config.model_dump(
+        by_alias=True, mode="json", exclude_none=True)
+    kei = next(ln for ln in data["lines"] if ln["id"] == "kei-ev")
+    for k in ("start", "ramp_up", "not_planned"):
+        kei.pop(k, None)
+    kei.update(calendar)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    code = main(["check", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "\n" not in err
+    assert key in err
+    assert reason in err

@@ -222,8 +222,8 @@ def validation_error(exc: ValidationError, doc: Any, file: str,
     else:
         sentence = _sentence(err)
     line, key = _locate(doc, loc)
+    key = named_key(doc, loc) or key
     if err.get("type") == "extra_forbidden":
-        key = named_key(doc, loc) or key
         close = closest_key(model, loc) if model is not None and loc else None
         if close is not None:
             sentence = f"unknown key (not part of the configuration): did you mean {close}?"

@@ -192,7 +192,9 @@ def _check_tag_overlap(cfg: Config) -> None:
     nodes: dict[tuple[str, str], str] = {}
     for i, line in enumerate(cfg.lines):
         for role, tag_name, tag in line.points():
-            name = f"lines.{i}.{'tags.' + tag_name if tag_name else ROLE_KEYS[role]}"
+            key = f"{'tags.' + tag_name if tag_name else ROLE_KEYS[role]}"
+            name = f"lines.{i}.{key}"            # the path the error is located by
+            label = f"lines[{line.id}].{key}"    # as the error names it
             if isinstance(tag, ModbusTag):
                 src = cfg.source(tag.source)
                 assert isinstance(src, ModbusSource)
@@ -202,12 +204,12 @@ def _check_tag_overlap(cfg: Config) -> None:
                     if k in used:
                         raise ValueError(f"{name}.address: register {tag.table} {reg} of unit {unit} on "
                                          f"{tag.source!r} is already used by {used[k]}")
-                    used[k] = name
+                    used[k] = label
             elif isinstance(tag, OpcUaTag):
                 k2 = (tag.source, tag.node)
                 if k2 in nodes:
                     raise ValueError(f"{name}.node: {tag.node!r} on {tag.source!r} is already used by {nodes[k2]}")
-                nodes[k2] = name
+                nodes[k2] = label
 
 
 def _check_shift_overlap(shifts: tuple[Shift, ...]) -> None:

@@ -7,27 +7,27 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 from pydantic import BaseModel
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 __all__ = ["closest_key", "named_key"]
 
 
 def named_key(doc: Any, loc: Sequence[str | int]) -> str | None:
-    """The dotted key of ``loc`` in the file, a list item with an ``id`` named by it
-    (``lines[kei-ev].tact_s``); None when the document does not hold the path."""
+    """The dotted key of ``loc`` in the file, a list item with an ``id`` (or a shift's
+    ``name``) named by it (``lines[kei-ev].tact_s``, ``shifts[day].start``); None when the
+    document does not hold the path."""
     node = doc
     out = ""
     for part in loc:
-        if isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             item = node[part]
-            ident = item.get("id") if isinstance(item, CommentedMap) else None
-            out += f"[{ident}]" if isinstance(ident, str) and ident else f".{part}"
+            ident = (item.get("id") or item.get("name")) if isinstance(item, Mapping) else None
+            out += f"[{ident}]" if isinstance(ident, str) and ident else f"[{part}]"
             node = item
-        elif isinstance(node, CommentedMap) and isinstance(part, str):
+        elif isinstance(node, Mapping) and isinstance(part, str):
             if (part not in node and part[:1].isupper()) or part in ("modbus", "opcua"):
                 continue  # a union tag pydantic inserts, not a key of the file
             out += f".{part}" if out else part
