@@ -165,6 +165,10 @@ def test_a_restart_leaves_the_projection_at_units_plus_rate_times_remaining() ->
     assert last.shift.projected == pytest.approx(600 + 600 / 200 * (480 - 200), abs=1e-3)
     assert last.shift.covered_s == 140 * 60
     assert last.shift.coverage == pytest.approx(140 / 200, abs=1e-4)
+    # the day's block says the same of the day (the shift is its only planned time so far)
+    assert last.day.covered_s == 140 * 60
+    assert last.day.coverage == pytest.approx(140 / 200, abs=1e-4)
+    assert last.day.counted_since == SHIFT_START
 
 
 def test_a_shift_report_below_the_coverage_threshold_is_marked_partial() -> None:

@@ -205,6 +205,43 @@ async def test_a_value_the_database_cannot_hold_is_kept_as_rejected_and_the_rest
     assert (ingest.windows, ingest.rejected) == (2, 1)
 
 
+async def test_a_batch_the_database_refuses_is_split_so_only_the_poison_is_rejected(
+        postgres_db: PostgresDatabase) -> None:
+    """A window that passes every bound but that the database itself refuses (here a
+    trigger, as a constraint a DBA added would): the batch of three fails, is split, the
+    other two are stored, the refused one is kept as rejected with the database's reason,
+    and all three are acknowledged."""
+    cfg = rollup_cfg(postgres_db.url)
+    db = await opened(postgres_db.url)
+    acks = _Acks()
+    ingest = Ingest(db, RowBuilder(cfg, ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)),
+                    batch_size=10, batch_delay_s=0.5)
+    start = datetime(2028, 4, 3, 0, tzinfo=UTC)
+    messages = [window("kei-ev", k, start + timedelta(hours=k - 1), interval_s=3600) for k in (1, 2, 3)]
+    task = asyncio.create_task(ingest.run())
+    try:
+        await db.migrate()
+        await query(postgres_db.url, """
+            CREATE FUNCTION plantfloor.refuse_seq_2() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN IF NEW.seq = 2 THEN RAISE EXCEPTION 'seq 2 refused by the database'
+               USING ERRCODE = '22023'; END IF; RETURN NEW; END $$;
+            CREATE TRIGGER refuse_seq_2 BEFORE INSERT ON plantfloor.line_window
+            FOR EACH ROW EXECUTE FUNCTION plantfloor.refuse_seq_2()""")
+        for mid, payload in enumerate(messages, 1):
+            ingest.deliver(Delivery(acks, None, mid, 1, "test/site/gw1/lines/kei-ev/output", payload))  # type: ignore[arg-type]
+        assert await ingest.flush(10)
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        await db.close()
+    assert sorted(acks.acked) == [1, 2, 3]
+    assert await query(postgres_db.url, "SELECT seq FROM plantfloor.line_window ORDER BY seq") == [(1,), (3,)]
+    (error, payload), = await query(postgres_db.url, "SELECT error, payload FROM plantfloor.rejected_message")
+    assert "seq 2 refused by the database" in error
+    assert bytes(payload) == messages[1]
+    assert (ingest.windows, ingest.rejected) == (2, 1)
+
+
 async def test_shift_reports_of_every_gateway_are_stored_once_and_reported(
         postgres_db: PostgresDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = rollup_cfg(postgres_db.url)

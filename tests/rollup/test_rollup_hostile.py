@@ -244,6 +244,10 @@ async def test_a_leader_tick_that_fails_is_alarmed_and_ingest_goes_on(
                              "six windows committed")
             assert a.task is not None
             assert not a.task.done()
+            # a refused message is counted where an operator looks: the replica's status
+            pub.publish_many([("test/site/gw1/lines/l9/output", window("l9", 1, origin))])
+            await wait_until(lambda: any(m.payload and m.json()["rejected"] == 1 for m in status.messages),
+                             20, "the refusal counted in the published status")
             await query(postgres_db.url, "DROP TRIGGER refuse ON plantfloor.plant_window")
             await wait_until(lambda: not a.service.alarms() and len(figures.messages) >= 6, 20,
                              "the figure published once the tick succeeds")
