@@ -173,21 +173,20 @@ class _Acks:
         self.acked.append(delivery.mid)
 
 
-async def test_a_value_the_database_cannot_hold_is_kept_as_rejected_and_the_rest_is_stored(
-        postgres_db: PostgresDatabase) -> None:
-    cfg = rollup_cfg(postgres_db.url)
-    db = await opened(postgres_db.url)
+async def ingest_three(url: str, messages: list[bytes], *, before: str | None = None,
+                       ) -> tuple[list[int], Ingest]:
+    """Three windows of kei-ev delivered to a running ``Ingest`` as one batch (after the SQL
+    ``before``, if any, on the migrated database): what was acknowledged, and the ingest."""
+    cfg = rollup_cfg(url)
+    db = await opened(url)
     acks = _Acks()
     ingest = Ingest(db, RowBuilder(cfg, ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)),
-                    batch_size=10, batch_delay_s=0.05)
-    start = datetime(2028, 4, 3, 0, tzinfo=UTC)
-    poisoned = window("kei-ev", 2, start + timedelta(hours=1), interval_s=3600).replace(
-        b'"product":"P"', b'"product":"P\\u0000"')        # valid JSON, which jsonb cannot hold
-    messages = [window("kei-ev", 1, start, interval_s=3600), poisoned,
-                window("kei-ev", 3, start + timedelta(hours=2), interval_s=3600)]
+                    batch_size=10, batch_delay_s=0.5)
     task = asyncio.create_task(ingest.run())
     try:
         await db.migrate()
+        if before is not None:
+            await query(url, before)
         for mid, payload in enumerate(messages, 1):
             ingest.deliver(Delivery(acks, None, mid, 1, "test/site/gw1/lines/kei-ev/output", payload))  # type: ignore[arg-type]
         assert await ingest.flush(10)
@@ -195,7 +194,22 @@ async def test_a_value_the_database_cannot_hold_is_kept_as_rejected_and_the_rest
         task.cancel()
         await asyncio.wait([task])
         await db.close()
-    assert sorted(acks.acked) == [1, 2, 3]
+    return sorted(acks.acked), ingest
+
+
+START = datetime(2028, 4, 3, 0, tzinfo=UTC)
+
+
+def hourly(seq: int) -> bytes:
+    """kei-ev's window ``seq`` of hourly windows from START."""
+    return window("kei-ev", seq, START + timedelta(hours=seq - 1), interval_s=3600)
+
+
+async def test_a_value_the_database_cannot_hold_is_kept_as_rejected_and_the_rest_is_stored(
+        postgres_db: PostgresDatabase) -> None:
+    poisoned = hourly(2).replace(b'"product":"P"', b'"product":"P\\u0000"')  # valid JSON, which jsonb cannot hold
+    acked, ingest = await ingest_three(postgres_db.url, [hourly(1), poisoned, hourly(3)])
+    assert acked == [1, 2, 3]
     assert await query(postgres_db.url, "SELECT seq FROM plantfloor.line_window ORDER BY seq") == [(1,), (3,)]
     (topic, error, payload), = await query(postgres_db.url,
                                            "SELECT topic, error, payload FROM plantfloor.rejected_message")
@@ -211,30 +225,14 @@ async def test_a_batch_the_database_refuses_is_split_so_only_the_poison_is_rejec
     trigger, as a constraint a DBA added would): the batch of three fails, is split, the
     other two are stored, the refused one is kept as rejected with the database's reason,
     and all three are acknowledged."""
-    cfg = rollup_cfg(postgres_db.url)
-    db = await opened(postgres_db.url)
-    acks = _Acks()
-    ingest = Ingest(db, RowBuilder(cfg, ShiftCalendar(cfg.shifts, cfg.tz, cfg.plant.holidays)),
-                    batch_size=10, batch_delay_s=0.5)
-    start = datetime(2028, 4, 3, 0, tzinfo=UTC)
-    messages = [window("kei-ev", k, start + timedelta(hours=k - 1), interval_s=3600) for k in (1, 2, 3)]
-    task = asyncio.create_task(ingest.run())
-    try:
-        await db.migrate()
-        await query(postgres_db.url, """
-            CREATE FUNCTION plantfloor.refuse_seq_2() RETURNS trigger LANGUAGE plpgsql AS
-            $$ BEGIN IF NEW.seq = 2 THEN RAISE EXCEPTION 'seq 2 refused by the database'
-               USING ERRCODE = '22023'; END IF; RETURN NEW; END $$;
-            CREATE TRIGGER refuse_seq_2 BEFORE INSERT ON plantfloor.line_window
-            FOR EACH ROW EXECUTE FUNCTION plantfloor.refuse_seq_2()""")
-        for mid, payload in enumerate(messages, 1):
-            ingest.deliver(Delivery(acks, None, mid, 1, "test/site/gw1/lines/kei-ev/output", payload))  # type: ignore[arg-type]
-        assert await ingest.flush(10)
-    finally:
-        task.cancel()
-        await asyncio.wait([task])
-        await db.close()
-    assert sorted(acks.acked) == [1, 2, 3]
+    messages = [hourly(seq) for seq in (1, 2, 3)]
+    acked, ingest = await ingest_three(postgres_db.url, messages, before="""
+        CREATE FUNCTION plantfloor.refuse_seq_2() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN IF NEW.seq = 2 THEN RAISE EXCEPTION 'seq 2 refused by the database'
+           USING ERRCODE = '22023'; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse_seq_2 BEFORE INSERT ON plantfloor.line_window
+        FOR EACH ROW EXECUTE FUNCTION plantfloor.refuse_seq_2()""")
+    assert acked == [1, 2, 3]
     assert await query(postgres_db.url, "SELECT seq FROM plantfloor.line_window ORDER BY seq") == [(1,), (3,)]
     (error, payload), = await query(postgres_db.url, "SELECT error, payload FROM plantfloor.rejected_message")
     assert "seq 2 refused by the database" in error
