@@ -100,7 +100,7 @@ async def started(cfg: Config, tmp_path: Path, port: int | None = None) -> Board
 
 async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
         page: Any, tmp_path: Path) -> None:
-    cfg = board_config(tmp_path, lines=3, interval_s=60, poll_s=0.1)
+    cfg = board_config(tmp_path, lines=3, interval_s=60, poll_s=0.1, red_after_s=300)
     end = aligned(datetime.now(UTC), 60) + timedelta(seconds=60)
     prod = await Production.open(cfg, end - timedelta(hours=1))
 
@@ -126,8 +126,9 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
         for line_id, p in published.items():
             assert await number(page, f"line:{line_id}.shift.units") == p["shift"]["units"]
             assert await number(page, f"line:{line_id}.day.units") == p["day"]["units"]
-            assert await number(page, f"line:{line_id}.oee.oee") == pytest.approx(
-                p["shift"]["oee"] * 100, abs=0.05)
+            for part in ("oee", "availability", "performance", "quality"):
+                assert await number(page, f"line:{line_id}.oee.{part}") == pytest.approx(
+                    p["shift"][part] * 100, abs=0.05), part
         api = {ln["line"]: ln for ln in (await (await page.request.get(
             board.url + "api/v1/lines")).json())}
         for line_id, ln in api.items():
@@ -140,6 +141,26 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
             assert re.fullmatch(r"±0|\+[1-9][\d,]*|-[1-9][\d,]*", text), text
             assert ("behind" in (await delta.get_attribute("class") or "")) == text.startswith("-")
         assert await page.locator('[data-k="line:l1.reason"]').text_content() == "fault"
+        # l1 is down for 9 minutes, past red_after_s (5 min): its card is red, the others not
+        assert "red" in (await page.locator("#line-l1").get_attribute("class") or "").split()
+        assert "red" not in (await page.locator("#line-l0").get_attribute("class") or "").split()
+        # the plant's year: the projection the agent published
+        assert await number(page, "plant.year.projected_year") == pytest.approx(
+            last_plant(cfg)["projected_year"], abs=0.5)
+        # the header's clock runs on the plant's zone (Tokyo), not the machine's
+        async def ticking() -> bool:
+            return bool(await page.locator("#clock").text_content())
+
+        await wait_until(ticking, within=5, what="the header clock")
+        clock = await page.locator("#clock").text_content() or ""
+        tokyo = datetime.now(cfg.tz)
+        assert clock[:5] in {(tokyo + timedelta(minutes=k)).strftime("%H:%M") for k in (-1, 0, 1)}, clock
+        # the CSV link gives the day's shift reports as plantfloor report writes them
+        href = await page.locator("#csv").get_attribute("href") or ""
+        csv = await page.request.get(board.url + href.lstrip("/"))
+        assert csv.status == 200
+        assert csv.headers["content-type"].startswith("text/csv")
+        assert (await csv.text()).startswith("date,")
         assert await page.locator("#offline").is_hidden()
         # dates read year first in the plant's zone, never a US month/day
         since = datetime.fromisoformat(last_plant(cfg)["year_counted_since"])
