@@ -200,6 +200,31 @@ def test_text_on_a_terminal_shows_the_plants_local_time_and_zone(
                         pipe.getvalue())
 
 
+def test_the_demo_stamps_its_terminal_lines_with_the_plant_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's view tells simulated plant time (2028-04-03 16:01 JST): so do its log
+    lines on the terminal; a pipe keeps the machine's time."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from agent.core.clock import SimulatedClock
+    from agent.runtime.logconfig import show_plant_time
+
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    clock = SimulatedClock(60, datetime(2028, 4, 3, 7, 1, 0, 500_000, tzinfo=UTC), running=False)
+    tokyo = ZoneInfo("Asia/Tokyo")
+    record = logging.LogRecord("agent.x", logging.INFO, __file__, 1, "agent started", None, None)
+    record.created = 1_796_000_000.25                 # the machine's time: 2026-11-30
+    tty, pipe = _Terminal(), io.StringIO()
+    configure_logging(fmt="text", stream=tty)
+    show_plant_time(tokyo, clock.wall)
+    logging.getLogger().handlers[-1].handle(record)
+    assert tty.getvalue() == "2028-04-03 16:01:00.500 JST INFO agent.x: agent started\n"
+    configure_logging(fmt="text", stream=pipe)
+    show_plant_time(tokyo, clock.wall)
+    logging.getLogger().handlers[-1].handle(record)
+    assert pipe.getvalue().startswith("2026-11-")
+
+
 def test_records_go_to_sys_stderr_as_it_is_when_they_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
     # the live terminal view (rich's Live) stands in for sys.stderr while it draws: a log
     # line must reach its stand-in, which prints it above the frame, not the real stream

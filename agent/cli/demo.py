@@ -33,6 +33,7 @@ from agent.config.load import load_config, with_broker
 from agent.contract.errors import ConfigError, PlantfloorError
 from agent.core.clock import SimulatedClock, describe
 from agent.core.report import LineTotals, PlantTotals
+from agent.runtime.logconfig import show_plant_time
 from agent.store import Store
 
 __all__ = ["DEFAULT_SPEED", "DEFAULT_START", "demo_plant_time", "embedded_broker", "packaged_config", "parse_start",
@@ -201,15 +202,16 @@ async def stored_plant_time(path: Path) -> datetime | None:
     return max((e for e in ends if e is not None), default=None)
 
 
-async def _plant_clock(cfg: Config, speed: float, start: datetime | None) -> SimulatedClock:
-    """The demo's plant clock: from the stored plant time, else ``start``, else DEFAULT_START."""
+async def _plant_clock(db: Path, tz: ZoneInfo, speed: float, start: datetime | None) -> SimulatedClock:
+    """The demo's plant clock: from the plant time stored in the state database ``db``, else
+    ``start``, else DEFAULT_START."""
     if not (speed > 0 and speed <= 10_000):
         raise ConfigError(f"--speed {speed:g} must be above 0 and at most 10000 (1 is real time)")
-    resume = await stored_plant_time(cfg.storage.path)
+    resume = await stored_plant_time(db)
     if resume is not None and start is not None and start < resume:
-        local = resume.astimezone(cfg.tz)
+        local = resume.astimezone(tz)
         raise ConfigError(f"--start {start.isoformat()} is before the plant time the demo's state "
-                          f"{cfg.storage.path} has reached ({local:%Y-%m-%d %H:%M %Z}): give a later "
+                          f"{db} has reached ({local:%Y-%m-%d %H:%M %Z}): give a later "
                           "one, or another --state-dir for a fresh plant")
     # held until the agent has read its PLCs: starting them takes real time, which at
     # x60 would be plant minutes the agent was not counting (a gap after every restart)
@@ -283,6 +285,9 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
     state = _demo_state_dir(state_dir)
     tz = loaded.config.tz
     begin = parse_start(start, tz) if isinstance(start, str) else start
+    clock = await _plant_clock(state / loaded.config.storage.path.name, tz, speed, begin)
+    # its log lines on the terminal tell the plant's time, as its view does
+    show_plant_time(tz, clock.wall)
     async with contextlib.AsyncExitStack() as stack:
         version: str | None = None
         if broker is None:
@@ -297,7 +302,6 @@ async def run_demo(*, broker: str | None = None, config: Path | None = None, sim
                  "report CONFIG --state %s", cfg.storage.path, state, state)
         spb = cfg.sparkplug
         node = f"{spb.group_id}/{spb.edge_node_id}" if spb and cfg.output == "sparkplug" else None
-        clock = await _plant_clock(cfg, speed, begin)
         sims = SimulatorSet(sim_cfg, plant=clock, state_path=state / SIM_STATE)
         try:
             await stack.enter_async_context(sims)

@@ -4,7 +4,9 @@ Text under systemd (``$JOURNAL_STREAM`` names our stderr): no timestamp, since j
 adds its own, and a ``<N>`` syslog priority prefix so ``journalctl -p warning`` works.
 Text on a terminal, once the config is known: the plant's local time with its zone's
 abbreviation (people read it; a gateway's clock may be set to UTC). Text elsewhere (a file,
-a pipe): an ISO 8601 timestamp with milliseconds and offset. JSON: one object per line with
+a pipe): an ISO 8601 timestamp with milliseconds and offset. The demo stamps text on a
+terminal with its simulated plant clock instead (:func:`show_plant_time`), as its view does.
+JSON: one object per line with
 ``ts``, ``level``, ``logger``, ``msg`` (and ``exc`` with a traceback).
 
 Every configured secret (MQTT and OPC UA passwords) is replaced by ``***`` in the
@@ -18,13 +20,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, tzinfo
 from typing import Any, Literal, TextIO
 
 from agent.config import Config, resolve_secret_file
 
-__all__ = ["REDACTED", "RedactSecrets", "collect_secrets", "configure_logging"]
+__all__ = ["REDACTED", "RedactSecrets", "collect_secrets", "configure_logging", "show_plant_time"]
 
 REDACTED = "***"
 
@@ -84,6 +86,8 @@ class _TextFormatter(logging.Formatter):
         self.redact = redact
         self.journald = journald
         self.tz = tz
+        #: the plant's clock when it is not the machine's (the demo's simulated time)
+        self.wall: Callable[[], datetime] | None = None
 
     def format(self, record: logging.LogRecord) -> str:
         text = self.redact.redact(super().format(record))
@@ -93,7 +97,8 @@ class _TextFormatter(logging.Formatter):
             prio = _PRIORITY.get(record.levelno, 6)
             return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
         if self.tz is not None:
-            return f"{_local(record.created, self.tz)} {text}"
+            when = self.wall() if self.wall is not None else datetime.fromtimestamp(record.created)
+            return f"{_local(when, self.tz)} {text}"
         return f"{_iso(record.created)} {text}"
 
 
@@ -127,9 +132,9 @@ def _iso(created: float) -> str:
     return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
 
 
-def _local(created: float, tz: tzinfo) -> str:
+def _local(when: datetime, tz: tzinfo) -> str:
     """A time for people: the plant's local wall time with milliseconds and its zone."""
-    t = datetime.fromtimestamp(created, tz)
+    t = when.astimezone(tz)
     return f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d} {t:%Z}"
 
 
@@ -202,6 +207,18 @@ def configure_logging(*, fmt: Literal["text", "json"] = "text", level: int = log
     # again, with tracebacks, on every poll
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.CRITICAL)
+
+
+def show_plant_time(tz: tzinfo, wall: Callable[[], datetime]) -> None:
+    """Text written to a terminal is stamped with ``wall`` (a simulated plant clock: the
+    demo's) in the plant's zone, so that its log lines and its view tell one time. Text
+    elsewhere (a pipe, a file, journald) and JSON keep the machine's time."""
+    for handler in logging.getLogger().handlers:
+        fmt = handler.formatter
+        stream = getattr(handler, "stream", None)
+        if (handler.get_name() == "plantfloor" and isinstance(fmt, _TextFormatter)
+                and not fmt.journald and stream is not None and _tty(stream)):
+            fmt.tz, fmt.wall = tz, wall
 
 
 def collect_secrets(cfg: Config) -> list[str]:
