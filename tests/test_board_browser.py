@@ -122,6 +122,9 @@ async def test_the_page_shows_the_published_figures_and_updates_after_a_commit(
         await page.evaluate("document.addEventListener('securitypolicyviolation',"
                             " (e) => console.error('CSP ' + e.violatedDirective))")
         await page.wait_for_selector("#chart .u-over")      # uPlot drew the history
+        # its legend in the page's words: time, units, target
+        legend = [await el.text_content() for el in await page.locator("#chart .u-legend .u-label").all()]
+        assert legend == ["Time", "Units", "Target"], legend
         published = last_payloads(cfg)
         for line_id, p in published.items():
             assert await number(page, f"line:{line_id}.shift.units") == p["shift"]["units"]

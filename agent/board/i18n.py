@@ -55,6 +55,7 @@ LABELS: dict[str, dict[str, str]] = {
     "by_week": {"en": "Week", "ja": "週"},
     "csv": {"en": "Shift reports (CSV)", "ja": "直報告 (CSV)"},
     "date": {"en": "Date", "ja": "日付"},
+    "time": {"en": "Time", "ja": "時刻"},
     "off_shift": {"en": "off shift", "ja": "非稼働"},
     "running": {"en": "running", "ja": "稼働"},
     "unknown": {"en": "unknown", "ja": "不明"},

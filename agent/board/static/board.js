@@ -158,7 +158,7 @@
     if (typeof uPlot === "undefined") return;
     plot = new uPlot({
       width: Math.max(320, chartEl.clientWidth || 800), height: 260, tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), tz),
-      series: [{ value: (u, ts) => (ts === null || ts === undefined ? "–"
+      series: [{ label: L.time, value: (u, ts) => (ts === null || ts === undefined ? "–"
         : fmtTime(new Date(ts * 1000).toISOString(), "date") + " " + fmtTime(new Date(ts * 1000).toISOString(), "hour")) },
         { label: L.units, stroke: "#2e86de", fill: "rgba(46,134,222,0.45)", paths: uPlot.paths.bars({ size: [0.6, 80] }) },
         { label: L.target, stroke: "#e67e22", width: 2, paths: uPlot.paths.stepped({ align: 1 }) }],
