@@ -164,10 +164,13 @@ async def test_a_stop_during_a_gap_fill_closes_the_open_window(tmp_path: Path) -
     assert payloads[-2]["window_end"] == payloads[-1]["window_start"]
 
 
-async def test_a_long_fill_never_times_out_a_poll(
+async def test_a_long_fill_rests_within_every_poll_timeout_and_no_poll_fails(
         tmp_path: Path, simulator_set: Callable[..., Any]) -> None:
     """40 lines back after 40 minutes with 1 s windows: 2,400 windows are filled while a
-    Modbus source with a 0.2 s timeout polls its (real) PLC every 0.2 s. No poll fails."""
+    Modbus source with a 0.2 s timeout polls its (real) PLC every 0.2 s. No poll fails, and
+    the fill rests: the loop waits in its selector (nothing else to run) at least once
+    within every poll timeout. A turn per window alone (``asyncio.sleep(0)``) polls the
+    sockets without waiting, so the loop would wait only while a chunk is committed."""
     from agent.sources.base import make_source
     from tests.agentrig import two_plcs
 
@@ -209,11 +212,25 @@ async def test_a_long_fill_never_times_out_a_poll(
                          for r in readings if r.line == "l00")
             await asyncio.sleep(0.2)
 
+    loop = asyncio.get_running_loop()
+    selector = getattr(loop, "_selector", None)
+    if selector is None:
+        pytest.skip("needs asyncio's own loop (its selector)")
+    waits: list[float] = []  # loop times at which the loop waited with nothing to run
+    select = selector.select
+
+    def counted(timeout: float | None = None) -> Any:
+        if timeout is None or timeout > 0:
+            waits.append(loop.time())
+        return select(timeout)
+
     poller = asyncio.create_task(poll())
     task = asyncio.create_task(closer.run())
+    selector.select = counted
     try:
         await asyncio.wait_for(_until(lambda: closer.windows_closed >= 2400), timeout=240)
     finally:
+        selector.select = select
         closer.stop()
         await task
         poller.cancel()
@@ -222,3 +239,5 @@ async def test_a_long_fill_never_times_out_a_poll(
         await store.close()
     assert len(polls) >= 5
     assert [p for p in polls if p != "good"] == []
+    longest = max(b - a for a, b in itertools.pairwise(waits))
+    assert longest < cfg.sources[0].timeout_s, f"the loop ran {longest:.3f} s without waiting"
