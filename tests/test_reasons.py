@@ -80,7 +80,7 @@ def test_reasons_second_counters_and_the_ideal_cycle_are_configured() -> None:
     ({"lines": [{"map": {7: "coffee"}}]}, r"lines\.0\.state\.map\.7: 'coffee' is not running"),
     ({"downtime": {"reasons": {"running": {"category": "idle"}}}}, "'running' is a line state"),
     ({"lines": [{"reject_counter": {"source": "plc", "address": 101}}]},
-     r"lines\.0\.reject_counter\.address: register holding 101 .* used by lines\.0\.counter"),
+     r"lines\.0\.reject_counter\.address: register holding 101 .* used by lines\[kei\]\.counter"),
     ({"lines": [{"total_counter": {"source": "plc", "address": 120, "type": "float32"}}]},
      r"lines\.0\.total_counter\.type: a counter must be an integer type"),
     ({"publish": {"interval_s": 900}, "shifts": [{"name": "day", "start": "06:00", "end": "14:10"}]},
