@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal, TextIO
 
 from agent.config import Config, resolve_secret_file
@@ -97,7 +97,7 @@ class _TextFormatter(logging.Formatter):
             prio = _PRIORITY.get(record.levelno, 6)
             return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
         if self.tz is not None:
-            when = self.wall() if self.wall is not None else datetime.fromtimestamp(record.created)
+            when = self.wall() if self.wall is not None else datetime.fromtimestamp(record.created, UTC)
             return f"{_local(when, self.tz)} {text}"
         return f"{_iso(record.created)} {text}"
 
