@@ -231,6 +231,37 @@ async def test_live_updates_with_event_ids_and_replay(tmp_path: Path) -> None:
     await prod.close()
 
 
+async def test_the_live_stream_tells_the_boards_time(tmp_path: Path) -> None:
+    """The page's clock shows the board's time, not the browser's (a TV's clock may be
+    wrong; the demo's plant runs on a simulated clock): a ``clock`` event at the start and
+    with every state, without an id (Last-Event-ID stays the state's)."""
+    cfg = board_config(tmp_path, poll_s=0.05)
+    prod = await Production.open(cfg, START)
+    await prod.window({"l0": (1, RUNNING), "l1": (1, RUNNING)})
+    plant_now = datetime(2028, 4, 3, 7, 12, 30, tzinfo=UTC)
+    async with served(cfg, now=lambda: plant_now) as url, \
+            httpx.AsyncClient(base_url=url, timeout=10) as client, \
+            client.stream("GET", "/api/v1/events") as r:
+        events: list[dict[str, str]] = []
+        event: dict[str, str] = {}
+        async for line in r.aiter_lines():
+            if line:
+                key, _, value = line.partition(":")
+                event[key] = value.removeprefix(" ")
+                continue
+            if "event" in event:
+                events.append(event)
+            event = {}
+            if len(events) == 3:
+                break
+    assert [e["event"] for e in events] == ["clock", "state", "clock"]
+    assert [datetime.fromisoformat(e["data"]) for e in events if e["event"] == "clock"] == [plant_now] * 2
+    assert "id" not in events[0]
+    assert "id" not in events[2]
+    assert events[1]["id"]
+    await prod.close()
+
+
 async def next_state(client: httpx.AsyncClient, last: str | None) -> tuple[str, dict[str, Any]]:
     """The first ``state`` event of a new stream (sent with Last-Event-ID ``last``)."""
     headers = {"Last-Event-ID": last} if last else {}
@@ -391,9 +422,11 @@ async def test_any_last_event_id_gets_the_current_state(tmp_path: Path, last_eve
         async with client.stream("GET", "/api/v1/events",
                                  headers={"Last-Event-ID": last_event_id}) as r:
             assert r.status_code == 200
-            data = None
+            data, kind = None, ""
             async for line in r.aiter_lines():
-                if line.startswith("data:"):
+                if line.startswith("event:"):
+                    kind = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and kind == "state":
                     data = json.loads(line.removeprefix("data:"))
                     break
         too_long = await client.get("/api/v1/events", headers={"Last-Event-ID": "9" * 101})

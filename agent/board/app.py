@@ -142,20 +142,25 @@ def create_app(board: BoardConfig, gateway: FigureSource, hub: Hub, *, token: st
              dependencies=[Depends(room_for_a_page)],
              responses={503: {"description": "board.max_event_clients live pages are open; "
                                              "retry after the seconds in Retry-After"}},
-             summary="Live states (Server-Sent Events, event 'state'; reconnect with Last-Event-ID)")
+             summary="Live states (Server-Sent Events, event 'state', and the board's time, event "
+                     "'clock'; reconnect with Last-Event-ID)")
     async def events(request: Request,
                      last_event_id: Annotated[str | None, Header(max_length=100)] = None,
                      ) -> AsyncIterator[ServerSentEvent]:
         hub.clients += 1
         try:
-            # the first event: the current state unless the page already has it
+            # the board's time for the page's clock (a TV's own clock may be wrong, and the
+            # demo's plant runs on a simulated one), then the current state unless the page
+            # already has it; the time again with every state and at least every WAIT_S
             seen = last_event_id
             yield ServerSentEvent(comment="plantfloor board", retry=2000)
+            yield ServerSentEvent(raw_data=hub.now().isoformat(), event="clock")
             while not await request.is_disconnected():
                 snap = await hub.wait_newer(seen, WAIT_S)
                 if snap is not None:
                     seen = snap.id
                     yield ServerSentEvent(raw_data=snap.json, event="state", id=snap.id)
+                yield ServerSentEvent(raw_data=hub.now().isoformat(), event="clock")
         finally:
             hub.clients -= 1
 

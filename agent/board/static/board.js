@@ -7,6 +7,7 @@
   const lang = body.dataset.lang === "ja" ? "ja-JP" : "en-GB";
   const L = JSON.parse(document.getElementById("labels").textContent);
   let state = JSON.parse(document.getElementById("state").textContent);
+  let skew = 0; // the board's time minus the browser's, in ms
 
   // half to even, as the server's first paint (Python's format) rounds
   const nf = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0, roundingMode: "halfEven" });
@@ -113,6 +114,7 @@
   function connect() {
     const es = new EventSource("/api/v1/events");
     es.addEventListener("state", (ev) => { apply(JSON.parse(ev.data)); });
+    es.addEventListener("clock", (ev) => { skew = Date.parse(ev.data) - Date.now(); });
     es.onopen = () => { conn.textContent = L.live; conn.classList.remove("bad"); body.dataset.live = "1"; };
     es.onerror = () => {
       conn.textContent = L.reconnecting; conn.classList.add("bad"); body.dataset.live = "0";
@@ -121,8 +123,10 @@
   }
   connect();
 
+  // the board's clock (the plant's), not the browser's: the page's own clock runs from the
+  // board's last "clock" event
   const clock = document.getElementById("clock");
-  setInterval(() => { clock.textContent = fmtTime(new Date().toISOString(), "time"); }, 1000);
+  setInterval(() => { clock.textContent = fmtTime(new Date(Date.now() + skew).toISOString(), "time"); }, 1000);
 
   // kiosk rotation between the plant page and each line's page
   const rotate = Number(body.dataset.rotate || 0);
