@@ -157,6 +157,33 @@ async def test_the_figures_are_the_published_ones_after_an_hour(tmp_path: Path) 
     assert state["offline"] is False
 
 
+async def test_a_line_standing_through_its_break_does_not_turn_red(tmp_path: Path) -> None:
+    """l0 faults at 08:56 and stands through the 09:00-09:10 break: at 09:08 it has been
+    down 12 minutes but only 4 of them planned, under red_after_s (10 min); by 09:18 it has
+    lost 12 planned minutes and is red."""
+    cfg = board_config(tmp_path, red_after_s=600)
+    prod = await Production.open(cfg, datetime(2026, 12, 2, 23, 0, tzinfo=UTC))   # 08:00 Tokyo
+
+    def plan(i: int, line: str) -> tuple[int, int]:
+        return (1, RUNNING) if line == "l1" or i < 55 else (0, FAULT)
+
+    await prod.run(68, plan)
+    at_0908 = prod.now
+    async with served(cfg, now=lambda: at_0908) as url, httpx.AsyncClient(base_url=url) as client:
+        in_break = {ln["line"]: ln for ln in (await client.get("/api/v1/lines")).json()}
+    await prod.run(10, lambda i, line: plan(68 + i, line))
+    at_0918 = prod.now
+    async with served(cfg, now=lambda: at_0918) as url, httpx.AsyncClient(base_url=url) as client:
+        after = {ln["line"]: ln for ln in (await client.get("/api/v1/lines")).json()}
+    await prod.close()
+    assert at_0908.astimezone(cfg.tz).strftime("%H:%M") == "09:08"
+    assert (in_break["l0"]["state"], in_break["l0"]["reason"]) == ("down", "fault")
+    assert in_break["l0"]["for_s"] > 600        # down longer than red_after_s by the wall clock
+    assert in_break["l0"]["red"] is False       # but not of planned time
+    assert (after["l0"]["reason"], after["l0"]["red"]) == ("fault", True)
+    assert after["l1"]["red"] is False
+
+
 async def test_stale_when_the_windows_stop_and_history_by_hour_day_week(tmp_path: Path) -> None:
     cfg = board_config(tmp_path)
     prod = await an_hour(cfg)

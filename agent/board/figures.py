@@ -90,7 +90,7 @@ class LineView(_Model):
     reason: str | None = Field(..., description="running, a downtime reason, or unknown")
     since: datetime = Field(..., description="end of the first window in this reason")
     for_s: float = Field(..., ge=0, description="seconds in this reason so far")
-    red: bool = Field(..., description="down longer than board.red_after_s")
+    red: bool = Field(..., description="down for longer than board.red_after_s of planned time (a break or time off shift does not count)")
     quality: str = Field(..., description="the latest window's quality")
     hour: Figure = Field(..., description="this plant-local hour")
     shift_name: str | None = Field(..., description="the current shift; null off shift")
@@ -219,7 +219,9 @@ def build_state(cfg: BoardSite, calendar: ShiftCalendar, latest: Sequence[Latest
             line=line_id, product=str(p["product"]), window_end=row.window_end,
             stale=now - row.window_end > stale_after, state=state, reason=reason,
             since=row.reason_since, for_s=round(for_s, 1),
-            red=state == "down" and for_s > cfg.red_after_s, quality=str(p["quality"]),
+            red=state == "down" and _down_too_long(calendar, row.reason_since, now, for_s,
+                                                   cfg.red_after_s),
+            quality=str(p["quality"]),
             hour=_figure(h.units if h else 0, h.target if h else 0.0),
             shift_name=sh["name"], shift=_figure(int(sh["units"]), row.shift_target),
             day=_figure(int(p["day"]["units"]), row.day_target if same_day else 0.0),
@@ -242,6 +244,13 @@ def build_state(cfg: BoardSite, calendar: ShiftCalendar, latest: Sequence[Latest
                         hours=_shift_hours(cfg, calendar, period.start, period.end,
                                            period.name is not None, shift_hours)),
         pareto=pareto, previous_shifts=list(previous))
+
+
+def _down_too_long(calendar: ShiftCalendar, since: datetime, now: datetime, for_s: float,
+                   red_after_s: float) -> bool:
+    """Down for more than ``red_after_s`` of planned time: a break or the time off shift
+    is no lost time, so a line standing through its break does not turn red."""
+    return for_s > red_after_s and calendar.planned_seconds(since, now) > red_after_s
 
 
 def _plant(cfg: BoardSite, calendar: ShiftCalendar, row: LatestRow | None, now: datetime,

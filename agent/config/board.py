@@ -18,7 +18,7 @@ class BoardConfig(_Model):
     bind: str = Field("127.0.0.1", description="address to listen on; a reverse proxy with TLS in front for other hosts (docs/board.md)")
     port: int = Field(8470, ge=0, le=65535, description="TCP port (0: any free port)")
     credential_file: Path | None = Field(None, description="file holding the access token (bearer token, or the password of basic auth with any user); relative names are looked up in $CREDENTIALS_DIRECTORY first; no authentication when absent")
-    red_after_s: float = Field(600, gt=0, description="a line down longer than this is shown red")
+    red_after_s: float = Field(600, gt=0, description="a line down for longer than this of planned time is shown red (breaks and time off shift do not count)")
     max_connections: int = Field(64, ge=1, le=10_000, description="open connections at most (live pages hold one each); more are refused with 503")
     max_event_clients: int = Field(32, ge=1, le=10_000, description="live pages (event streams) at most; more are refused with 503 and retry")
     poll_s: float = Field(0.2, gt=0, le=10, description="how often the state file is checked for a new commit (PRAGMA data_version, a cheap read)")
